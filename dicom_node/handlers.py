@@ -12,6 +12,7 @@ import errno
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -29,6 +30,7 @@ from dicom_node.spool import Spool, is_valid_uid
 logger = logging.getLogger(__name__)
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_PARSE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -42,29 +44,52 @@ class InstanceIdentity:
 def read_instance_identity(encoded_file: bytes) -> InstanceIdentity:
     """Parse a received instance (preamble + file meta + data set) and return its UIDs.
 
-    The whole data set is parsed, without decoding pixel data, so a truncated or garbage
-    byte stream is caught here rather than by whoever reads the file later.
+    The whole data set is parsed, without decoding pixel data, so that a garbage or
+    truncated byte stream is refused here rather than found later by whoever reads it.
+    UIDs are checked tolerantly (digits and dots; real modalities emit leading zeros).
 
     Raises
     ------
     UnreadableDatasetError
-        The bytes are not a DICOM data set.
+        The bytes are not a DICOM data set, or it ends before its Pixel Data is complete.
     MissingIdentifierError
-        The data set lacks a valid SOP Class UID or SOP Instance UID.
+        The data set lacks a SOP Class UID or SOP Instance UID.
     """
-    try:
-        ds = pydicom.dcmread(BytesIO(encoded_file))
-        # Touch every element: raw elements are converted lazily, and a value cut short
-        # only shows up when it is converted.
-        for _ in ds.iterall():
-            pass
-    except Exception as exc:  # pydicom raises many types for corrupt input
-        raise UnreadableDatasetError(f"data set cannot be parsed ({type(exc).__name__})") from exc
+    # pydicom reports a missing encapsulation delimiter only as a warning, and the
+    # warnings filter is process-wide: serialise the (millisecond) parse.
+    with _PARSE_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(BytesIO(encoded_file))
+            for _ in ds.iterall():  # raw elements convert lazily: touch every one
+                pass
+        except Exception as exc:  # pydicom raises many types for corrupt input
+            raise UnreadableDatasetError(f"data set cannot be parsed ({type(exc).__name__})") from exc
+    if any("End of file" in str(w.message) for w in caught) or _pixel_data_is_short(ds):
+        raise UnreadableDatasetError("data set is truncated: Pixel Data incomplete or missing")
     sop_class_uid = str(ds.get("SOPClassUID", "") or "")
     sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
     if not is_valid_uid(sop_class_uid) or not is_valid_uid(sop_instance_uid):
-        raise MissingIdentifierError("data set lacks a valid SOP Class UID or SOP Instance UID")
+        raise MissingIdentifierError("data set lacks a SOP Class UID or SOP Instance UID")
     return InstanceIdentity(sop_class_uid, sop_instance_uid)
+
+
+def _pixel_data_is_short(ds: Dataset) -> bool:
+    """Whether an image data set has no Pixel Data, or less native pixel data than it declares.
+
+    pydicom silently drops a last element whose value is cut short, so a truncated image
+    shows up as one without (enough) Pixel Data.
+    """
+    if "PixelData" not in ds:
+        return True
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return False  # encapsulated: a cut shows up as the missing-delimiter warning
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel", 1)) * frames * ds.BitsAllocated // 8
+    except (AttributeError, TypeError, ValueError):
+        return True
+    return len(ds.PixelData) < expected
 
 
 def _status(code: int, comment: str = "") -> Dataset:

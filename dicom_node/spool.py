@@ -30,6 +30,8 @@ from dicom_node.errors import SpoolError
 
 logger = logging.getLogger(__name__)
 
+# Tolerant on purpose: digits and dots only (safe as a file name), leading zeros allowed
+# because real modalities emit them.
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -53,10 +55,8 @@ def utc_now() -> str:
 
 
 def is_valid_uid(uid: str) -> bool:
-    """Return whether ``uid`` is a syntactically valid DICOM UID (PS3.5 9.1)."""
-    return 0 < len(uid) <= 64 and bool(_UID_PATTERN.match(uid)) and all(
-        part == "0" or not part.startswith("0") for part in uid.split(".")
-    )
+    """Return whether ``uid`` is usable as a DICOM UID: 1-64 characters, digits and dots."""
+    return 0 < len(uid) <= 64 and bool(_UID_PATTERN.match(uid))
 
 
 @dataclass(frozen=True)
