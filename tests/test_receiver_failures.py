@@ -201,29 +201,35 @@ def test_sigterm_stops_the_node_cleanly(start_node) -> None:
     assert "stopped" in node.log()
 
 
+def test_sigterm_mid_batch_exits_cleanly_and_keeps_every_acknowledged_instance(
+    start_node, shared_data: Path, tmp_path: Path
+) -> None:
+    batch, uids = _write_batch(shared_data, tmp_path, 60)
+    node = start_node()
+    sender = _storescu(node.port, batch)
+    instances = node.spool / "instances"
+    _wait_for_files(instances, 10)
+    assert node.terminate() == 0
+    output, _ = sender.communicate(timeout=60)
+    acknowledged = _uids_answered_success(output, uids)
+    assert acknowledged, output
+    for uid in acknowledged:
+        pydicom.dcmread(instances / f"{uid}.dcm").PixelData
+    assert not list(instances.glob(".tmp-*"))
+    assert "stopped" in node.log()
+
+
 def test_kill_9_mid_batch_loses_no_instance_that_was_answered_success(
     start_node, shared_data: Path, tmp_path: Path
 ) -> None:
-    batch = tmp_path / "batch"
-    batch.mkdir()
-    uids = []
-    for i in range(60):
-        ds = _chest_cr(shared_data)
-        uids.append(ds.SOPInstanceUID)
-        ds.save_as(batch / f"{i:03d}.dcm", enforce_file_format=True)
+    batch, uids = _write_batch(shared_data, tmp_path, 60)
     node = start_node()
-    sender = subprocess.Popen(
-        [dcmtk("storescu"), "-v", "-aet", "MODALITY", "-aec", "CXR_AI", "127.0.0.1", str(node.port),
-         *sorted(map(str, batch.iterdir()))],
-        env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    sender = _storescu(node.port, batch)
     instances = node.spool / "instances"
-    deadline = time.monotonic() + 60
-    while len(list(instances.glob("*.dcm"))) < 10 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for_files(instances, 10)
     node.kill9()
     output, _ = sender.communicate(timeout=60)
-    acknowledged = _uids_answered_success(output, batch, uids)
+    acknowledged = _uids_answered_success(output, uids)
     assert 5 <= len(acknowledged) < len(uids), "the kill should land mid-batch"
 
     restarted = start_node(node.spool)
@@ -238,7 +244,32 @@ def test_kill_9_mid_batch_loses_no_instance_that_was_answered_success(
     assert len(list(counts.glob("*.json"))) == len(list(instances.glob("*.dcm")))
 
 
-def _uids_answered_success(storescu_output: str, batch: Path, uids: list[str]) -> list[str]:
+def _write_batch(shared_data: Path, tmp_path: Path, n: int) -> tuple[Path, list[str]]:
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    uids = []
+    for i in range(n):
+        ds = _chest_cr(shared_data)
+        uids.append(ds.SOPInstanceUID)
+        ds.save_as(batch / f"{i:03d}.dcm", enforce_file_format=True)
+    return batch, uids
+
+
+def _storescu(port: int, batch: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [dcmtk("storescu"), "-v", "-aet", "MODALITY", "-aec", "CXR_AI", "127.0.0.1", str(port),
+         *sorted(map(str, batch.iterdir()))],
+        env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _wait_for_files(directory: Path, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(directory.glob("*.dcm"))) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _uids_answered_success(storescu_output: str, uids: list[str]) -> list[str]:
     """Parse storescu -v: each 'Sending file: X' followed by 'Received Store Response (Success)'."""
     acknowledged, current = [], None
     for line in storescu_output.splitlines():
