@@ -1,0 +1,230 @@
+"""Delivery of reports to the PACS: destinations, backoff, C-STORE of one file.
+
+The pieces the outbox is built from. :func:`next_retry_delay` and :func:`is_delivered`
+are pure; :func:`send_file` is the only one touching the network, and it never raises:
+whatever happens, it returns a :class:`DeliveryResult` the outbox can record.
+
+"Delivered" means the peer answered the C-STORE with a Success or Warning status
+(PS3.4 B.2.3; Warning, e.g. B000 "coercion of data elements", still stores the
+instance). No response at all, an abort, a timeout or a Failure status is not delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
+
+from dicom_node.config import _check_ae_title, _check_int
+from dicom_node.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# RFC 1123 host name labels, or an IPv4/IPv6 literal (checked loosely: the resolver has
+# the last word, this only stops typos such as spaces or a URL in the config).
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_IP_LITERAL = re.compile(r"[0-9A-Fa-f:.]+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _check_host(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f'"{key}" must be a host name or IP address, got {value!r}')
+    host = value.strip()
+    is_name = 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
+    if not (is_name or (host and _IP_LITERAL.fullmatch(host))):
+        raise ConfigError(f'"{key}" must be a host name or IP address, got {value!r}')
+    return host
+
+
+@dataclass(frozen=True)
+class PacsDestination:
+    """A PACS the node sends its reports to.
+
+    Parameters
+    ----------
+    name : str
+        Name used in the config, in logs and in the outbox (letters, digits, ``_.-``).
+    ae_title : str
+        Called AE title of the PACS (1-16 printable ASCII characters, no backslash).
+    host : str
+        Host name or IP address.
+    port : int
+        TCP port, 1-65535.
+
+    Raises
+    ------
+    dicom_node.errors.ConfigError
+        A value is invalid; the message names the key, e.g. ``pacs.main.port``.
+    """
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigError(
+                f'"pacs.name" must be 1-64 letters, digits or "_.-", got {self.name!r}'
+            )
+        prefix = f"pacs.{self.name}"
+        object.__setattr__(self, "ae_title", _check_ae_title(f"{prefix}.ae_title", self.ae_title))
+        object.__setattr__(self, "host", _check_host(f"{prefix}.host", self.host))
+        _check_int(f"{prefix}.port", self.port, 1, 65535)
+
+
+def next_retry_delay(attempts: int, *, initial: float, maximum: float) -> float:
+    """Seconds to wait before the next try, after ``attempts`` failed ones.
+
+    Capped exponential backoff: ``initial``, then doubling, never more than ``maximum``.
+
+    Parameters
+    ----------
+    attempts : int
+        Failed attempts so far (at least 1).
+    initial : float
+        Delay after the first failure, in seconds (> 0).
+    maximum : float
+        Upper bound of the delay, in seconds (>= ``initial``).
+
+    Returns
+    -------
+    float
+        ``min(maximum, initial * 2 ** (attempts - 1))``.
+
+    Examples
+    --------
+    >>> [next_retry_delay(n, initial=30, maximum=600) for n in range(1, 7)]
+    [30.0, 60.0, 120.0, 240.0, 480.0, 600.0]
+    """
+    if isinstance(attempts, bool) or not isinstance(attempts, int):
+        raise TypeError('Argument "attempts" must be an integer.')
+    if attempts < 1:
+        raise ValueError('Argument "attempts" must be >= 1.')
+    if not (math.isfinite(initial) and initial > 0):
+        raise ValueError('Argument "initial" must be a finite number > 0.')
+    if not (math.isfinite(maximum) and maximum >= initial):
+        raise ValueError('Argument "maximum" must be a finite number >= "initial".')
+    # Past 2**64 the cap has long been reached; this also keeps 2.0 ** n finite.
+    exponent = min(attempts - 1, 64)
+    return float(min(maximum, initial * 2.0**exponent))
+
+
+def is_delivered(status: Dataset) -> bool:
+    """Whether a C-STORE response status means the PACS has the instance.
+
+    Parameters
+    ----------
+    status : pydicom.dataset.Dataset
+        What :meth:`pynetdicom.association.Association.send_c_store` returned. An
+        empty data set (no ``Status``) means timeout, abort or invalid response.
+
+    Returns
+    -------
+    bool
+        ``True`` for a Success or Warning status, ``False`` otherwise.
+    """
+    code = status.get("Status")
+    if not isinstance(code, int):
+        return False
+    return code_to_category(code) in (STATUS_SUCCESS, STATUS_WARNING)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """Outcome of one C-STORE of one file to one destination.
+
+    Attributes
+    ----------
+    delivered : bool
+        The PACS answered Success or Warning.
+    status : int or None
+        The C-STORE response status, ``None`` when there was no response.
+    error : str or None
+        Why it was not delivered, for the outbox and the logs (no patient data).
+    """
+
+    delivered: bool
+    status: int | None = None
+    error: str | None = None
+
+
+def send_file(
+    path: Path | str,
+    destination: PacsDestination,
+    *,
+    calling_ae_title: str,
+    acse_timeout: float = 30,
+    dimse_timeout: float = 60,
+    network_timeout: float = 60,
+) -> DeliveryResult:
+    """C-STORE one DICOM file to ``destination``; never raises.
+
+    The file is sent in its own transfer syntax, which is the only one proposed, so
+    the bytes the PACS receives are the bytes on disk.
+
+    Parameters
+    ----------
+    path : pathlib.Path or str
+        The DICOM file (with file meta information).
+    destination : PacsDestination
+        Where to send it.
+    calling_ae_title : str
+        The node's AE title, as registered in the PACS.
+    acse_timeout, dimse_timeout, network_timeout : float
+        pynetdicom timeouts, in seconds (also the TCP connection timeout).
+
+    Returns
+    -------
+    DeliveryResult
+        ``delivered`` is true only for a Success or Warning response.
+    """
+    path = Path(path)
+    try:
+        header = dcmread(path, stop_before_pixels=True)
+        sop_class_uid = header.SOPClassUID
+        transfer_syntax = header.file_meta.TransferSyntaxUID
+    except (OSError, InvalidDicomError, AttributeError) as exc:
+        return _failed(path, destination, f"cannot read {path.name}: {type(exc).__name__}")
+
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = acse_timeout
+    ae.dimse_timeout = dimse_timeout
+    ae.network_timeout = network_timeout
+    ae.connection_timeout = network_timeout
+    ae.add_requested_context(sop_class_uid, transfer_syntax)
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return _failed(path, destination, f"association failed: {type(exc).__name__}: {exc}")
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "aborted or no answer"
+        return _failed(path, destination, f"association {reason}")
+    try:
+        response = assoc.send_c_store(path)
+    except (OSError, RuntimeError, ValueError, AttributeError) as exc:
+        assoc.abort()
+        return _failed(path, destination, f"C-STORE failed: {type(exc).__name__}: {exc}")
+    assoc.release()
+
+    code = response.get("Status")
+    if is_delivered(response):
+        logger.info("%s delivered to %s, status 0x%04X", path.name, destination.name, code)
+        return DeliveryResult(delivered=True, status=code)
+    if code is None:
+        return _failed(path, destination, "no C-STORE response (timeout or abort)")
+    return _failed(path, destination, f"C-STORE status 0x{code:04X}", status=code)
+
+
+def _failed(path: Path, destination: PacsDestination, error: str, status: int | None = None) -> DeliveryResult:
+    logger.warning("%s not delivered to %s: %s", path.name, destination.name, error)
+    return DeliveryResult(delivered=False, status=status, error=error)

@@ -1,0 +1,116 @@
+"""A real Orthanc on free loopback ports, for tests that need a PACS.
+
+Started as a plain process with its own config and database in a temporary folder,
+accepting C-STORE only from the calling AE titles it is given, and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from conftest import free_port
+
+ORTHANC_AE_TITLE = "ORTHANC"
+
+
+def orthanc_binary() -> str | None:
+    """Path of the Orthanc executable, or ``None`` when it is not installed."""
+    return shutil.which("Orthanc") or next(
+        (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).exists()), None
+    )
+
+
+class OrthancServer:
+    """Orthanc listening on ``127.0.0.1:dicom_port`` (AE ``ORTHANC``) and ``http_port``."""
+
+    def __init__(self, workdir: Path, calling_ae_titles: tuple[str, ...]) -> None:
+        self.workdir = workdir
+        self.calling_ae_titles = calling_ae_titles
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> OrthancServer:
+        binary = orthanc_binary()
+        if binary is None:
+            raise RuntimeError("Orthanc is not installed: run scripts/setup.sh")
+        db = self.workdir / "db"
+        db.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "TEST-PACS",
+            "StorageDirectory": str(db),
+            "IndexDirectory": str(db),
+            "Plugins": [],
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAet": ORTHANC_AE_TITLE,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowEcho": False,
+            "DicomAlwaysAllowStore": False,
+            "DicomCheckModalityHost": False,
+            "DicomModalities": {
+                ae.lower(): {"AET": ae, "Host": "127.0.0.1", "Port": 104} for ae in self.calling_ae_titles
+            },
+            "SaveJobs": False,
+            "ExecuteLuaEnabled": False,
+        }
+        config_path = self.workdir / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        log = open(self.workdir / "orthanc.log", "ab")
+        # Without TCP_NODELAY, Orthanc (DCMTK inside) waits ~50 ms per DIMSE message.
+        self.process = subprocess.Popen(
+            [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                self.get("/system")
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Orthanc did not answer within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        path = self.workdir / "orthanc.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def get(self, route: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{route}", timeout=10) as response:
+            return json.load(response)
+
+    def post(self, route: str, body: Any) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{route}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def find_instances(self, sop_instance_uid: str) -> list[str]:
+        """Orthanc IDs of the stored instances with this SOP Instance UID."""
+        return self.post("/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}})
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM and wait: Orthanc takes 4-5 s to exit and free its ports."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)

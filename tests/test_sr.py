@@ -1,0 +1,490 @@
+"""The AI report: a TID 1500 Comprehensive 3D SR built with highdicom from real CR/DX images.
+
+Each report is written, checked with dicom3tools' ``dciodvfy`` (no errors; every warning
+must be one of the justified ones below) and DCMTK's ``dsrdump``, round-tripped through
+``dcmread`` and read back with highdicom's TID 1500 parser for the content checks.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from highdicom.sr.utils import find_content_items
+from pydicom import config as pydicom_config
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as pydicom_codes
+
+from conftest import shared_data_dir
+from dicom_node import codes
+from dicom_node.sr import (
+    DEFAULT_SERIES_DESCRIPTION,
+    AlgorithmInfo,
+    Finding,
+    KnownLabel,
+    SimilarStudy,
+    build_report,
+    derived_uid,
+)
+
+DICOM_DIR = shared_data_dir() / "dicom"
+CANON_DX = "pylibjpeg-data/DX_chest_Canon_966_fixed.dcm"  # hashed birth date and accession number
+PHILIPS_CR = "pydicom-data/RG1_J2KI.dcm"  # valid patient and study attributes
+FODICOM_CR = "fo-dicom/CR-MONO1-10-chest.dcm"  # no PatientID, StudyDate, StudyID, ...
+SIIM_SC = "torchxrayvision/SIIM-ACR_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+ALL_SOURCES = (CANON_DX, PHILIPS_CR, FODICOM_CR, SIIM_SC)
+
+WEIGHTS_A = "0123456789abcdef" * 4
+WEIGHTS_B = "fedcba9876543210" * 4
+ALGORITHM = AlgorithmInfo(
+    name="cxr_covid_classifier", version="0.3.1", weights_sha256=WEIGHTS_A, manufacturer="CXR AI node project"
+)
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+SIMILAR = (
+    SimilarStudy("1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.1.1", "1.2.826.0.1.3680043.10.1.1.1.1",
+                 SECONDARY_CAPTURE, 0.1234, "covid"),
+    SimilarStudy("1.2.826.0.1.3680043.10.1.2", "1.2.826.0.1.3680043.10.1.2.1", "1.2.826.0.1.3680043.10.1.2.1.1",
+                 SECONDARY_CAPTURE, 0.3125, KnownLabel.NON_COVID),
+)
+
+# dciodvfy warnings that are acceptable, and why (see dicom_node/SR_README_section.md).
+JUSTIFIED_WARNINGS = (
+    # Our private scheme, declared in the Coding Scheme Identification Sequence; dciodvfy
+    # only knows the designators of PS3.16 Table 8-1.
+    r"Unrecognized defined term <99CXRAI> for value 1 of attribute <Coding Scheme Designator>",
+    # IHE AIR requires Device UID in the Contributing Equipment item; this dciodvfy
+    # (dicom3tools 2022-06) does not list it there, hence also "Standard Extended".
+    r"Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID",
+    r"Dicom dataset contains attributes not present in standard DICOM IOD - "
+    r"this is a Standard Extended SOP Class",
+    # Copied unchanged from the de-identified sources (empty Type 2 study attributes,
+    # single-component patient and physician names such as "Anonymized").
+    r"Missing attribute or value that would be needed to build DICOMDIR - "
+    r"(Patient ID|Study Date|Study Time|Study ID)",
+    r"Value dubious for this VR - \(0x00(10,0x0010|08,0x0090)\) PN .* - Retired Person Name form",
+)
+
+
+@pytest.fixture(autouse=True)
+def strict_writing() -> Iterator[None]:
+    """Any invalid value highdicom or the builder sets fails the test."""
+    previous = pydicom_config.settings.writing_validation_mode
+    pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
+    yield
+    pydicom_config.settings.writing_validation_mode = previous
+
+
+def read_source(relative: str) -> Dataset:
+    path = DICOM_DIR / relative
+    if not path.is_file():
+        pytest.fail(f"shared DICOM file missing: {path} (set CXR_SHARED_DATA)")
+    return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+
+
+def write(dataset: Dataset, path: Path) -> Path:
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def encode(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def build(source: Dataset, probability: float = 0.73, **kwargs) -> hd.sr.Comprehensive3DSR:
+    return build_report(source, Finding(probability), SIMILAR, ALGORITHM, **kwargs)
+
+
+def element_tree(dataset: Dataset) -> list[tuple]:
+    """(tag, VR, value) of every element, recursively, values as text.
+
+    Text because highdicom sets dates as DA/TM/DT objects and copies the source's as
+    strings, an empty value is ``None`` before writing and ``""`` after reading, and
+    pydicom compares data sets of one class only.
+    """
+    return [
+        (element.tag, element.VR, [element_tree(item) for item in element.value])
+        if element.VR == "SQ" else (element.tag, element.VR, "" if element.value is None else str(element.value))
+        for element in dataset
+    ]
+
+
+def parsed(report: Dataset) -> hd.sr.Comprehensive3DSR:
+    """The report as a PACS would see it: encoded, read back and parsed as TID 1500."""
+    return hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(encode(report))))
+
+
+def text_values(group: hd.sr.MeasurementsAndQualitativeEvaluations, name: pydicom.sr.coding.Code) -> list[str]:
+    return [item.TextValue for item in find_content_items(group[0], name=name)]
+
+
+def dciodvfy_messages(path: Path) -> tuple[list[str], list[str]]:
+    result = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).splitlines()
+    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
+
+
+# --- Validity: dciodvfy, dsrdump, round trip -----------------------------------------------
+
+
+@pytest.mark.parametrize("source_file", ALL_SOURCES)
+def test_report_has_no_dciodvfy_errors_and_only_justified_warnings(source_file: str, tmp_path: Path) -> None:
+    path = write(build(read_source(source_file)), tmp_path / "sr.dcm")
+
+    errors, warnings = dciodvfy_messages(path)
+
+    assert errors == []
+    unexplained = [w for w in warnings if not any(re.search(p, w) for p in JUSTIFIED_WARNINGS)]
+    assert unexplained == []
+
+
+def test_dciodvfy_reports_errors_on_a_broken_report(tmp_path: Path) -> None:
+    # The check above can fail: dciodvfy does flag a report without Verification Flag.
+    report = build(read_source(PHILIPS_CR))
+    del report.VerificationFlag
+    errors, _ = dciodvfy_messages(write(report, tmp_path / "broken.dcm"))
+    assert any("<VerificationFlag>" in e for e in errors)
+
+
+def test_dsrdump_renders_the_tree_with_finding_and_similar_cases(tmp_path: Path) -> None:
+    path = write(build(read_source(CANON_DX)), tmp_path / "sr.dcm")
+
+    result = subprocess.run(["/usr/bin/dsrdump", "+Pu", "+Pt", str(path)], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    tree = result.stdout
+    assert "Imaging Measurement Report" in tree
+    assert "Verification Flag   : UNVERIFIED" in tree
+    assert '(840539006,SCT,"COVID-19")' in tree
+    assert re.search(r'NUM:\(,,"Probability"\)="0\.73" \(1,UCUM,"no units"\)', tree)
+    assert '<contains CODE:(,,"COVID-19")=(52101004,SCT,"Present")>' in tree
+    for rank, case in enumerate(SIMILAR, start=1):
+        assert f'"Similar case {rank}"' in tree
+        assert case.sop_instance_uid in tree
+    assert re.search(r'NUM:\(,,"Embedding distance"\)="0\.1234"', tree)
+    assert "TID 1500 (DCMR)" in tree
+
+
+@pytest.mark.parametrize("source_file", [CANON_DX, PHILIPS_CR])
+def test_round_trip_through_dcmread_is_identical(source_file: str) -> None:
+    report = build(read_source(source_file))
+    encoded = encode(report)
+
+    read_back = pydicom.dcmread(io.BytesIO(encoded))
+
+    assert element_tree(read_back) == element_tree(report)
+    # File Meta Information Group Length is recomputed on every write.
+    assert element_tree(read_back.file_meta)[1:] == element_tree(report.file_meta)[1:]
+    assert encode(read_back) == encoded
+
+
+# --- Content -------------------------------------------------------------------------------
+
+
+def test_finding_group_carries_probability_threshold_evaluation_and_source_image() -> None:
+    source = read_source(PHILIPS_CR)
+    report = parsed(build_report(source, Finding(0.73, threshold=0.6), SIMILAR, ALGORITHM))
+
+    [group] = report.content.get_image_measurement_groups(finding_type=codes.COVID_19)
+
+    assert group.tracking_identifier == "COVID-19 classification"
+    assert [site.value for site in group.finding_sites] == [codes.LUNG]
+    [probability] = group.get_measurements(name=codes.PROBABILITY)
+    assert probability.value == pytest.approx(0.73)
+    assert probability.unit == codes.NO_UNITS
+    [threshold] = group.get_measurements(name=codes.THRESHOLD_VALUE)
+    assert threshold.value == pytest.approx(0.6)
+    [evaluation] = group.get_qualitative_evaluations(name=codes.COVID_19)
+    assert evaluation.value == codes.PRESENT
+    [image] = group.source_images
+    assert image.referenced_sop_instance_uid == source.SOPInstanceUID
+    assert image.referenced_sop_class_uid == source.SOPClassUID
+
+
+@pytest.mark.parametrize(
+    ("probability", "threshold", "expected"),
+    [(0.49, 0.5, codes.ABSENT), (0.5, 0.5, codes.PRESENT), (0.2, 0.1, codes.PRESENT), (0.0, 0.5, codes.ABSENT)],
+)
+def test_finding_is_present_from_the_threshold_up(probability: float, threshold: float, expected) -> None:
+    report = parsed(build_report(read_source(PHILIPS_CR), Finding(probability, threshold), [], ALGORITHM))
+
+    [group] = report.content.get_image_measurement_groups(finding_type=codes.COVID_19)
+
+    [evaluation] = group.get_qualitative_evaluations(name=codes.COVID_19)
+    assert evaluation.value == expected
+
+
+def test_algorithm_identification_names_algorithm_version_and_threshold() -> None:
+    report = parsed(build_report(read_source(PHILIPS_CR), Finding(0.2, 0.35), SIMILAR, ALGORITHM))
+
+    for group in report.content.get_image_measurement_groups():
+        assert text_values(group, pydicom_codes.DCM.AlgorithmName) == ["cxr_covid_classifier"]
+        assert text_values(group, pydicom_codes.DCM.AlgorithmVersion) == ["0.3.1"]
+    [finding_group] = report.content.get_image_measurement_groups(finding_type=codes.COVID_19)
+    assert text_values(finding_group, pydicom_codes.DCM.AlgorithmParameters) == ["threshold=0.35"]
+
+
+def test_each_similar_case_is_a_group_with_image_distance_and_known_label() -> None:
+    report = parsed(build(read_source(CANON_DX)))
+
+    groups = report.content.get_image_measurement_groups(finding_type=codes.SIMILAR_CASE)
+
+    assert [g.tracking_identifier for g in groups] == ["Similar case 1", "Similar case 2"]
+    expected_labels = [codes.PRESENT, codes.ABSENT]
+    for group, case, label in zip(groups, SIMILAR, expected_labels):
+        [image] = group.source_images
+        assert (image.referenced_sop_class_uid, image.referenced_sop_instance_uid) == (
+            case.sop_class_uid, case.sop_instance_uid,
+        )
+        [distance] = group.get_measurements(name=codes.EMBEDDING_DISTANCE)
+        assert distance.value == pytest.approx(case.distance)
+        [evaluation] = group.get_qualitative_evaluations(name=codes.COVID_19)
+        assert evaluation.value == label
+
+
+def test_evidence_lists_source_in_study_and_similar_images_with_their_study_and_series() -> None:
+    source = read_source(CANON_DX)
+    report = parsed(build(source))
+
+    current = report.get_evidence(current_procedure_only=True)
+    everything = report.get_evidence()
+
+    assert current == [(source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID, source.SOPClassUID)]
+    for case in SIMILAR:
+        assert (case.study_instance_uid, case.series_instance_uid, case.sop_instance_uid, case.sop_class_uid) in everything
+    assert len(report.PertinentOtherEvidenceSequence) == len(SIMILAR)
+
+
+def test_report_without_similar_cases_has_only_the_finding_group() -> None:
+    report = parsed(build_report(read_source(PHILIPS_CR), Finding(0.1), [], ALGORITHM))
+
+    assert len(report.content.get_image_measurement_groups()) == 1
+    assert "PertinentOtherEvidenceSequence" not in report
+
+
+def test_every_non_standard_coding_scheme_is_declared() -> None:
+    report = parsed(build(read_source(PHILIPS_CR)))
+    used: set[str] = set()
+
+    def collect(dataset: Dataset) -> None:
+        for element in dataset:
+            if element.keyword == "CodingSchemeDesignator":
+                used.add(element.value)
+            elif element.VR == "SQ" and element.keyword != "CodingSchemeIdentificationSequence":
+                for item in element.value:
+                    collect(item)
+
+    collect(report)
+    declared = {item.CodingSchemeDesignator for item in report.CodingSchemeIdentificationSequence}
+
+    assert {"99CXRAI", "99IHE"} <= used
+    assert {d for d in used if d.startswith("99")} <= declared
+    assert declared == set(codes.NON_STANDARD_SCHEME_DESIGNATORS)
+
+
+def test_contributing_equipment_describes_the_algorithm_as_ihe_air_requires() -> None:
+    report = parsed(build(read_source(PHILIPS_CR)))
+
+    items = [
+        item for item in report.ContributingEquipmentSequence
+        if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+    ]
+
+    assert len(items) == 1
+    [item] = items
+    purpose = item.PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodingSchemeDesignator, purpose.CodeMeaning) == ("99IHE", "Processing Algorithm")
+    assert item.Manufacturer == "CXR AI node project"
+    assert item.ManufacturerModelName == "cxr_covid_classifier"
+    assert item.SoftwareVersions == "0.3.1"
+    assert item.DeviceUID == ALGORITHM.device_uid
+
+
+def test_observer_is_the_algorithm_as_a_device() -> None:
+    report = parsed(build(read_source(PHILIPS_CR)))
+
+    [observer] = report.content.get_observer_contexts(observer_type=codes.DEVICE_OBSERVER)
+
+    attributes = observer.observer_identifying_attributes
+    assert attributes.uid == ALGORITHM.device_uid
+    assert attributes.name == "cxr_covid_classifier"
+
+
+def test_report_is_unverified_complete_and_in_a_new_series_of_the_source_study() -> None:
+    source = read_source(PHILIPS_CR)
+    report = parsed(build(source))
+
+    assert report.VerificationFlag == "UNVERIFIED"
+    assert report.CompletionFlag == "COMPLETE"
+    assert report.PreliminaryFlag == "PRELIMINARY"
+    assert report.Modality == "SR"
+    assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert report.SeriesDescription == DEFAULT_SERIES_DESCRIPTION
+    assert report.StudyInstanceUID == source.StudyInstanceUID
+    assert report.SeriesInstanceUID != source.SeriesInstanceUID
+    assert report.SOPInstanceUID != source.SOPInstanceUID
+    assert report.InstanceNumber == source.InstanceNumber
+    assert report.Manufacturer == "CXR AI node project"
+
+
+PATIENT_AND_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+)
+
+
+def test_patient_and_study_attributes_equal_the_sources() -> None:
+    source = read_source(PHILIPS_CR)
+    report = parsed(build(source))
+
+    for keyword in PATIENT_AND_STUDY:
+        assert report[keyword].value == source[keyword].value, keyword
+
+
+def test_invalid_source_values_are_copied_empty_and_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    source = read_source(CANON_DX)
+    birth_date, accession = source.PatientBirthDate, source.AccessionNumber
+    caplog.set_level(logging.WARNING, logger="dicom_node.sr")
+
+    report = parsed(build(source))
+
+    assert report.PatientBirthDate == "" and report.AccessionNumber == ""
+    assert report.PatientID == source.PatientID and report.PatientName == source.PatientName
+    assert source.PatientBirthDate == birth_date and source.AccessionNumber == accession  # untouched
+    assert "PatientBirthDate" in caplog.text and "AccessionNumber" in caplog.text
+    assert birth_date not in caplog.text and accession not in caplog.text
+
+
+def test_missing_type2_source_attributes_are_written_empty() -> None:
+    source = read_source(FODICOM_CR)
+    assert "PatientID" not in source and "StudyDate" not in source
+
+    report = parsed(build(source))
+
+    assert report.PatientID == "" and report.StudyDate == "" and report.StudyID == ""
+    assert "PatientID" not in source
+
+
+# --- UIDs ------------------------------------------------------------------------------------
+
+
+def test_device_uid_changes_when_weights_change_and_only_then() -> None:
+    same_weights = AlgorithmInfo("other", "9.9", WEIGHTS_A, "Someone else")
+    new_weights = AlgorithmInfo(ALGORITHM.name, ALGORITHM.version, WEIGHTS_B, ALGORITHM.manufacturer)
+
+    assert ALGORITHM.device_uid == same_weights.device_uid
+    assert ALGORITHM.device_uid != new_weights.device_uid
+    assert ALGORITHM.device_uid.is_valid and new_weights.device_uid.is_valid
+
+
+def test_rebuilt_report_keeps_its_uids_so_the_pacs_stores_it_once() -> None:
+    source = read_source(PHILIPS_CR)
+
+    first, second = build(source), build(source, probability=0.1)
+
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (second.SOPInstanceUID, second.SeriesInstanceUID)
+
+
+@pytest.mark.parametrize(
+    ("finding", "algorithm"),
+    [
+        (Finding(0.73, threshold=0.6), ALGORITHM),
+        (Finding(0.73), AlgorithmInfo(ALGORITHM.name, "0.3.2", WEIGHTS_A, ALGORITHM.manufacturer)),
+        (Finding(0.73), AlgorithmInfo(ALGORITHM.name, ALGORITHM.version, WEIGHTS_B, ALGORITHM.manufacturer)),
+    ],
+    ids=["threshold", "version", "weights"],
+)
+def test_new_threshold_version_or_weights_give_a_new_report_uid(finding: Finding, algorithm: AlgorithmInfo) -> None:
+    source = read_source(PHILIPS_CR)
+
+    reference = build(source)
+    changed = build_report(source, finding, SIMILAR, algorithm)
+
+    assert changed.SOPInstanceUID != reference.SOPInstanceUID
+
+
+def test_explicit_uids_numbers_and_description_are_used() -> None:
+    report = build(
+        read_source(PHILIPS_CR), series_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5",
+        series_number=42, instance_number=7, series_description="AI triage",
+    )
+
+    assert (report.SeriesInstanceUID, report.SOPInstanceUID) == ("1.2.3.4", "1.2.3.4.5")
+    assert (report.SeriesNumber, report.InstanceNumber, report.SeriesDescription) == (42, 7, "AI triage")
+
+
+def test_derived_uid_separates_its_parts() -> None:
+    assert derived_uid("ab", "c") != derived_uid("a", "bc")
+    assert len(derived_uid("x" * 1000)) <= 64
+
+
+# --- Input validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: Finding(1.5), ValueError, 'Argument "probability" must be in \\[0, 1\\]'),
+        (lambda: Finding(-0.01), ValueError, 'Argument "probability" must be in \\[0, 1\\]'),
+        (lambda: Finding(float("nan")), ValueError, 'Argument "probability" must be in \\[0, 1\\]'),
+        (lambda: Finding(True), TypeError, 'Argument "probability" must be a number'),
+        (lambda: Finding("0.5"), TypeError, 'Argument "probability" must be a number'),
+        (lambda: Finding(0.5, threshold=1.01), ValueError, 'Argument "threshold" must be in \\[0, 1\\]'),
+        (lambda: AlgorithmInfo("n", "1", "ABC", "m"), ValueError, 'Argument "weights_sha256"'),
+        (lambda: AlgorithmInfo("n", "1", WEIGHTS_A.upper(), "m"), ValueError, 'Argument "weights_sha256"'),
+        (lambda: AlgorithmInfo("", "1", WEIGHTS_A, "m"), ValueError, 'Argument "name"'),
+        (lambda: AlgorithmInfo("n", "x" * 65, WEIGHTS_A, "m"), ValueError, 'Argument "version"'),
+        (lambda: AlgorithmInfo("n", "1", WEIGHTS_A, "a\\b"), ValueError, 'Argument "manufacturer"'),
+        (lambda: AlgorithmInfo("n", 1, WEIGHTS_A, "m"), TypeError, 'Argument "version"'),
+        (lambda: SimilarStudy("1.2", "1.2.3", "not a uid", SECONDARY_CAPTURE, 0.1, "covid"), ValueError,
+         'Argument "sop_instance_uid" must be a valid UID'),
+        (lambda: SimilarStudy("1.2", "1.2.3", "1.2.3.4", SECONDARY_CAPTURE, -0.1, "covid"), ValueError,
+         'Argument "distance" must be finite and >= 0'),
+        (lambda: SimilarStudy("1.2", "1.2.3", "1.2.3.4", SECONDARY_CAPTURE, float("inf"), "covid"), ValueError,
+         'Argument "distance" must be finite and >= 0'),
+        (lambda: SimilarStudy("1.2", "1.2.3", "1.2.3.4", SECONDARY_CAPTURE, 0.1, "unknown"), ValueError,
+         'Argument "label" must be one of "covid", "non_covid"'),
+    ],
+)
+def test_invalid_inputs_are_refused_naming_the_argument(make, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_source_without_uids_is_refused() -> None:
+    source = read_source(PHILIPS_CR)
+    del source.SOPInstanceUID
+
+    with pytest.raises(ValueError, match='Argument "source" lacks SOPInstanceUID'):
+        build(source)
+
+
+def test_source_must_be_a_dataset() -> None:
+    with pytest.raises(TypeError, match='Argument "source"'):
+        build_report(str(DICOM_DIR / PHILIPS_CR), Finding(0.5), [], ALGORITHM)  # type: ignore[arg-type]
+
+
+def test_similar_cases_must_be_distinct_images_other_than_the_source() -> None:
+    source = read_source(PHILIPS_CR)
+    itself = SimilarStudy(source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID,
+                          source.SOPClassUID, 0.0, "covid")
+
+    with pytest.raises(ValueError, match='Argument "similar" must list distinct images'):
+        build_report(source, Finding(0.5), [SIMILAR[0], SIMILAR[0]], ALGORITHM)
+    with pytest.raises(ValueError, match='Argument "similar" must list distinct images'):
+        build_report(source, Finding(0.5), [itself], ALGORITHM)
+
+
+def test_report_series_must_differ_from_the_source_series() -> None:
+    source = read_source(PHILIPS_CR)
+
+    with pytest.raises(ValueError, match='Argument "series_instance_uid" must differ'):
+        build(source, series_instance_uid=source.SeriesInstanceUID)
