@@ -488,3 +488,9 @@ def test_report_series_must_differ_from_the_source_series() -> None:
 
     with pytest.raises(ValueError, match='Argument "series_instance_uid" must differ'):
         build(source, series_instance_uid=source.SeriesInstanceUID)
+
+
+@pytest.mark.parametrize("numbers", [{"series_number": 0}, {"instance_number": -1}])
+def test_series_and_instance_numbers_must_be_positive(numbers: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="should be a positive integer"):
+        build(read_source(PHILIPS_CR), **numbers)
