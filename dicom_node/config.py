@@ -24,7 +24,7 @@ def default_config_text() -> str:
     return resources.files("dicom_node").joinpath("default_config.toml").read_text()
 
 
-def _check_ae_title(key: str, value: object) -> str:
+def check_ae_title(key: str, value: object) -> str:
     if not isinstance(value, str):
         raise ConfigError(f'"{key}" must be a string of 1-16 characters, got {value!r}')
     title = value.strip()
@@ -35,19 +35,19 @@ def _check_ae_title(key: str, value: object) -> str:
     return title
 
 
-def _check_int(key: str, value: object, low: int, high: int) -> int:
+def check_int(key: str, value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f'"{key}" must be an integer in {low}..{high}, got {value!r}')
     return value
 
 
-def _check_bool(key: str, value: object) -> bool:
+def check_bool(key: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f'"{key}" must be true or false, got {value!r}')
     return value
 
 
-def _check_ip(key: str, value: object) -> str:
+def check_ip(key: str, value: object) -> str:
     try:
         return str(ipaddress.ip_address(str(value)))
     except ValueError:
@@ -62,8 +62,8 @@ class AllowedCaller:
     hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ae_title", _check_ae_title("allowed_callers.ae_title", self.ae_title))
-        hosts = tuple(_check_ip("allowed_callers.hosts", h) for h in self.hosts)
+        object.__setattr__(self, "ae_title", check_ae_title("allowed_callers.ae_title", self.ae_title))
+        hosts = tuple(check_ip("allowed_callers.hosts", h) for h in self.hosts)
         object.__setattr__(self, "hosts", hosts)
 
 
@@ -86,20 +86,20 @@ class NodeConfig:
     allowed_callers: tuple[AllowedCaller, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ae_title", _check_ae_title("node.ae_title", self.ae_title))
-        _check_int("node.port", self.port, 1, 65535)
-        object.__setattr__(self, "bind", _check_ip("node.bind", self.bind))
+        object.__setattr__(self, "ae_title", check_ae_title("node.ae_title", self.ae_title))
+        check_int("node.port", self.port, 1, 65535)
+        object.__setattr__(self, "bind", check_ip("node.bind", self.bind))
         if not str(self.spool).strip():
             raise ConfigError('"node.spool" must be a directory path, got an empty string')
         object.__setattr__(self, "spool", Path(self.spool))
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f'"node.log_level" must be one of {", ".join(LOG_LEVELS)}, got {self.log_level!r}')
         for key in ("acse_timeout", "dimse_timeout", "network_timeout"):
-            _check_int(f"network.{key}", getattr(self, key), 1, 3600)
-        _check_int("network.maximum_pdu_size", self.maximum_pdu_size, 0, 2**32 - 1)
-        _check_int("network.max_associations", self.max_associations, 1, 256)
-        _check_int("network.shutdown_grace_seconds", self.shutdown_grace_seconds, 0, 600)
-        _check_bool("storage.fsync", self.fsync)
+            check_int(f"network.{key}", getattr(self, key), 1, 3600)
+        check_int("network.maximum_pdu_size", self.maximum_pdu_size, 0, 2**32 - 1)
+        check_int("network.max_associations", self.max_associations, 1, 256)
+        check_int("network.shutdown_grace_seconds", self.shutdown_grace_seconds, 0, 600)
+        check_bool("storage.fsync", self.fsync)
 
     def with_overrides(self, **overrides: Any) -> NodeConfig:
         """Return a copy with the non-``None`` overrides applied (command-line flags)."""

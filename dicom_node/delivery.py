@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
-from dicom_node.config import _check_ae_title, _check_int
+from dicom_node.config import check_ae_title, check_int
 from dicom_node.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,9 @@ class PacsDestination:
                 f'"pacs.name" must be 1-64 letters, digits or "_.-", got {self.name!r}'
             )
         prefix = f"pacs.{self.name}"
-        object.__setattr__(self, "ae_title", _check_ae_title(f"{prefix}.ae_title", self.ae_title))
+        object.__setattr__(self, "ae_title", check_ae_title(f"{prefix}.ae_title", self.ae_title))
         object.__setattr__(self, "host", _check_host(f"{prefix}.host", self.host))
-        _check_int(f"{prefix}.port", self.port, 1, 65535)
+        check_int(f"{prefix}.port", self.port, 1, 65535)
 
 
 def next_retry_delay(attempts: int, *, initial: float, maximum: float) -> float:
