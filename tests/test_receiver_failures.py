@@ -204,15 +204,9 @@ def test_sigterm_stops_the_node_cleanly(start_node) -> None:
 def test_sigterm_mid_batch_exits_cleanly_and_keeps_every_acknowledged_instance(
     start_node, shared_data: Path, tmp_path: Path
 ) -> None:
-    batch, uids = _write_batch(shared_data, tmp_path, 60)
-    node = start_node()
-    sender = _storescu(node.port, batch)
+    node, acknowledged, _ = _interrupt_a_batch(start_node(), shared_data, tmp_path, lambda n: n.terminate() == 0)
     instances = node.spool / "instances"
-    _wait_for_files(instances, 10)
-    assert node.terminate() == 0
-    output, _ = sender.communicate(timeout=60)
-    acknowledged = _uids_answered_success(output, uids)
-    assert acknowledged, output
+    assert acknowledged
     for uid in acknowledged:
         pydicom.dcmread(instances / f"{uid}.dcm").PixelData
     assert not list(instances.glob(".tmp-*"))
@@ -222,14 +216,8 @@ def test_sigterm_mid_batch_exits_cleanly_and_keeps_every_acknowledged_instance(
 def test_kill_9_mid_batch_loses_no_instance_that_was_answered_success(
     start_node, shared_data: Path, tmp_path: Path
 ) -> None:
-    batch, uids = _write_batch(shared_data, tmp_path, 60)
-    node = start_node()
-    sender = _storescu(node.port, batch)
+    node, acknowledged, uids = _interrupt_a_batch(start_node(), shared_data, tmp_path, lambda n: n.kill9() is None)
     instances = node.spool / "instances"
-    _wait_for_files(instances, 10)
-    node.kill9()
-    output, _ = sender.communicate(timeout=60)
-    acknowledged = _uids_answered_success(output, uids)
     assert 5 <= len(acknowledged) < len(uids), "the kill should land mid-batch"
 
     restarted = start_node(node.spool)
@@ -242,6 +230,19 @@ def test_kill_9_mid_batch_loses_no_instance_that_was_answered_success(
         pydicom.dcmread(stored).PixelData
     counts = restarted.spool.joinpath("jobs", "received")
     assert len(list(counts.glob("*.json"))) == len(list(instances.glob("*.dcm")))
+
+
+def _interrupt_a_batch(node, shared_data: Path, tmp_path: Path, interrupt) -> tuple:
+    """storescu sends 60 instances; once 10 are on disk, ``interrupt(node)`` must return True.
+
+    Returns the node, the SOP Instance UIDs storescu saw answered Success, and all UIDs.
+    """
+    batch, uids = _write_batch(shared_data, tmp_path, 60)
+    sender = _storescu(node.port, batch)
+    _wait_for_files(node.spool / "instances", 10)
+    assert interrupt(node)
+    output, _ = sender.communicate(timeout=60)
+    return node, _uids_answered_success(output, uids), uids
 
 
 def _write_batch(shared_data: Path, tmp_path: Path, n: int) -> tuple[Path, list[str]]:
