@@ -224,7 +224,7 @@ def test_kill_9_mid_batch_loses_no_instance_that_was_answered_success(
     for uid in acknowledged:
         stored = instances / f"{uid}.dcm"
         assert stored.is_file(), f"instance {uid} was acknowledged but is missing"
-        assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(batch / "000.dcm").PixelData
+        assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(tmp_path / "batch" / "000.dcm").PixelData
     assert not list(instances.glob(".tmp-*")), "a temp file survived recovery"
     for stored in instances.glob("*.dcm"):  # nothing half-written under a final name
         pydicom.dcmread(stored).PixelData
