@@ -13,7 +13,7 @@ from pathlib import Path
 from dicom_node import __version__
 from dicom_node.config import NodeConfig, default_config_text, load_config
 from dicom_node.errors import NodeError
-from dicom_node.spool import Spool
+from dicom_node.spool import JobState, Spool
 
 logger = logging.getLogger("dicom_node")
 
@@ -33,6 +33,12 @@ def _build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print the number of jobs per state in the spool")
     _add_config_flags(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    resend = sub.add_parser("resend", help="queue failed reports for delivery again")
+    _add_config_flags(resend)
+    which = resend.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_ids", nargs="*", default=[], metavar="SOP_INSTANCE_UID", help="jobs to requeue")
+    which.add_argument("--all", action="store_true", help="every failed job that has a report")
 
     sub.add_parser("config-example", help="print the commented default configuration file")
     return parser
@@ -85,14 +91,30 @@ def _status(config: NodeConfig, as_json: bool) -> int:
     if not config.spool.is_dir():
         print(f"cxr-node: no spool at {config.spool}", file=sys.stderr)
         return 1
-    counts = Spool(config.spool, fsync=False).counts()
+    spool = Spool(config.spool, fsync=False)
+    counts = spool.counts()
+    failed = [{"job": j.job_id, "detail": j.detail} for j in spool.jobs(JobState.FAILED)]
     if as_json:
-        print(json.dumps({"spool": str(config.spool.resolve()), "jobs": counts}, indent=1))
+        print(json.dumps({"spool": str(config.spool.resolve()), "jobs": counts, "failed": failed}, indent=1))
     else:
         print(f"spool: {config.spool.resolve()}")
         for state, n in counts.items():
             print(f"  {state:<12}{n:>8}")
+        for item in failed:
+            print(f"failed {item['job']}: {item['detail']}")
     return 0
+
+
+def _resend(config: NodeConfig, job_ids: list[str], all_failed: bool) -> int:
+    from dicom_node.outbox import requeue_failed
+
+    requeued = requeue_failed(Spool(config.spool, fsync=config.fsync), None if all_failed else job_ids)
+    for job in requeued:
+        print(f"requeued {job.job_id}")
+    missing = set(job_ids) - {j.job_id for j in requeued}
+    for job_id in sorted(missing):
+        print(f"cxr-node: {job_id} is not a failed job with a report", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         config = _config_from_args(args)
         if args.command == "serve":
             return _serve(config)
+        if args.command == "resend":
+            return _resend(config, args.job_ids, args.all)
         return _status(config, args.json)
     except NodeError as exc:
         print(f"cxr-node: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ never starts on a half-valid configuration.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -54,6 +55,60 @@ def check_ip(key: str, value: object) -> str:
         raise ConfigError(f'"{key}" must be an IPv4 or IPv6 address, got {value!r}') from None
 
 
+# RFC 1123 host name labels, or an IPv4/IPv6 literal (checked loosely: the resolver has
+# the last word, this only stops typos such as spaces or a URL in the config).
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_IP_LITERAL = re.compile(r"[0-9A-Fa-f:.]+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_host(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f'"{key}" must be a host name or IP address, got {value!r}')
+    host = value.strip()
+    is_name = 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
+    if not (is_name or (host and _IP_LITERAL.fullmatch(host))):
+        raise ConfigError(f'"{key}" must be a host name or IP address, got {value!r}')
+    return host
+
+
+@dataclass(frozen=True)
+class PacsDestination:
+    """A PACS the node sends its reports to.
+
+    Parameters
+    ----------
+    name : str
+        Name used in the config, in logs and in the outbox (letters, digits, ``_.-``).
+    ae_title : str
+        Called AE title of the PACS (1-16 printable ASCII characters, no backslash).
+    host : str
+        Host name or IP address.
+    port : int
+        TCP port, 1-65535.
+
+    Raises
+    ------
+    dicom_node.errors.ConfigError
+        A value is invalid; the message names the key, e.g. ``pacs.main.port``.
+    """
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigError(
+                f'"pacs.name" must be 1-64 letters, digits or "_.-", got {self.name!r}'
+            )
+        prefix = f"pacs.{self.name}"
+        object.__setattr__(self, "ae_title", check_ae_title(f"{prefix}.ae_title", self.ae_title))
+        object.__setattr__(self, "host", check_host(f"{prefix}.host", self.host))
+        check_int(f"{prefix}.port", self.port, 1, 65535)
+
+
 @dataclass(frozen=True)
 class AllowedCaller:
     """A calling AE title the node accepts, optionally only from some IP addresses."""
@@ -84,6 +139,11 @@ class NodeConfig:
     shutdown_grace_seconds: int = 10
     fsync: bool = True
     allowed_callers: tuple[AllowedCaller, ...] = field(default_factory=tuple)
+    destinations: tuple[PacsDestination, ...] = field(default_factory=tuple)
+    max_attempts: int = 20
+    max_age_hours: int = 72
+    retry_initial_seconds: int = 10
+    retry_max_seconds: int = 600
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title("node.ae_title", self.ae_title))
@@ -100,6 +160,13 @@ class NodeConfig:
         check_int("network.max_associations", self.max_associations, 1, 256)
         check_int("network.shutdown_grace_seconds", self.shutdown_grace_seconds, 0, 600)
         check_bool("storage.fsync", self.fsync)
+        check_int("delivery.max_attempts", self.max_attempts, 1, 10000)
+        check_int("delivery.max_age_hours", self.max_age_hours, 1, 24 * 365)
+        check_int("delivery.retry_initial_seconds", self.retry_initial_seconds, 1, 86400)
+        check_int("delivery.retry_max_seconds", self.retry_max_seconds, self.retry_initial_seconds, 86400)
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ConfigError(f'"destinations.name" must be unique, got {names}')
 
     def with_overrides(self, **overrides: Any) -> NodeConfig:
         """Return a copy with the non-``None`` overrides applied (command-line flags)."""
@@ -130,7 +197,9 @@ _SCHEMA: dict[str, dict[str, str]] = {
         )
     },
     "storage": {"fsync": "fsync"},
+    "delivery": {k: k for k in ("max_attempts", "max_age_hours", "retry_initial_seconds", "retry_max_seconds")},
 }
+_TABLE_ARRAYS = ("allowed_callers", "destinations")
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> NodeConfig:
@@ -140,8 +209,11 @@ def config_from_mapping(data: Mapping[str, Any]) -> NodeConfig:
         if table == "allowed_callers":
             values["allowed_callers"] = _parse_allowed_callers(content)
             continue
+        if table == "destinations":
+            values["destinations"] = _parse_destinations(content)
+            continue
         if table not in _SCHEMA:
-            raise ConfigError(f'unknown table "{table}" (known: {", ".join([*_SCHEMA, "allowed_callers"])})')
+            raise ConfigError(f'unknown table "{table}" (known: {", ".join([*_SCHEMA, *_TABLE_ARRAYS])})')
         if not isinstance(content, Mapping):
             raise ConfigError(f'"{table}" must be a table')
         for key, value in content.items():
@@ -172,6 +244,24 @@ def _parse_allowed_callers(content: object) -> tuple[AllowedCaller, ...]:
             raise ConfigError('"allowed_callers.hosts" must be an array of IP addresses')
         callers.append(AllowedCaller(entry["ae_title"], tuple(hosts)))
     return tuple(callers)
+
+
+def _parse_destinations(content: object) -> tuple[PacsDestination, ...]:
+    if not isinstance(content, list):
+        raise ConfigError('"destinations" must be an array of tables ([[destinations]])')
+    destinations = []
+    for entry in content:
+        if not isinstance(entry, Mapping):
+            raise ConfigError("each [[destinations]] entry must be a table")
+        known = ("name", "ae_title", "host", "port")
+        unknown = set(entry) - set(known)
+        if unknown:
+            raise ConfigError(f'unknown key "destinations.{sorted(unknown)[0]}" (known: {", ".join(known)})')
+        missing = [k for k in known if k not in entry]
+        if missing:
+            raise ConfigError(f'[[destinations]] entry lacks "destinations.{missing[0]}"')
+        destinations.append(PacsDestination(entry["name"], entry["ae_title"], entry["host"], entry["port"]))
+    return tuple(destinations)
 
 
 def load_config(path: Path | None) -> NodeConfig:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,64 +22,9 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
-from dicom_node.config import check_ae_title, check_int
-from dicom_node.errors import ConfigError
+from dicom_node.config import PacsDestination
 
 logger = logging.getLogger(__name__)
-
-# RFC 1123 host name labels, or an IPv4/IPv6 literal (checked loosely: the resolver has
-# the last word, this only stops typos such as spaces or a URL in the config).
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_IP_LITERAL = re.compile(r"[0-9A-Fa-f:.]+")
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def _check_host(key: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f'"{key}" must be a host name or IP address, got {value!r}')
-    host = value.strip()
-    is_name = 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
-    if not (is_name or (host and _IP_LITERAL.fullmatch(host))):
-        raise ConfigError(f'"{key}" must be a host name or IP address, got {value!r}')
-    return host
-
-
-@dataclass(frozen=True)
-class PacsDestination:
-    """A PACS the node sends its reports to.
-
-    Parameters
-    ----------
-    name : str
-        Name used in the config, in logs and in the outbox (letters, digits, ``_.-``).
-    ae_title : str
-        Called AE title of the PACS (1-16 printable ASCII characters, no backslash).
-    host : str
-        Host name or IP address.
-    port : int
-        TCP port, 1-65535.
-
-    Raises
-    ------
-    dicom_node.errors.ConfigError
-        A value is invalid; the message names the key, e.g. ``pacs.main.port``.
-    """
-
-    name: str
-    ae_title: str
-    host: str
-    port: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise ConfigError(
-                f'"pacs.name" must be 1-64 letters, digits or "_.-", got {self.name!r}'
-            )
-        prefix = f"pacs.{self.name}"
-        object.__setattr__(self, "ae_title", check_ae_title(f"{prefix}.ae_title", self.ae_title))
-        object.__setattr__(self, "host", _check_host(f"{prefix}.host", self.host))
-        check_int(f"{prefix}.port", self.port, 1, 65535)
-
 
 def next_retry_delay(attempts: int, *, initial: float, maximum: float) -> float:
     """Seconds to wait before the next try, after ``attempts`` failed ones.

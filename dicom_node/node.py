@@ -11,6 +11,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import NodeConfig
 from dicom_node.handlers import build_event_handlers
+from dicom_node.outbox import Outbox, RetryPolicy
 from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae
 from dicom_node.spool import Spool
 
@@ -31,10 +32,21 @@ class ReceiverNode:
         self.spool = Spool(config.spool, fsync=config.fsync)
         self.ae: AE = build_ae(config)
         self._server: ThreadedAssociationServer | None = None
+        self.outbox = Outbox(
+            self.spool, config.destinations, RetryPolicy.from_config(config), config.ae_title,
+            timeout=config.acse_timeout,
+        )
+        self._stop_outbox = threading.Event()
+        self._outbox_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Recover the spool, then listen. Returns once the port accepts associations."""
+        """Recover the spool, start the outbox, then listen. Returns once the port accepts associations."""
         self.spool.recover()
+        if self.config.destinations:
+            self._outbox_thread = threading.Thread(
+                target=self.outbox.run, args=(self._stop_outbox,), name="outbox", daemon=True
+            )
+            self._outbox_thread.start()
         self._server = self.ae.start_server(
             (self.config.bind, self.config.port),
             block=False,
@@ -42,10 +54,11 @@ class ReceiverNode:
         )
         logger.info(
             "listening: ae_title=%s bind=%s port=%d spool=%s fsync=%s sop_classes=%d transfer_syntaxes=%d "
-            "allowed_callers=%s",
+            "allowed_callers=%s destinations=%s",
             self.config.ae_title, self.config.bind, self.config.port, self.config.spool.resolve(),
             self.config.fsync, len(STORAGE_SOP_CLASSES), len(TRANSFER_SYNTAXES),
             ",".join(c.ae_title for c in self.config.allowed_callers) or "any",
+            ",".join(f"{d.name}({d.ae_title}@{d.host}:{d.port})" for d in self.config.destinations) or "none",
         )
 
     def stop(self) -> None:
@@ -70,6 +83,9 @@ class ReceiverNode:
         for assoc in remaining:
             assoc.join(timeout=5)  # let a handler that is mid-write finish its rename
         self.ae.shutdown()
+        self._stop_outbox.set()
+        if self._outbox_thread is not None:
+            self._outbox_thread.join(timeout=self.config.acse_timeout + 5)  # one C-STORE at most
         logger.info("stopped")
 
     def serve_until(self, stop_event: threading.Event) -> None:

@@ -60,6 +60,18 @@ def is_valid_uid(uid: str) -> bool:
 
 
 @dataclass(frozen=True)
+class DeliveryState:
+    """Where a job's report stands with one PACS destination."""
+
+    destination: str
+    delivered: bool = False
+    attempts: int = 0
+    next_attempt_at: float = 0.0  # Unix time; 0 = now
+    last_status: int | None = None
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
 class Job:
     """The record of one received instance and what has happened to it."""
 
@@ -73,6 +85,8 @@ class Job:
     attempts: int = 0
     detail: str = ""
     history: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    result_file: str = ""  # the report, relative to the spool root, once there is one
+    deliveries: tuple[DeliveryState, ...] = field(default_factory=tuple)
 
     @property
     def job_id(self) -> str:
@@ -89,7 +103,15 @@ class Job:
         record = json.loads(data)
         record["state"] = JobState(record["state"])
         record["history"] = tuple(tuple(h) for h in record.get("history", ()))
+        record["deliveries"] = tuple(DeliveryState(**d) for d in record.get("deliveries", ()))
         return cls(**record)
+
+    def entered_state_at(self) -> datetime:
+        """When the job entered its current state (from its history)."""
+        for state, at in reversed(self.history):
+            if state == self.state.value:
+                return datetime.fromisoformat(at)
+        return datetime.fromisoformat(self.received_at)
 
 
 class Spool:
@@ -107,10 +129,11 @@ class Spool:
         self.root = Path(root)
         self.fsync = fsync
         self.instances_dir = self.root / "instances"
+        self.results_dir = self.root / "results"
         self.jobs_dir = self.root / "jobs"
         self._lock = threading.Lock()
         try:
-            for directory in (self.instances_dir, *(self.state_dir(s) for s in JobState)):
+            for directory in (self.instances_dir, self.results_dir, *(self.state_dir(s) for s in JobState)):
                 directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create spool directories under {self.root}: {exc}") from exc
@@ -182,15 +205,15 @@ class Spool:
                 continue
         return None
 
-    def transition(self, job: Job, to_state: JobState, *, detail: str = "", attempts: int | None = None) -> Job:
-        """Move ``job`` to ``to_state`` durably and return the updated record."""
+    def transition(self, job: Job, to_state: JobState, *, detail: str = "", **changes: object) -> Job:
+        """Move ``job`` to ``to_state`` durably, with other fields ``changes``d; return the new record."""
         with self._lock:
             moved = replace(
                 job,
                 state=to_state,
                 detail=detail,
-                attempts=job.attempts if attempts is None else attempts,
                 history=(*job.history, (to_state.value, utc_now())),
+                **changes,
             )
             self._write_job(moved)
             if to_state is not job.state:
@@ -198,6 +221,25 @@ class Spool:
                 if self.fsync:
                     fsync_directory(self.state_dir(job.state))
             return moved
+
+    def update(self, job: Job) -> Job:
+        """Rewrite ``job``'s record in place (same state), durably."""
+        with self._lock:
+            self._write_job(job)
+        return job
+
+    def result_path(self, job: Job) -> Path:
+        return self.root / job.result_file
+
+    def put_result(self, job: Job, report: bytes, destinations: Iterable[str]) -> Job:
+        """Store ``job``'s report durably and move the job to the outbox, one delivery per destination."""
+        path = self.results_dir / f"{job.job_id}.dcm"
+        write_atomically(path, [report], fsync=self.fsync)
+        return self.transition(
+            job, JobState.OUTBOX,
+            result_file=str(path.relative_to(self.root)),
+            deliveries=tuple(DeliveryState(name) for name in destinations),
+        )
 
     def jobs(self, state: JobState) -> Iterator[Job]:
         """Iterate the jobs in ``state``, oldest file first."""
@@ -225,7 +267,7 @@ class Spool:
         """
         report = {"temp_files_removed": 0, "duplicates_removed": 0, "requeued": 0, "orphans_enqueued": 0}
         with self._lock:
-            for directory in (self.instances_dir, *(self.state_dir(s) for s in JobState)):
+            for directory in (self.instances_dir, self.results_dir, *(self.state_dir(s) for s in JobState)):
                 report["temp_files_removed"] += remove_temp_files(directory)
             seen: dict[str, JobState] = {}
             for state in reversed(JobState):

@@ -1,0 +1,195 @@
+"""The outbox: deliver each report to each PACS destination, retrying until done or given up.
+
+The decisions are pure functions of a job's record and the time (:func:`record_attempt`,
+:func:`is_due`, :func:`final_state`); :class:`Outbox` is the thin loop around them that
+talks to the network and the spool. Every attempt is written to the job's record before
+the next one, so a restart resumes where the node stopped: a report delivered just before
+a crash may be sent once more, and the PACS stores it once (same SOP Instance UID).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from dicom_node.config import NodeConfig, PacsDestination
+from dicom_node.delivery import DeliveryResult, next_retry_delay, send_file
+from dicom_node.spool import DeliveryState, Job, JobState, Spool
+
+logger = logging.getLogger(__name__)
+
+SendFile = Callable[..., DeliveryResult]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try again, and when to give up."""
+
+    max_attempts: int
+    max_age_seconds: float
+    initial_delay: float
+    max_delay: float
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> RetryPolicy:
+        return cls(
+            max_attempts=config.max_attempts,
+            max_age_seconds=config.max_age_hours * 3600.0,
+            initial_delay=float(config.retry_initial_seconds),
+            max_delay=float(config.retry_max_seconds),
+        )
+
+
+def is_due(delivery: DeliveryState, now: float) -> bool:
+    """Whether a delivery should be tried at ``now``."""
+    return not delivery.delivered and delivery.next_attempt_at <= now
+
+
+def record_attempt(delivery: DeliveryState, result: DeliveryResult, now: float, policy: RetryPolicy) -> DeliveryState:
+    """The delivery's state after one attempt with ``result`` at ``now``."""
+    attempts = delivery.attempts + 1
+    if result.delivered:
+        return replace(delivery, delivered=True, attempts=attempts, last_status=result.status, last_error="")
+    delay = next_retry_delay(attempts, initial=policy.initial_delay, maximum=policy.max_delay)
+    return replace(
+        delivery,
+        attempts=attempts,
+        next_attempt_at=now + delay,
+        last_status=result.status,
+        last_error=result.error or "not delivered",
+    )
+
+
+def final_state(deliveries: Sequence[DeliveryState], ready_since: float, now: float, policy: RetryPolicy) -> tuple[JobState, str] | None:
+    """``(SENT | FAILED, why)`` once the outbox is done with a job, else ``None``.
+
+    With no destination at all the report stays in the outbox: that is where a hospital
+    finds it, and it goes out once a destination is configured.
+    """
+    if not deliveries:
+        return None
+    pending = [d for d in deliveries if not d.delivered]
+    if not pending:
+        return JobState.SENT, "delivered to " + ", ".join(d.destination for d in deliveries)
+    exhausted = [d for d in pending if d.attempts >= policy.max_attempts]
+    if exhausted:
+        return JobState.FAILED, "; ".join(
+            f"{d.destination}: gave up after {d.attempts} attempts ({d.last_error})" for d in exhausted
+        )
+    if now - ready_since > policy.max_age_seconds:
+        return JobState.FAILED, "; ".join(
+            f"{d.destination}: not delivered within {policy.max_age_seconds / 3600:g} h ({d.last_error})"
+            for d in pending
+        )
+    return None
+
+
+def with_destinations(deliveries: Sequence[DeliveryState], names: Iterable[str]) -> tuple[DeliveryState, ...]:
+    """Add a fresh delivery for every configured destination the job does not have yet."""
+    known = {d.destination for d in deliveries}
+    return (*deliveries, *(DeliveryState(n) for n in names if n not in known))
+
+
+class Outbox:
+    """Sends the outbox's reports, one job and one destination at a time.
+
+    Parameters
+    ----------
+    spool : Spool
+        Where the jobs and reports are.
+    destinations : Sequence[PacsDestination]
+        The configured PACS.
+    policy : RetryPolicy
+        Backoff and give-up rules.
+    calling_ae_title : str
+        The node's AE title, as the PACS knows it.
+    send : callable
+        :func:`dicom_node.delivery.send_file` or a stand-in with its signature.
+    clock : callable
+        Unix time now.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        destinations: Sequence[PacsDestination],
+        policy: RetryPolicy,
+        calling_ae_title: str,
+        *,
+        send: SendFile = send_file,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 30,
+    ) -> None:
+        self.spool = spool
+        self.destinations = {d.name: d for d in destinations}
+        self.policy = policy
+        self.calling_ae_title = calling_ae_title
+        self.send = send
+        self.clock = clock
+        self.timeout = timeout
+
+    def run_once(self) -> int:
+        """Try every delivery that is due; return how many attempts were made."""
+        attempts = 0
+        for job in list(self.spool.jobs(JobState.OUTBOX)):
+            attempts += self._work_on(job)
+        return attempts
+
+    def _work_on(self, job: Job) -> int:
+        deliveries = with_destinations(job.deliveries, self.destinations)
+        if deliveries != job.deliveries:
+            job = self.spool.update(replace(job, deliveries=deliveries))
+        attempts = 0
+        for index, delivery in enumerate(job.deliveries):
+            destination = self.destinations.get(delivery.destination)
+            if destination is None or not is_due(delivery, self.clock()):
+                continue  # a destination removed from the config waits until it is back
+            result = self.send(
+                self.spool.result_path(job), destination, calling_ae_title=self.calling_ae_title,
+                acse_timeout=self.timeout, dimse_timeout=self.timeout, network_timeout=self.timeout,
+            )
+            updated = record_attempt(delivery, result, self.clock(), self.policy)
+            job = self.spool.update(
+                replace(job, deliveries=(*job.deliveries[:index], updated, *job.deliveries[index + 1:]))
+            )
+            attempts += 1
+            logger.info(
+                "delivery: job=%s destination=%s attempt=%d delivered=%s%s",
+                job.job_id, destination.name, updated.attempts, updated.delivered,
+                "" if updated.delivered else f" retry_in={updated.next_attempt_at - self.clock():.0f}s",
+            )
+        done = final_state(job.deliveries, job.entered_state_at().timestamp(), self.clock(), self.policy)
+        if done is not None:
+            state, why = done
+            self.spool.transition(job, state, detail=why)
+            log = logger.info if state is JobState.SENT else logger.error
+            log("job %s: %s (%s)", job.job_id, state.value, why)
+        return attempts
+
+    def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
+        """Deliver until ``stop`` is set; errors are logged and the loop goes on."""
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                logger.exception("outbox: unexpected error; retrying in %.0f s", poll_seconds)
+            stop.wait(poll_seconds)
+
+
+def requeue_failed(spool: Spool, job_ids: Iterable[str] | None = None) -> list[Job]:
+    """Move failed jobs that have a report back to the outbox, with fresh retry counts.
+
+    ``job_ids=None`` requeues every such job. Deliveries already made are kept, so only
+    the destinations that did not get the report are tried again.
+    """
+    wanted = None if job_ids is None else set(job_ids)
+    requeued = []
+    for job in list(spool.jobs(JobState.FAILED)):
+        if (wanted is not None and job.job_id not in wanted) or not job.result_file:
+            continue
+        fresh = tuple(d if d.delivered else DeliveryState(d.destination) for d in job.deliveries)
+        requeued.append(spool.transition(job, JobState.OUTBOX, detail="requeued by resend", deliveries=fresh))
+    return requeued
