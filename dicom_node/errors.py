@@ -18,3 +18,11 @@ class SpoolError(NodeError):
 
 class InvalidInstanceError(NodeError, ValueError):
     """A received dataset cannot be parsed or lacks the attributes the node needs."""
+
+
+class UnreadableDatasetError(InvalidInstanceError):
+    """The byte stream does not parse as a DICOM data set (garbage or truncated)."""
+
+
+class MissingIdentifierError(InvalidInstanceError):
+    """The data set parses but lacks a valid SOP Class UID or SOP Instance UID."""

@@ -1,0 +1,251 @@
+"""pynetdicom event handlers: C-ECHO, C-STORE and the association log lines.
+
+``handle_store`` answers Success only after the instance, exactly as received, and its job
+are durably in the spool. Every failure maps to its own status with an Error Comment, and
+no exception leaves a handler. Nothing slow (decoding pixels, inference) runs here: the
+handler runs in the association's thread and would stall the modality.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from dicom_node import dimse_status
+from dicom_node.config import NodeConfig
+from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
+from dicom_node.spool import Spool, is_valid_uid
+
+logger = logging.getLogger(__name__)
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_PARSE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """The UIDs that identify a received data set."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+def read_instance_identity(encoded_file: bytes) -> InstanceIdentity:
+    """Parse a received instance (preamble + file meta + data set) and return its UIDs.
+
+    The whole data set is parsed, without decoding pixel data, so that a garbage or
+    truncated byte stream is refused here rather than found later by whoever reads it.
+    UIDs are checked tolerantly (digits and dots; real modalities emit leading zeros).
+
+    Raises
+    ------
+    UnreadableDatasetError
+        The bytes are not a DICOM data set, or it ends before its Pixel Data is complete.
+    MissingIdentifierError
+        The data set lacks a SOP Class UID or SOP Instance UID.
+    """
+    # pydicom reports a missing encapsulation delimiter only as a warning, and the
+    # warnings filter is process-wide: serialise the (millisecond) parse.
+    with _PARSE_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(BytesIO(encoded_file))
+            for _ in ds.iterall():  # raw elements convert lazily: touch every one
+                pass
+        except Exception as exc:  # pydicom raises many types for corrupt input
+            raise UnreadableDatasetError(f"data set cannot be parsed ({type(exc).__name__})") from exc
+    if any("End of file" in str(w.message) for w in caught) or _pixel_data_is_short(ds):
+        raise UnreadableDatasetError("data set is truncated: Pixel Data incomplete or missing")
+    sop_class_uid = str(ds.get("SOPClassUID", "") or "")
+    sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
+    if not is_valid_uid(sop_class_uid) or not is_valid_uid(sop_instance_uid):
+        raise MissingIdentifierError("data set lacks a SOP Class UID or SOP Instance UID")
+    return InstanceIdentity(sop_class_uid, sop_instance_uid)
+
+
+def _pixel_data_is_short(ds: Dataset) -> bool:
+    """Whether an image data set has no Pixel Data, or less native pixel data than it declares.
+
+    pydicom silently drops a last element whose value is cut short, so a truncated image
+    shows up as one without (enough) Pixel Data.
+    """
+    if "PixelData" not in ds:
+        return True
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return False  # encapsulated: a cut shows up as the missing-delimiter warning
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel", 1)) * frames * ds.BitsAllocated // 8
+    except (AttributeError, TypeError, ValueError):
+        return True
+    return len(ds.PixelData) < expected
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = comment[:64]  # LO: at most 64 characters
+    return status
+
+
+class AssociationLog:
+    """One log line per association, with how many instances it stored and failed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[int, list[int]] = {}
+
+    def count(self, assoc: Any, ok: bool) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(id(assoc), [0, 0])
+            counts[0 if ok else 1] += 1
+
+    def _pop(self, assoc: Any) -> list[int]:
+        with self._lock:
+            return self._counts.pop(id(assoc), [0, 0])
+
+    def on_association_accepted(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        logger.info(
+            "association accepted: calling_ae=%s peer=%s:%s",
+            requestor.ae_title, requestor.address, requestor.port,
+        )
+
+    def on_association_rejected(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        logger.warning(
+            "association rejected: calling_ae=%s called_ae=%s peer=%s",
+            requestor.ae_title, requestor.primitive.called_ae_title if requestor.primitive else "",
+            requestor.address,
+        )
+
+    def on_association_released(self, event: Event) -> None:
+        stored, failed = self._pop(event.assoc)
+        logger.info(
+            "association released: calling_ae=%s stored=%d failed=%d",
+            event.assoc.requestor.ae_title, stored, failed,
+        )
+
+    def on_association_aborted(self, event: Event) -> None:
+        stored, failed = self._pop(event.assoc)
+        logger.warning(
+            "association aborted: calling_ae=%s stored=%d failed=%d",
+            event.assoc.requestor.ae_title, stored, failed,
+        )
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO: the node is up."""
+    logger.info("C-ECHO: calling_ae=%s status=0x0000", event.assoc.requestor.ae_title)
+    return dimse_status.SUCCESS
+
+
+def handle_store(event: Event, spool: Spool, association_log: AssociationLog) -> Dataset:
+    """C-STORE: persist the instance and its job durably, then answer.
+
+    Returns a status data set (with Error Comment on failure); never raises.
+    """
+    started = time.perf_counter()
+    calling_ae = event.assoc.requestor.ae_title
+    request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+    code, comment, size = _store(event, spool, calling_ae)
+    association_log.count(event.assoc, code == dimse_status.SUCCESS)
+    log = logger.info if code == dimse_status.SUCCESS else logger.warning
+    log(
+        "C-STORE: calling_ae=%s sop_instance_uid=%s status=0x%04X bytes=%d ms=%.1f%s",
+        calling_ae, request_uid, code, size, (time.perf_counter() - started) * 1000,
+        f" reason={comment!r}" if comment else "",
+    )
+    return _status(code, comment)
+
+
+def _store(event: Event, spool: Spool, calling_ae: str) -> tuple[int, str, int]:
+    """Do the work of :func:`handle_store`; return ``(status, error comment, bytes)``."""
+    try:
+        encoded = event.encoded_dataset()
+        try:
+            identity = read_instance_identity(encoded)
+        except UnreadableDatasetError as exc:
+            return dimse_status.CANNOT_UNDERSTAND, str(exc), len(encoded)
+        except MissingIdentifierError as exc:
+            return dimse_status.CANNOT_UNDERSTAND_MISSING_UIDS, str(exc), len(encoded)
+        if identity.sop_class_uid != event.request.AffectedSOPClassUID:
+            return (
+                dimse_status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Class UID differs from the C-STORE request",
+                len(encoded),
+            )
+        if identity.sop_instance_uid != event.request.AffectedSOPInstanceUID:
+            return (
+                dimse_status.CANNOT_UNDERSTAND_UID_MISMATCH,
+                "SOP Instance UID differs from the C-STORE request",
+                len(encoded),
+            )
+        job, created = spool.store_instance(
+            encoded,
+            sop_instance_uid=identity.sop_instance_uid,
+            sop_class_uid=identity.sop_class_uid,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            calling_ae_title=calling_ae,
+        )
+        if not created:
+            logger.info(
+                "duplicate instance: sop_instance_uid=%s already has a job in state %s",
+                job.sop_instance_uid, job.state.value,
+            )
+        return dimse_status.SUCCESS, "", len(encoded)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL_ERRNOS:
+            logger.error("spool is out of disk space: %s", spool.root)
+            return dimse_status.OUT_OF_RESOURCES, "node storage full", 0
+        logger.error("cannot write to spool %s: %s", spool.root, exc.strerror)
+        return dimse_status.OUT_OF_RESOURCES_WRITE_FAILED, "node storage write failed", 0
+    except Exception:
+        logger.exception("unexpected error while storing an instance")
+        return dimse_status.PROCESSING_FAILURE, "unexpected node error", 0
+
+
+def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
+    """EVT_REQUESTED: reject a listed AE title calling from a host not listed for it.
+
+    AE titles that are not listed at all are rejected by pynetdicom itself
+    (``require_calling_aet``); both use the standard reason "calling AE title not recognised".
+    """
+    assoc = event.assoc
+    ae_title = assoc.requestor.primitive.calling_ae_title
+    if config.allows(ae_title, assoc.requestor.address):
+        return
+    known_title = any(c.ae_title == ae_title.strip() for c in config.allowed_callers)
+    if not known_title:
+        return  # pynetdicom rejects it during negotiation and fires EVT_REJECTED
+    logger.warning("association rejected: calling_ae=%s peer=%s (host not allowed)", ae_title, assoc.requestor.address)
+    # Rejected permanent, by the service user, calling AE title not recognised (PS3.8 9.3.4).
+    assoc.acse.send_reject(0x01, 0x01, 0x03)
+    assoc.is_rejected = True
+    assoc.kill()
+
+
+def build_event_handlers(config: NodeConfig, spool: Spool) -> list[tuple[Any, ...]]:
+    """Bind the handlers to their dependencies for ``AE.start_server``."""
+    association_log = AssociationLog()
+    return [
+        (evt.EVT_REQUESTED, reject_unlisted_hosts, [config]),
+        (evt.EVT_ACCEPTED, association_log.on_association_accepted),
+        (evt.EVT_REJECTED, association_log.on_association_rejected),
+        (evt.EVT_RELEASED, association_log.on_association_released),
+        (evt.EVT_ABORTED, association_log.on_association_aborted),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [spool, association_log]),
+    ]

@@ -1,0 +1,262 @@
+"""The spool: received instances and their jobs, as a state machine on disk.
+
+Layout under the spool root::
+
+    instances/<SOPInstanceUID>.dcm     each instance exactly as received (preamble + meta + data set)
+    jobs/<state>/<SOPInstanceUID>.json one job record per instance, in the directory of its state
+
+A state is a directory and a transition writes the record into the new state's directory
+(temp file, fsync, rename) before removing it from the old one, so a crash leaves the job
+in one state or, briefly, in two; :meth:`Spool.recover` keeps the later one. Jobs found in
+``processing`` at start-up go back to ``received``: their work was interrupted.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import re
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pydicom
+
+from dicom_node.durable import fsync_directory, remove_temp_files, write_atomically
+from dicom_node.errors import SpoolError
+
+logger = logging.getLogger(__name__)
+
+# Tolerant on purpose: digits and dots only (safe as a file name), leading zeros allowed
+# because real modalities emit them.
+_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class JobState(str, enum.Enum):
+    """Where a job stands; the order of members is the order of the pipeline."""
+
+    RECEIVED = "received"
+    PROCESSING = "processing"
+    OUTBOX = "outbox"
+    SENT = "sent"
+    FAILED = "failed"
+
+    @property
+    def rank(self) -> int:
+        return list(JobState).index(self)
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC timestamp used in job records."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def is_valid_uid(uid: str) -> bool:
+    """Return whether ``uid`` is usable as a DICOM UID: 1-64 characters, digits and dots."""
+    return 0 < len(uid) <= 64 and bool(_UID_PATTERN.match(uid))
+
+
+@dataclass(frozen=True)
+class Job:
+    """The record of one received instance and what has happened to it."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    calling_ae_title: str
+    received_at: str
+    size_bytes: int
+    state: JobState = JobState.RECEIVED
+    attempts: int = 0
+    detail: str = ""
+    history: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def job_id(self) -> str:
+        return self.sop_instance_uid
+
+    def to_json(self) -> bytes:
+        record = asdict(self)
+        record["state"] = self.state.value
+        record["history"] = [list(h) for h in self.history]
+        return json.dumps(record, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Job:
+        record = json.loads(data)
+        record["state"] = JobState(record["state"])
+        record["history"] = tuple(tuple(h) for h in record.get("history", ()))
+        return cls(**record)
+
+
+class Spool:
+    """Durable storage of received instances and their jobs.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        Spool directory; created if missing.
+    fsync : bool
+        Flush every write to stable storage (the "nothing is lost" guarantee).
+    """
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.instances_dir = self.root / "instances"
+        self.jobs_dir = self.root / "jobs"
+        self._lock = threading.Lock()
+        try:
+            for directory in (self.instances_dir, *(self.state_dir(s) for s in JobState)):
+                directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool directories under {self.root}: {exc}") from exc
+
+    def state_dir(self, state: JobState) -> Path:
+        return self.jobs_dir / state.value
+
+    def instance_path(self, sop_instance_uid: str) -> Path:
+        if not is_valid_uid(sop_instance_uid):
+            raise ValueError(f'Argument "sop_instance_uid" is not a valid UID: {sop_instance_uid!r}')
+        return self.instances_dir / f"{sop_instance_uid}.dcm"
+
+    def _job_path(self, state: JobState, job_id: str) -> Path:
+        return self.state_dir(state) / f"{job_id}.json"
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def store_instance(
+        self,
+        encoded: bytes,
+        *,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        calling_ae_title: str,
+    ) -> tuple[Job, bool]:
+        """Persist a received instance and its job; return ``(job, created)``.
+
+        The instance file is written first, then the job record, each durably. A re-sent
+        instance (same SOP Instance UID) replaces the file atomically and keeps the
+        existing job, so sending twice is the same as sending once (``created`` is False).
+
+        Raises
+        ------
+        OSError
+            The instance or its job could not be written (``ENOSPC`` when the disk is full).
+        """
+        path = self.instance_path(sop_instance_uid)
+        size = write_atomically(path, [encoded], fsync=self.fsync)
+        with self._lock:
+            existing = self.find_job(sop_instance_uid)
+            if existing is not None:
+                return existing, False
+            now = utc_now()
+            job = Job(
+                sop_instance_uid=sop_instance_uid,
+                sop_class_uid=sop_class_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                calling_ae_title=calling_ae_title,
+                received_at=now,
+                size_bytes=size,
+                history=((JobState.RECEIVED.value, now),),
+            )
+            self._write_job(job)
+            return job, True
+
+    # -- job records -----------------------------------------------------------------------
+
+    def _write_job(self, job: Job) -> None:
+        write_atomically(self._job_path(job.state, job.job_id), [job.to_json()], fsync=self.fsync)
+
+    def find_job(self, job_id: str) -> Job | None:
+        """Return the job in its most advanced state, or ``None``."""
+        for state in reversed(JobState):
+            path = self._job_path(state, job_id)
+            try:
+                return Job.from_json(path.read_bytes())
+            except FileNotFoundError:
+                continue
+        return None
+
+    def transition(self, job: Job, to_state: JobState, *, detail: str = "", attempts: int | None = None) -> Job:
+        """Move ``job`` to ``to_state`` durably and return the updated record."""
+        with self._lock:
+            moved = replace(
+                job,
+                state=to_state,
+                detail=detail,
+                attempts=job.attempts if attempts is None else attempts,
+                history=(*job.history, (to_state.value, utc_now())),
+            )
+            self._write_job(moved)
+            if to_state is not job.state:
+                self._job_path(job.state, job.job_id).unlink(missing_ok=True)
+                if self.fsync:
+                    fsync_directory(self.state_dir(job.state))
+            return moved
+
+    def jobs(self, state: JobState) -> Iterator[Job]:
+        """Iterate the jobs in ``state``, oldest file first."""
+        paths = sorted(self.state_dir(state).glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+        for path in paths:
+            try:
+                yield Job.from_json(path.read_bytes())
+            except FileNotFoundError:
+                continue  # moved on by another thread meanwhile
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per state, and of stored instances."""
+        counts = {s.value: sum(1 for _ in self.state_dir(s).glob("*.json")) for s in JobState}
+        counts["instances"] = sum(1 for _ in self.instances_dir.glob("*.dcm"))
+        return counts
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Bring the spool back to a consistent state after a crash or restart.
+
+        Removes temp files, keeps only the most advanced copy of a job found in two
+        states, returns interrupted ``processing`` jobs to ``received`` and gives every
+        orphan instance (file renamed in place, crash before its job was written) a job.
+        """
+        report = {"temp_files_removed": 0, "duplicates_removed": 0, "requeued": 0, "orphans_enqueued": 0}
+        with self._lock:
+            for directory in (self.instances_dir, *(self.state_dir(s) for s in JobState)):
+                report["temp_files_removed"] += remove_temp_files(directory)
+            seen: dict[str, JobState] = {}
+            for state in reversed(JobState):
+                for path in self.state_dir(state).glob("*.json"):
+                    if path.stem in seen:
+                        path.unlink()
+                        report["duplicates_removed"] += 1
+                    else:
+                        seen[path.stem] = state
+        for job in list(self.jobs(JobState.PROCESSING)):
+            self.transition(job, JobState.RECEIVED, detail="requeued after restart")
+            report["requeued"] += 1
+        for instance in self.instances_dir.glob("*.dcm"):
+            if instance.stem not in seen:
+                self._enqueue_orphan(instance)
+                report["orphans_enqueued"] += 1
+        if any(report.values()):
+            logger.info("spool recovered: %s", ", ".join(f"{k}={v}" for k, v in report.items()))
+        return report
+
+    def _enqueue_orphan(self, instance: Path) -> None:
+        meta = pydicom.filereader.read_file_meta_info(instance)
+        now = utc_now()
+        job = Job(
+            sop_instance_uid=instance.stem,
+            sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "")),
+            transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+            calling_ae_title="",
+            received_at=now,
+            size_bytes=instance.stat().st_size,
+            detail="recovered: instance stored before a crash, job record written at restart",
+            history=((JobState.RECEIVED.value, now),),
+        )
+        self._write_job(job)

@@ -1,0 +1,146 @@
+"""Shared fixtures: the shared data folder, free ports, DCMTK tools, the node as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the repository (``CXR_SHARED_DATA`` overrides it)."""
+    return Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not (path / "manifest.csv").is_file():
+        pytest.fail(f"shared data not found at {path} (set CXR_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dicom_files(shared_data: Path) -> list[Path]:
+    return sorted((shared_data / "dicom").rglob("*.dcm"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dcmtk(tool: str) -> str:
+    """Path of a DCMTK program; the venv's pynetdicom scripts of the same name shadow them."""
+    path = Path("/usr/bin") / tool
+    if not path.exists():
+        pytest.fail(f"DCMTK tool {path} missing: run scripts/setup.sh")
+    return str(path)
+
+
+def dcmtk_env() -> dict[str, str]:
+    # Without TCP_NODELAY, Debian's DCMTK waits ~50 ms per DIMSE message (Nagle).
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def echo_ok(port: int, ae_title: str = "CXR_AI", timeout: float = 5) -> bool:
+    result = subprocess.run(
+        [dcmtk("echoscu"), "-aet", "TESTSCU", "-aec", ae_title, "-to", str(int(timeout)), "127.0.0.1", str(port)],
+        env=dcmtk_env(), capture_output=True, timeout=timeout + 5,
+    )
+    return result.returncode == 0
+
+
+class NodeProcess:
+    """``python -m dicom_node serve`` as a subprocess on a free loopback port."""
+
+    def __init__(self, spool: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.spool = spool
+        self.port = free_port()
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> NodeProcess:
+        args = [
+            sys.executable, "-m", "dicom_node", "serve", "--bind", "127.0.0.1",
+            "--port", str(self.port), "--spool", str(self.spool), *self.extra_args,
+        ]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"node exited with {self.process.returncode}:\n{self.log()}")
+            if _port_open(self.port) and echo_ok(self.port):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"node did not answer C-ECHO within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator:
+    """Factory: ``start_node(spool=None, *extra_args)`` starts a node; all are stopped at teardown."""
+    nodes: list[NodeProcess] = []
+
+    def start(spool: Path | None = None, *extra_args: str) -> NodeProcess:
+        node = NodeProcess(spool or tmp_path / "spool", tmp_path / f"node{len(nodes)}.log", extra_args)
+        nodes.append(node)
+        return node.start()
+
+    yield start
+    for node in nodes:
+        if node.process and node.process.poll() is None:
+            node.process.kill()
+            node.process.wait(timeout=10)
+
+
+def instance_dataset_bytes(path: Path) -> bytes:
+    """The encoded data set of a DICOM file, without preamble and file meta."""
+    from pydicom.filereader import _read_file_meta_info
+
+    data = path.read_bytes()
+    if data[128:132] != b"DICM":
+        return data  # no preamble and no meta: the file is the bare data set
+    with open(path, "rb") as f:
+        f.seek(132)
+        _read_file_meta_info(f)
+        return f.read()
+
+
+@pytest.fixture(scope="session")
+def require_dcmtk() -> None:
+    if shutil.which("dcmdump", path="/usr/bin") is None:
+        pytest.fail("DCMTK is not installed: run scripts/setup.sh")

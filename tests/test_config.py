@@ -1,0 +1,93 @@
+"""Configuration: defaults, TOML file, overrides, and start-up refusal of bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dicom_node.config import NodeConfig, config_from_mapping, default_config_text, load_config
+from dicom_node.errors import ConfigError
+
+
+def test_shipped_example_parses_to_the_embedded_defaults() -> None:
+    assert config_from_mapping(tomllib.loads(default_config_text())) == NodeConfig()
+
+
+def test_defaults_match_the_documented_values() -> None:
+    config = NodeConfig()
+    assert (config.ae_title, config.port, config.fsync) == ("CXR_AI", 11112, True)
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[node]\nae_title = "FROM_FILE"\nport = 2000\n')
+    config = load_config(path).with_overrides(port=3000, ae_title=None, spool=str(tmp_path / "s"))
+    assert (config.ae_title, config.port, config.spool) == ("FROM_FILE", 3000, tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[node]\nport = 70000", r'"node.port" must be an integer in 1..65535'),
+        ("[node]\nport = \"104\"", r'"node.port" must be an integer'),
+        ("[node]\nae_title = \"MUCH_TOO_LONG_AE_TITLE\"", r'"node.ae_title" must be 1-16'),
+        ("[node]\nae_title = \"BAD\\\\AE\"", r'"node.ae_title"'),
+        ("[node]\nbind = \"not-an-ip\"", r'"node.bind" must be an IPv4 or IPv6 address'),
+        ("[node]\nlog_level = \"LOUD\"", r'"node.log_level" must be one of'),
+        ("[network]\nmax_associations = 0", r'"network.max_associations" must be an integer in 1..256'),
+        ("[storage]\nfsync = \"yes\"", r'"storage.fsync" must be true or false'),
+        ("[node]\nprot = 104", r'unknown key "node.prot"'),
+        ("[nodes]\nport = 104", r'unknown table "nodes"'),
+        ("[[allowed_callers]]\nae_title = \"DX1\"\nhosts = [\"10.0.0.300\"]", r'"allowed_callers.hosts"'),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(toml: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_mapping(tomllib.loads(toml))
+
+
+def test_allow_list_matches_ae_title_and_optional_hosts() -> None:
+    config = config_from_mapping(
+        tomllib.loads(
+            '[[allowed_callers]]\nae_title = "DX1"\n'
+            '[[allowed_callers]]\nae_title = "DX2"\nhosts = ["127.0.0.1"]\n'
+        )
+    )
+    assert config.allows("DX1", "10.1.2.3")
+    assert config.allows("DX2", "127.0.0.1")
+    assert not config.allows("DX2", "127.0.0.2")
+    assert not config.allows("OTHER", "127.0.0.1")
+    assert NodeConfig().allows("ANYONE", "127.0.0.1")
+
+
+def test_serve_with_bad_config_stops_with_a_message_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[network]\ndimse_timeout = -5\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "serve", "--config", str(path), "--spool", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert '"network.dimse_timeout" must be an integer in 1..3600' in result.stderr
+
+
+def test_bad_port_flag_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "serve", "--port", "0", "--spool", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert '"node.port" must be an integer in 1..65535' in result.stderr
+
+
+def test_config_example_prints_the_commented_defaults() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "config-example"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout == default_config_text()
+    assert "# Application Entity title" in result.stdout

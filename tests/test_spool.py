@@ -1,0 +1,111 @@
+"""The spool as a durable state machine: atomic writes, idempotence, recovery after a crash."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node.durable import TEMP_PREFIX, write_atomically
+from dicom_node.spool import Job, JobState, Spool, is_valid_uid
+
+CR = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def _store(spool: Spool, uid: str, payload: bytes = b"data") -> tuple[Job, bool]:
+    return spool.store_instance(
+        payload, sop_instance_uid=uid, sop_class_uid=CR,
+        transfer_syntax_uid=ExplicitVRLittleEndian, calling_ae_title="DX1",
+    )
+
+
+def test_write_atomically_leaves_no_temp_file_and_replaces_whole(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    write_atomically(target, [b"old"])
+    write_atomically(target, [b"new", b"er"])
+    assert target.read_bytes() == b"newer"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_write_atomically_removes_its_temp_file_when_writing_fails(tmp_path: Path) -> None:
+    def failing_chunks():
+        yield b"partial"
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_atomically(tmp_path / "f.bin", failing_chunks())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_instance_writes_file_and_received_job(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job, created = _store(spool, "1.2.3", b"abc")
+    assert created and job.state is JobState.RECEIVED and job.size_bytes == 3
+    assert spool.instance_path("1.2.3").read_bytes() == b"abc"
+    assert spool.find_job("1.2.3") == job
+    assert spool.counts() == {"received": 1, "processing": 0, "outbox": 0, "sent": 0, "failed": 0, "instances": 1}
+
+
+def test_resending_the_same_instance_keeps_one_job(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    first, _ = _store(spool, "1.2.3")
+    spool.transition(first, JobState.SENT)
+    again, created = _store(spool, "1.2.3")
+    assert not created and again.state is JobState.SENT
+    assert spool.counts()["received"] == 0 and spool.counts()["sent"] == 1
+
+
+def test_transition_moves_the_record_and_keeps_history(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job, _ = _store(spool, "1.2.3")
+    moved = spool.transition(job, JobState.PROCESSING)
+    assert not (spool.state_dir(JobState.RECEIVED) / "1.2.3.json").exists()
+    assert [h[0] for h in spool.find_job("1.2.3").history] == ["received", "processing"]
+    assert list(spool.jobs(JobState.PROCESSING)) == [moved]
+
+
+def test_recover_requeues_interrupted_jobs_and_clears_temp_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job, _ = _store(spool, "1.2.3")
+    spool.transition(job, JobState.PROCESSING)
+    (spool.instances_dir / f"{TEMP_PREFIX}abc-1.2.4.dcm").write_bytes(b"half")
+    report = Spool(tmp_path).recover()
+    assert report["requeued"] == 1 and report["temp_files_removed"] == 1
+    assert spool.find_job("1.2.3").state is JobState.RECEIVED
+    assert spool.counts()["instances"] == 1
+
+
+def test_recover_keeps_the_later_state_of_a_job_caught_mid_transition(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job, _ = _store(spool, "1.2.3")
+    # A crash after writing the new state's record but before unlinking the old one.
+    (spool.state_dir(JobState.OUTBOX) / "1.2.3.json").write_bytes(replace(job, state=JobState.OUTBOX).to_json())
+    assert Spool(tmp_path).recover()["duplicates_removed"] == 1
+    assert spool.counts()["received"] == 0 and spool.find_job("1.2.3").state is JobState.OUTBOX
+
+
+def test_recover_gives_an_orphan_instance_a_job(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CR, "1.2.9"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = CR, "1.2.9"
+    ds.save_as(spool.instance_path("1.2.9"), enforce_file_format=True)
+    assert spool.recover()["orphans_enqueued"] == 1
+    job = spool.find_job("1.2.9")
+    assert job.state is JobState.RECEIVED and job.sop_class_uid == CR
+
+
+@pytest.mark.parametrize("uid", ["", ".", "..", "1..2", "1.2.", "../etc/passwd", "1.2.3a", "1" * 65])
+def test_unsafe_or_invalid_uids_are_rejected(uid: str, tmp_path: Path) -> None:
+    assert not is_valid_uid(uid)
+    with pytest.raises(ValueError, match='"sop_instance_uid"'):
+        Spool(tmp_path).instance_path(uid)
+
+
+def test_real_world_uid_with_leading_zero_component_is_accepted() -> None:
+    assert is_valid_uid("999.999.01.23.45.6789")
