@@ -235,7 +235,8 @@ def machine_facts(work: Path) -> dict[str, Any]:
     """Cores, CPU, memory, the work folder's file system and tool versions."""
     def first_line(argv: list[str]) -> str:
         out = subprocess.run(argv, capture_output=True, text=True)
-        return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else ""
+        lines = (out.stdout or out.stderr).strip().splitlines()
+        return lines[0] if out.returncode == 0 and lines else ""
 
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
