@@ -83,17 +83,18 @@ class CorpusFile:
 
 
 @dataclass(frozen=True)
-class _Encoding:
+class Encoding:
     """How to produce one transfer syntax from an explicit VR LE file.
 
     ``dcmtk`` is the DCMTK argv (program and options, input and output appended);
-    ``None`` means pydicom's own encoder (``Dataset.compress``) with ``options``.
+    ``None`` means pydicom's own encoder (``Dataset.compress``), lossy JPEG 2000 at
+    ``j2k_ratio`` if that is set.
     """
 
     transfer_syntax: uid.UID
     dcmtk: tuple[str, ...] | None
     description: str
-    options: tuple[tuple[str, object], ...] = ()
+    j2k_ratio: float | None = None
 
 
 # +un keeps the SOP Instance UID we assigned (DCMTK invents one for lossy output
@@ -101,22 +102,21 @@ class _Encoding:
 # the BitsStored range instead of stretching min..max pixel values; DCMTK updates
 # BitsStored and the window to match. DCMTK 3.6.7 has no JPEG 2000 encoder: pydicom's
 # (pylibjpeg-openjpeg) writes .90 and .91.
-ENCODINGS: tuple[_Encoding, ...] = (
-    _Encoding(uid.ImplicitVRLittleEndian, ("dcmconv", "+ti"), "dcmconv +ti"),
-    _Encoding(uid.ExplicitVRLittleEndian, ("dcmconv", "+te"), "dcmconv +te"),
-    _Encoding(uid.DeflatedExplicitVRLittleEndian, ("dcmconv", "+td"), "dcmconv +td"),
-    _Encoding(uid.JPEGBaseline8Bit, ("dcmcjpeg", "+eb", "+sr", "+un"),
-              "dcmcjpeg +eb +sr (rescaled to 8 bits, lossy)"),
-    _Encoding(uid.JPEGExtended12Bit, ("dcmcjpeg", "+ee", "+sr", "+un"),
-              "dcmcjpeg +ee +sr (rescaled to 12 bits, lossy)"),
-    _Encoding(uid.JPEGLossless, ("dcmcjpeg", "+el", "+un"), "dcmcjpeg +el (process 14, SV6)"),
-    _Encoding(uid.JPEGLosslessSV1, ("dcmcjpeg", "+e1", "+un"), "dcmcjpeg +e1 (process 14, SV1)"),
-    _Encoding(uid.JPEGLSLossless, ("dcmcjpls", "+el", "+un"), "dcmcjpls +el"),
-    _Encoding(uid.JPEGLSNearLossless, ("dcmcjpls", "+en", "+un"), "dcmcjpls +en (NEAR=2)"),
-    _Encoding(uid.JPEG2000Lossless, None, "pydicom compress (pylibjpeg-openjpeg)"),
-    _Encoding(uid.JPEG2000, None, "pydicom compress (pylibjpeg-openjpeg), ratio 10",
-              (("j2k_cr", [10]),)),
-    _Encoding(uid.RLELossless, ("dcmcrle",), "dcmcrle"),
+ENCODINGS: tuple[Encoding, ...] = (
+    Encoding(uid.ImplicitVRLittleEndian, ("dcmconv", "+ti"), "dcmconv +ti"),
+    Encoding(uid.ExplicitVRLittleEndian, ("dcmconv", "+te"), "dcmconv +te"),
+    Encoding(uid.DeflatedExplicitVRLittleEndian, ("dcmconv", "+td"), "dcmconv +td"),
+    Encoding(uid.JPEGBaseline8Bit, ("dcmcjpeg", "+eb", "+sr", "+un"),
+             "dcmcjpeg +eb +sr (rescaled to 8 bits, lossy)"),
+    Encoding(uid.JPEGExtended12Bit, ("dcmcjpeg", "+ee", "+sr", "+un"),
+             "dcmcjpeg +ee +sr (rescaled to 12 bits, lossy)"),
+    Encoding(uid.JPEGLossless, ("dcmcjpeg", "+el", "+un"), "dcmcjpeg +el (process 14, SV6)"),
+    Encoding(uid.JPEGLosslessSV1, ("dcmcjpeg", "+e1", "+un"), "dcmcjpeg +e1 (process 14, SV1)"),
+    Encoding(uid.JPEGLSLossless, ("dcmcjpls", "+el", "+un"), "dcmcjpls +el"),
+    Encoding(uid.JPEGLSNearLossless, ("dcmcjpls", "+en", "+un"), "dcmcjpls +en (NEAR=2)"),
+    Encoding(uid.JPEG2000Lossless, None, "pydicom compress (pylibjpeg-openjpeg)"),
+    Encoding(uid.JPEG2000, None, "pydicom compress (pylibjpeg-openjpeg), ratio 10", 10.0),
+    Encoding(uid.RLELossless, ("dcmcrle",), "dcmcrle"),
 )
 TRANSFER_SYNTAXES: tuple[uid.UID, ...] = tuple(e.transfer_syntax for e in ENCODINGS)
 
@@ -156,6 +156,7 @@ class InstanceIds:
     """Identifiers of one instance; all synthetic, none copied from a source file."""
 
     patient_id: str
+    accession_number: str
     study_uid: uid.UID
     series_uid: uid.UID
     sop_uid: uid.UID
@@ -163,9 +164,25 @@ class InstanceIds:
 
 
 def instance_ids(corpus: str, study: int, instance: int) -> InstanceIds:
-    """Build the identifiers for instance ``instance`` of study ``study``."""
+    """Build the synthetic identifiers of one instance.
+
+    Parameters
+    ----------
+    corpus : str
+        Corpus name; it separates the UIDs and patient IDs of different corpora.
+    study : int
+        Study number within the corpus (one patient per study).
+    instance : int
+        Instance number within the study, from 0.
+
+    Returns
+    -------
+    InstanceIds
+        Deterministic identifiers: same arguments, same UIDs.
+    """
     return InstanceIds(
         patient_id=f"CORPUS-{corpus.upper()}-{study:04d}",
+        accession_number=f"{corpus.upper()[:9]}{study:05d}",  # at most 16 characters
         study_uid=corpus_uid(corpus, study, "study"),
         series_uid=corpus_uid(corpus, study, "series"),
         sop_uid=corpus_uid(corpus, study, instance, "sop"),
@@ -224,7 +241,7 @@ def radiograph_dataset(
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, ids.sop_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-    ds.AccessionNumber = ids.patient_id[-12:]
+    ds.AccessionNumber = ids.accession_number
     ds.Modality = "DX" if is_dx else "CR"
     ds.Manufacturer = "CXR AI node test corpus"
     ds.ReferringPhysicianName = ""
@@ -284,7 +301,7 @@ def _dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def encode(src: Path, dst: Path, encoding: _Encoding) -> Path:
+def encode(src: Path, dst: Path, encoding: Encoding) -> Path:
     """Write ``src`` (explicit VR LE) to ``dst`` in ``encoding``'s transfer syntax.
 
     Parameters
@@ -293,7 +310,7 @@ def encode(src: Path, dst: Path, encoding: _Encoding) -> Path:
         An explicit VR little endian DICOM file.
     dst : Path
         Output file.
-    encoding : _Encoding
+    encoding : Encoding
         One of :data:`ENCODINGS`.
 
     Returns
@@ -314,13 +331,14 @@ def encode(src: Path, dst: Path, encoding: _Encoding) -> Path:
             raise RuntimeError(f"{' '.join(argv[:-2])} failed: {done.stderr.strip()[-500:]}")
     else:
         ds = pydicom.dcmread(src)
-        options = dict(encoding.options)
+        ratio = encoding.j2k_ratio
         # Keep the UID we assigned (pydicom would invent a random one).
-        ds.compress(encoding.transfer_syntax, generate_instance_uid=False, **options)
-        if "j2k_cr" in options:  # pydicom does not record lossy compression itself
+        ds.compress(encoding.transfer_syntax, generate_instance_uid=False,
+                    j2k_cr=[ratio] if ratio else None)
+        if ratio:  # pydicom does not record lossy compression itself
             ds.LossyImageCompression = "01"
             ds.LossyImageCompressionMethod = "ISO_15444_1"
-            ds.LossyImageCompressionRatio = options["j2k_cr"][0]
+            ds.LossyImageCompressionRatio = ratio
         ds.save_as(dst, enforce_file_format=True)
     written = pydicom.dcmread(dst, stop_before_pixels=True).file_meta.TransferSyntaxUID
     if written != encoding.transfer_syntax:
