@@ -114,7 +114,7 @@ def receiver_command(
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
         return [*node_cmd, "--ae-title", AE_TITLE, "--port", str(port), "--bind", "127.0.0.1",
                 "--spool", str(store_dir), "--config", str(config)], env
-    # 128 KiB PDUs (DCMTK's maximum) so storescp is not held back by its 16 KiB default.
+    # The node accepts PDUs of any size by default; give storescp DCMTK's largest (128 KiB).
     return ["/usr/bin/storescp", "--aetitle", AE_TITLE, "--max-pdu", "131072",
             "--output-directory", str(store_dir), str(port)], dcmtk_env()
 
@@ -216,6 +216,9 @@ def run_round(
     if missing:
         raise RuntimeError(f"{receiver} stored {len(stored & sent_uids)} of {len(sent_uids)} "
                            f"instances ({missing} missing){log_tail(log_path)}")
+    # Untimed: flush what this receiver left dirty (storescp never fsyncs), so its write-back
+    # does not land in the next receiver's timed round.
+    os.sync()
     shutil.rmtree(store_dir)
     return seconds, len(stored & sent_uids)
 
