@@ -44,8 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 AE_TITLE = "CXR_AI"
 CALLING_AE = "BENCH_SCU"
 RECEIVERS = ("node", "storescp")
-SIZE_BUILDERS = {"small": dicom_corpus.build_small_corpus,
-                 "cxr": dicom_corpus.build_cxr_sized_corpus}
+SIZE_CLASSES = ("small", "cxr")
 
 
 @dataclass(frozen=True)
@@ -267,11 +266,15 @@ def machine_facts(work: Path) -> dict[str, Any]:
 def bench_size(size: str, args: argparse.Namespace, work: Path, config: Path,
                node_cmd: list[str]) -> SizeResult:
     """Build (or reuse) the corpus for ``size`` and run every round on both receivers."""
-    corpus_dir = work / "corpus" / size
+    real_every = args.real_every if size == "cxr" else 0
+    corpus_dir = work / "corpus" / (f"{size}-real{real_every}" if real_every else size)
     files = sorted(corpus_dir.glob("*.dcm")) if corpus_dir.is_dir() else []
     if len(files) != args.n:  # reuse only a complete corpus from an earlier run
         shutil.rmtree(corpus_dir, ignore_errors=True)
-        files = SIZE_BUILDERS[size](corpus_dir, args.n)
+        if size == "small":
+            files = dicom_corpus.build_small_corpus(corpus_dir, args.n)
+        else:
+            files = dicom_corpus.build_cxr_sized_corpus(corpus_dir, args.n, real_every=real_every)
     sent_uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     n_bytes = sum(f.stat().st_size for f in files)
     for f in files:  # warm the page cache so round 1 does not also measure reading the corpus
@@ -309,6 +312,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", default="small,cxr", help="comma list of: small, cxr")
     p.add_argument("--out", type=Path, default=REPO / "bench-out",
                    help="folder for bench_ingest.json (default bench-out/)")
+    p.add_argument("--real-every", type=int, default=0, metavar="K",
+                   help="cxr: every K-th file is a real chest DICOM, decoded (default 0: none)")
     p.add_argument("--no-fsync", action="store_true",
                    help="run the node with [storage] fsync = false (storescp never fsyncs)")
     p.add_argument("--work", type=Path, default=None,
@@ -318,10 +323,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="command prefix that starts the node (default: %(default)s)")
     args = p.parse_args(argv)
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    if unknown := set(args.sizes) - set(SIZE_BUILDERS):
+    if unknown := set(args.sizes) - set(SIZE_CLASSES):
         p.error(f"unknown size class(es): {', '.join(sorted(unknown))}")
-    if args.n < 1 or args.rounds < 1:
-        p.error("--n and --rounds must be at least 1")
+    if args.n < 1 or args.rounds < 1 or args.real_every < 0:
+        p.error("--n and --rounds must be at least 1, --real-every at least 0")
     return args
 
 
@@ -354,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": facts,
               "config": {"n": args.n, "rounds": args.rounds, "sizes": args.sizes,
+                         "real_every": args.real_every,
                          "node_fsync": not args.no_fsync, "node_cmd": node_cmd,
                          "sender": "DCMTK storescu, one association, TCP_NODELAY=1",
                          "storescp": "DCMTK storescp --max-pdu 131072, TCP_NODELAY=1"},
