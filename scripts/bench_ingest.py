@@ -251,6 +251,8 @@ def machine_facts(work: Path) -> dict[str, Any]:
     rotational = Path(f"/sys/block/{Path(device).name}/queue/rotational")
     usage = shutil.disk_usage(work)
     return {
+        # Other processes' load skews every number; it is recorded so a busy run shows.
+        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
         "cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kib / 2**20, 1),
         "kernel": platform.release(), "python": platform.python_version(),
         "pydicom": pydicom.__version__,
@@ -345,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         node_cmd = shlex.split(args.node_cmd)
         facts = machine_facts(work)
         disk = facts["disk"]
-        print(f"{facts['cores']} cores, {facts['cpu']}, {facts['memory_gib']} GiB; work dir on "
+        print(f"{facts['cores']} cores (load {facts['load_average_1_5_15_min'][0]}), "
+              f"{facts['cpu']}, {facts['memory_gib']} GiB; work dir on "
               f"{disk['fstype']} {disk['device']}; node fsync={'off' if args.no_fsync else 'on'}"
               f"; {facts['dcmtk']}", flush=True)
         results: dict[str, SizeResult] = {}
@@ -356,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark failed: {err}", file=sys.stderr)
             return 1
     print_table(results)
+    facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if facts["load_average_1_5_15_min"][0] > 0.5 * (os.cpu_count() or 1):
+        print("warning: the machine was busy when the run started (see load average)")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": facts,
               "config": {"n": args.n, "rounds": args.rounds, "sizes": args.sizes,
