@@ -79,7 +79,7 @@ class NodeConfig:
     acse_timeout: int = 30
     dimse_timeout: int = 60
     network_timeout: int = 60
-    maximum_pdu_size: int = 0
+    maximum_pdu_size: int = 131072
     max_associations: int = 16
     shutdown_grace_seconds: int = 10
     fsync: bool = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 TEMP_PREFIX = ".tmp-"
 
@@ -24,7 +24,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, chunks: Iterable[bytes], *, fsync: bool = True) -> int:
+def write_atomically(path: Path, chunks: Iterable[bytes | memoryview], *, fsync: bool = True) -> int:
     """Write ``chunks`` to ``path`` so that it appears complete or not at all.
 
     Parameters
@@ -32,7 +32,7 @@ def write_atomically(path: Path, chunks: Iterable[bytes], *, fsync: bool = True)
     path : pathlib.Path
         Final file name. Its directory must exist; the temp file is created beside it so the
         rename stays on one file system.
-    chunks : Iterable[bytes]
+    chunks : Iterable[bytes | memoryview]
         The content, written in order.
     fsync : bool
         Flush file and directory to stable storage before returning.
@@ -50,13 +50,11 @@ def write_atomically(path: Path, chunks: Iterable[bytes], *, fsync: bool = True)
     temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
     written = 0
     try:
-        with open(temp, "xb") as f:
+        with open(temp, "xb", buffering=0) as f:  # large chunks: skip the user-space buffer
             for chunk in chunks:
-                f.write(chunk)
-                written += len(chunk)
-            f.flush()
+                written += _write_all(f, chunk)
             if fsync:
-                os.fsync(f.fileno())
+                os.fdatasync(f.fileno())  # a new file: its size is data, so this persists it
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -64,6 +62,15 @@ def write_atomically(path: Path, chunks: Iterable[bytes], *, fsync: bool = True)
     if fsync:
         fsync_directory(path.parent)
     return written
+
+
+def _write_all(f: BinaryIO, chunk: bytes | memoryview) -> int:
+    """Write all of ``chunk``: an unbuffered write may take only part of it."""
+    total = len(chunk)
+    done = f.write(chunk) or 0
+    while done < total:
+        done += f.write(memoryview(chunk)[done:]) or 0
+    return total
 
 
 def remove_temp_files(directory: Path) -> int:

@@ -11,15 +11,19 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import os
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, BinaryIO
 
-import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID
 from pynetdicom import evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
 from dicom_node import dimse_status
@@ -31,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _PARSE_LOCK = threading.Lock()
+_DEFER_SIZE = 64 * 1024  # values larger than this are skipped, not read, while checking
+_PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,20 @@ class InstanceIdentity:
     sop_instance_uid: str
 
 
-def read_instance_identity(encoded_file: bytes) -> InstanceIdentity:
-    """Parse a received instance (preamble + file meta + data set) and return its UIDs.
+def read_instance_identity(dataset: BinaryIO, transfer_syntax: UID) -> InstanceIdentity:
+    """Parse a received data set (no file meta) and return its UIDs.
 
-    The whole data set is parsed, without decoding pixel data, so that a garbage or
-    truncated byte stream is refused here rather than found later by whoever reads it.
-    UIDs are checked tolerantly (digits and dots; real modalities emit leading zeros).
+    Every element header is walked, without reading large values or decoding pixels, so
+    a garbage or truncated byte stream is refused here rather than found later by whoever
+    reads the file. UIDs are checked tolerantly (digits and dots; real modalities emit
+    leading zeros).
+
+    Parameters
+    ----------
+    dataset : BinaryIO
+        The encoded data set as received (seekable).
+    transfer_syntax : pydicom.uid.UID
+        The presentation context's transfer syntax.
 
     Raises
     ------
@@ -55,17 +69,25 @@ def read_instance_identity(encoded_file: bytes) -> InstanceIdentity:
     MissingIdentifierError
         The data set lacks a SOP Class UID or SOP Instance UID.
     """
+    size = dataset.seek(0, os.SEEK_END)
+    dataset.seek(0)
     # pydicom reports a missing encapsulation delimiter only as a warning, and the
     # warnings filter is process-wide: serialise the (millisecond) parse.
     with _PARSE_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(BytesIO(encoded_file))
-            for _ in ds.iterall():  # raw elements convert lazily: touch every one
-                pass
+            if transfer_syntax.is_deflated:
+                dataset = BytesIO(zlib.decompress(dataset.read(), -zlib.MAX_WBITS))
+                size = len(dataset.getbuffer())
+            ds = read_dataset(
+                dataset, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian,
+                defer_size=_DEFER_SIZE,
+            )
         except Exception as exc:  # pydicom raises many types for corrupt input
             raise UnreadableDatasetError(f"data set cannot be parsed ({type(exc).__name__})") from exc
-    if any("End of file" in str(w.message) for w in caught) or _pixel_data_is_short(ds):
+        finally:
+            dataset.seek(0)
+    if any("End of file" in str(w.message) for w in caught) or not _pixel_data_complete(ds, size):
         raise UnreadableDatasetError("data set is truncated: Pixel Data incomplete or missing")
     sop_class_uid = str(ds.get("SOPClassUID", "") or "")
     sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
@@ -74,22 +96,18 @@ def read_instance_identity(encoded_file: bytes) -> InstanceIdentity:
     return InstanceIdentity(sop_class_uid, sop_instance_uid)
 
 
-def _pixel_data_is_short(ds: Dataset) -> bool:
-    """Whether an image data set has no Pixel Data, or less native pixel data than it declares.
+def _pixel_data_complete(ds: Dataset, stream_size: int) -> bool:
+    """Whether an image data set has all the Pixel Data it declares.
 
-    pydicom silently drops a last element whose value is cut short, so a truncated image
-    shows up as one without (enough) Pixel Data.
+    pydicom silently drops a last element whose value is cut short, and does not read a
+    deferred value at all, so both cases are checked against the stream's size.
     """
     if "PixelData" not in ds:
-        return True
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        return False  # encapsulated: a cut shows up as the missing-delimiter warning
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel", 1)) * frames * ds.BitsAllocated // 8
-    except (AttributeError, TypeError, ValueError):
-        return True
-    return len(ds.PixelData) < expected
+        return False
+    raw = ds.get_item(0x7FE00010, keep_deferred=True)
+    if raw is None or raw.length == 0xFFFFFFFF or raw.value is not None:
+        return True  # encapsulated (delimiter checked) or small and fully read
+    return raw.value_tell + raw.length <= stream_size
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -174,38 +192,42 @@ def handle_store(event: Event, spool: Spool, association_log: AssociationLog) ->
 def _store(event: Event, spool: Spool, calling_ae: str) -> tuple[int, str, int]:
     """Do the work of :func:`handle_store`; return ``(status, error comment, bytes)``."""
     try:
-        encoded = event.encoded_dataset()
+        dataset = event.request.DataSet
+        transfer_syntax = UID(event.context.transfer_syntax)
+        size = dataset.seek(0, os.SEEK_END)
         try:
-            identity = read_instance_identity(encoded)
+            identity = read_instance_identity(dataset, transfer_syntax)
         except UnreadableDatasetError as exc:
-            return dimse_status.CANNOT_UNDERSTAND, str(exc), len(encoded)
+            return dimse_status.CANNOT_UNDERSTAND, str(exc), size
         except MissingIdentifierError as exc:
-            return dimse_status.CANNOT_UNDERSTAND_MISSING_UIDS, str(exc), len(encoded)
+            return dimse_status.CANNOT_UNDERSTAND_MISSING_UIDS, str(exc), size
         if identity.sop_class_uid != event.request.AffectedSOPClassUID:
             return (
                 dimse_status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "SOP Class UID differs from the C-STORE request",
-                len(encoded),
+                size,
             )
         if identity.sop_instance_uid != event.request.AffectedSOPInstanceUID:
             return (
                 dimse_status.CANNOT_UNDERSTAND_UID_MISMATCH,
                 "SOP Instance UID differs from the C-STORE request",
-                len(encoded),
+                size,
             )
-        job, created = spool.store_instance(
-            encoded,
-            sop_instance_uid=identity.sop_instance_uid,
-            sop_class_uid=identity.sop_class_uid,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            calling_ae_title=calling_ae,
-        )
+        # The received bytes go to disk as they are: no decode, no re-encode, no copy.
+        with dataset.getbuffer() as received:
+            job, created = spool.store_instance(
+                [_PREAMBLE, encode_file_meta(event.file_meta), received],
+                sop_instance_uid=identity.sop_instance_uid,
+                sop_class_uid=identity.sop_class_uid,
+                transfer_syntax_uid=str(transfer_syntax),
+                calling_ae_title=calling_ae,
+            )
         if not created:
             logger.info(
                 "duplicate instance: sop_instance_uid=%s already has a job in state %s",
                 job.sop_instance_uid, job.state.value,
             )
-        return dimse_status.SUCCESS, "", len(encoded)
+        return dimse_status.SUCCESS, "", size
     except OSError as exc:
         if exc.errno in _DISK_FULL_ERRNOS:
             logger.error("spool is out of disk space: %s", spool.root)

@@ -57,13 +57,14 @@ class ReceiverNode:
         if self._server is None:
             return
         server, self._server = self._server, None
-        server.shutdown()  # no new associations; running ones go on
+        server.shutdown()  # no new associations; established ones go on
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
-        while server.active_associations and time.monotonic() < deadline:
+        while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
             time.sleep(0.05)
-        remaining = server.active_associations
-        if remaining:
-            logger.warning("shutdown: aborting %d association(s) still in flight", len(remaining))
+        remaining = server.active_associations  # incl. connections that never sent a request
+        in_flight = sum(a.is_established for a in remaining)
+        if in_flight:
+            logger.warning("shutdown: aborting %d association(s) still in flight", in_flight)
         for assoc in remaining:
             assoc.abort()
         for assoc in remaining:

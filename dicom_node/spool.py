@@ -21,7 +21,7 @@ import threading
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pydicom
 
@@ -130,7 +130,7 @@ class Spool:
 
     def store_instance(
         self,
-        encoded: bytes,
+        chunks: Iterable[bytes | memoryview],
         *,
         sop_instance_uid: str,
         sop_class_uid: str,
@@ -149,7 +149,7 @@ class Spool:
             The instance or its job could not be written (``ENOSPC`` when the disk is full).
         """
         path = self.instance_path(sop_instance_uid)
-        size = write_atomically(path, [encoded], fsync=self.fsync)
+        size = write_atomically(path, chunks, fsync=self.fsync)
         with self._lock:
             existing = self.find_job(sop_instance_uid)
             if existing is not None:

@@ -54,9 +54,9 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def echo_ok(port: int, ae_title: str = "CXR_AI", timeout: float = 5) -> bool:
+def echo_ok(port: int, calling_ae: str = "TESTSCU", timeout: float = 5) -> bool:
     result = subprocess.run(
-        [dcmtk("echoscu"), "-aet", "TESTSCU", "-aec", ae_title, "-to", str(int(timeout)), "127.0.0.1", str(port)],
+        [dcmtk("echoscu"), "-aet", calling_ae, "-aec", "CXR_AI", "-to", str(int(timeout)), "127.0.0.1", str(port)],
         env=dcmtk_env(), capture_output=True, timeout=timeout + 5,
     )
     return result.returncode == 0
@@ -84,10 +84,10 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"node exited with {self.process.returncode}:\n{self.log()}")
-            if _port_open(self.port) and echo_ok(self.port):
+            if "listening:" in self.log():  # logged once the socket listens
                 return self
             time.sleep(0.1)
-        raise RuntimeError(f"node did not answer C-ECHO within {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"node did not listen within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -102,12 +102,6 @@ class NodeProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ CR = "1.2.840.10008.5.1.4.1.1.1"
 
 def _store(spool: Spool, uid: str, payload: bytes = b"data") -> tuple[Job, bool]:
     return spool.store_instance(
-        payload, sop_instance_uid=uid, sop_class_uid=CR,
+        [payload], sop_instance_uid=uid, sop_class_uid=CR,
         transfer_syntax_uid=ExplicitVRLittleEndian, calling_ae_title="DX1",
     )
 
