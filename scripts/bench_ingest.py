@@ -113,7 +113,7 @@ def receiver_command(
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
         return [*node_cmd, "--ae-title", AE_TITLE, "--port", str(port), "--bind", "127.0.0.1",
                 "--spool", str(store_dir), "--config", str(config)], env
-    # The node accepts PDUs of any size by default; give storescp DCMTK's largest (128 KiB).
+    # Same maximum PDU as the node's default (128 KiB; storescp's own default is 16 KiB).
     return ["/usr/bin/storescp", "--aetitle", AE_TITLE, "--max-pdu", "131072",
             "--output-directory", str(store_dir), str(port)], dcmtk_env()
 
