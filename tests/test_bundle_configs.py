@@ -52,6 +52,7 @@ def test_training_runs_one_epoch_and_exports_fp16_weights(trained: Path) -> None
     state = torch.load(trained / "lung_unet.pt", weights_only=True)
     assert all(t.dtype == torch.float16 for t in state.values() if t.is_floating_point())
     assert list(trained.glob("*checkpoint_epoch=1.pt"))
+    assert (trained / "training_curves.png").stat().st_size > 0
 
 
 def test_training_resumes_from_its_checkpoint(tiny_dataset: Path, trained: Path) -> None:
@@ -149,3 +150,12 @@ def test_train_and_inference_preprocessing_give_the_same_image(
     served_item = infer_steps({"image": str(image_path)})
     assert tuple(served_item["image"].shape) == (1, 256, 256)
     torch.testing.assert_close(trained_item["image"].as_tensor(), served_item["image"].as_tensor())
+
+
+def test_monai_verify_net_in_out_accepts_the_metadata() -> None:
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="lung_network_def", meta_file=METADATA, config_file=INFERENCE,
+        bundle_root=str(Path(METADATA).parents[1]),
+    )
