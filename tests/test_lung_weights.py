@@ -2,7 +2,7 @@
 
 The network, preprocessing and postprocessing are loaded by ID from the inference config,
 as the node loads them. ``MIN_MEAN_DICE`` is set below the evaluation result recorded in
-``bundle/docs/training_record.md`` (test-set mean Dice 0.9x); random weights score far lower.
+``bundle/docs/training_record.md`` (test-set mean Dice 0.953); random weights score about 0.43.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.bundle_helpers import BUNDLE, INFERENCE, TRAIN, parser
 WEIGHTS = BUNDLE / "models" / "lung_unet.pt"
 RECORD = BUNDLE / "docs" / "training_record.md"
 N_IMAGES = 8
-MIN_MEAN_DICE = 0.90
+MIN_MEAN_DICE = 0.93
 
 
 def _segment(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
