@@ -20,6 +20,8 @@ REQUIRED_COLUMNS = ("image_path", "patient_id", "label", "mask_path", "split")
 """Columns every manifest must have."""
 SPLITS = ("train", "val", "test")
 """Valid values of the ``split`` column."""
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""})
+"""Suffixes of the files :func:`image_datalist` takes from a folder (lower case)."""
 
 
 def read_manifest(manifest: str | Path) -> list[dict[str, str]]:
@@ -119,7 +121,9 @@ def image_datalist(paths: Sequence[str | Path]) -> list[dict[str, str]]:
     Parameters
     ----------
     paths : Sequence of str or pathlib.Path
-        Image files (PNG/JPEG/DICOM) or folders, whose files are listed in sorted order.
+        Image files (PNG/JPEG/DICOM) or folders. A folder contributes, in sorted order, its
+        files named ``*.png``, ``*.jpg``, ``*.jpeg``, ``*.dcm``, ``*.dicom`` or without a
+        suffix (DICOM exports); other files (``manifest.csv``, ...) are skipped.
 
     Returns
     -------
@@ -128,5 +132,10 @@ def image_datalist(paths: Sequence[str | Path]) -> list[dict[str, str]]:
     """
     files: list[Path] = []
     for path in map(Path, paths):
-        files.extend(sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path])
+        if path.is_dir():
+            files.extend(
+                p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        else:
+            files.append(path)
     return [{"image": str(p.resolve())} for p in files]

@@ -61,7 +61,8 @@ def test_split_without_masks_is_an_error(tmp_path: Path) -> None:
         segmentation_datalist(path, tmp_path, "test")
 
 
-def test_image_datalist_lists_folder_files_in_order(tmp_path: Path) -> None:
-    for name in ("b.dcm", "a.png"):
+def test_image_datalist_lists_image_files_of_a_folder_in_order(tmp_path: Path) -> None:
+    for name in ("b.dcm", "a.png", "manifest.csv", "IM0001"):
         (tmp_path / name).write_bytes(b"")
-    assert [Path(i["image"]).name for i in image_datalist([tmp_path])] == ["a.png", "b.dcm"]
+    names = [Path(i["image"]).name for i in image_datalist([tmp_path])]
+    assert names == ["IM0001", "a.png", "b.dcm"]
