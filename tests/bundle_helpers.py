@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
@@ -72,7 +71,3 @@ def write_tiny_dataset(shared: Path, target: Path, size: int = 64) -> Path:
         writer.writerows(out_rows)
     return manifest
 
-
-def lung_mask_fraction(path: Path) -> float:
-    """Fraction of bright pixels of a probability-map PNG (sanity of written outputs)."""
-    return float((np.asarray(Image.open(path)) > 127).mean())
