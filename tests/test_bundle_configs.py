@@ -159,3 +159,19 @@ def test_monai_verify_net_in_out_accepts_the_metadata() -> None:
         net_id="lung_network_def", meta_file=METADATA, config_file=INFERENCE,
         bundle_root=str(Path(METADATA).parents[1]),
     )
+
+
+def test_node_can_drop_the_loader_and_feed_a_decoded_array(shared_data: Path) -> None:
+    """As MONAI Deploy's bundle operator does: everything after the loader works on arrays."""
+    from monai.transforms import Compose
+
+    from monai_app.dicom_image import read_dicom_image
+    from monai_app.transforms import LoadChestXrayd
+
+    path = shared_data / "dicom/fo-dicom/CR-MONO1-10-chest.dcm"
+    steps = parser(INFERENCE).get_parsed_content("lung_preprocessing")
+    assert isinstance(steps.transforms[0], LoadChestXrayd)
+    without_loader = Compose(steps.transforms[1:])
+    fed = without_loader({"image": torch.from_numpy(read_dicom_image(path)[None])})
+    loaded = steps({"image": str(path)})
+    torch.testing.assert_close(torch.as_tensor(fed["image"]), loaded["image"].as_tensor())
