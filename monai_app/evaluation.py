@@ -64,7 +64,7 @@ def plot_dice_by_source(per_source: dict[str, list[float]], path: str | Path) ->
     from matplotlib import pyplot as plt
 
     names = sorted(per_source)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(names), 4))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.8 + 1.4 * len(names)), 4))
     ax.boxplot([per_source[n] for n in names], showfliers=False)
     for i, name in enumerate(names, start=1):
         jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(per_source[name]))
