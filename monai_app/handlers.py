@@ -143,7 +143,9 @@ class ProbabilityMapWriter:
         Keys of the (decollated) batch and output items.
     """
 
-    def __init__(self, output_dir: str | Path, image_key: str = "image", pred_key: str = "pred"):
+    def __init__(
+        self, output_dir: str | Path, image_key: str = "image", pred_key: str = "pred"
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.image_key = image_key
         self.pred_key = pred_key
