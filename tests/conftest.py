@@ -13,20 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.shared_data import ENV_VAR, REPO_ROOT, shared_data_dir
 
-
-def shared_data_dir() -> Path:
-    """``../shared/data`` beside the repository (``CXR_SHARED_DATA`` overrides it)."""
-    return Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+torch.set_num_threads(2)  # the CI machine's cores; more threads only contend
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The shared data folder; fails clearly when it is missing."""
     path = shared_data_dir()
     if not (path / "manifest.csv").is_file():
-        pytest.fail(f"shared data not found at {path} (set CXR_SHARED_DATA)")
+        pytest.fail(f"shared data not found at {path}; set {ENV_VAR} to its folder")
     return path
 
 

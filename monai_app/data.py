@@ -1,0 +1,141 @@
+"""Datalists for the bundle, built from a manifest CSV in the format of the shared data.
+
+Required manifest columns: ``image_path`` (relative to ``dataset_dir``), ``patient_id``,
+``label``, ``mask_path`` (relative, may be empty) and ``split`` (``train``/``val``/``test``,
+assigned by patient). ``source`` is used when present. The *mask source* of a row is the
+name of the folder holding its mask (``ieee8023_v7labs`` for human-reviewed masks,
+``ieee8023_lungvae`` for model-made ones in the shared data).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("image_path", "patient_id", "label", "mask_path", "split")
+"""Columns every manifest must have."""
+SPLITS = ("train", "val", "test")
+"""Valid values of the ``split`` column."""
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""})
+"""Suffixes of the files :func:`image_datalist` takes from a folder (lower case)."""
+
+
+def read_manifest(manifest: str | Path) -> list[dict[str, str]]:
+    """Read a manifest CSV and check its columns.
+
+    Parameters
+    ----------
+    manifest : str or pathlib.Path
+        Path of the CSV file.
+
+    Returns
+    -------
+    list of dict
+        One dict per row.
+
+    Raises
+    ------
+    ValueError
+        If a required column is missing or a ``split`` value is unknown.
+    """
+    with Path(manifest).open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"manifest {Path(manifest).name!r} lacks columns {missing}")
+        rows = list(reader)
+    bad = sorted({r["split"] for r in rows} - set(SPLITS))
+    if bad:
+        raise ValueError(f"manifest {Path(manifest).name!r} has unknown split values {bad}")
+    return rows
+
+
+def mask_source(mask_path: str) -> str:
+    """The mask source of a row: the name of the folder holding its mask (``""`` if none)."""
+    return Path(mask_path).parent.name if mask_path else ""
+
+
+def segmentation_datalist(
+    manifest: str | Path,
+    dataset_dir: str | Path,
+    split: str,
+    mask_sources: Sequence[str] | None = None,
+) -> list[dict[str, str]]:
+    """Image/mask pairs of one split, for the lung segmentation network.
+
+    Parameters
+    ----------
+    manifest : str or pathlib.Path
+        Manifest CSV.
+    dataset_dir : str or pathlib.Path
+        Folder the manifest's relative paths start from.
+    split : str
+        ``"train"``, ``"val"`` or ``"test"``.
+    mask_sources : Sequence of str, optional
+        Keep only masks from these sources (e.g. ``["ieee8023_v7labs"]`` for human-reviewed
+        masks); ``None`` keeps every row with a mask.
+
+    Returns
+    -------
+    list of dict
+        Items with keys ``image``, ``label`` (absolute paths), ``patient_id``, ``source``
+        and ``mask_source``, in manifest order.
+
+    Raises
+    ------
+    ValueError
+        If ``split`` is unknown or the selection is empty.
+    """
+    if split not in SPLITS:
+        raise ValueError(f'Argument "split" must be one of {SPLITS}, got {split!r}')
+    root = Path(dataset_dir).resolve()
+    items = []
+    for row in read_manifest(manifest):
+        if row["split"] != split or not row["mask_path"]:
+            continue
+        origin = mask_source(row["mask_path"])
+        if mask_sources is not None and origin not in mask_sources:
+            continue
+        items.append(
+            {
+                "image": str(root / row["image_path"]),
+                "label": str(root / row["mask_path"]),
+                "patient_id": row["patient_id"],
+                "source": row.get("source", "") or "unknown",
+                "mask_source": origin,
+            }
+        )
+    if not items:
+        raise ValueError(f"no {split!r} rows with masks from {mask_sources} in the manifest")
+    logger.info("%s: %d image/mask pairs from %s", split, len(items), mask_sources or "all sources")
+    return items
+
+
+def image_datalist(paths: Sequence[str | Path]) -> list[dict[str, str]]:
+    """Datalist for inference: one ``{"image": path}`` item per file.
+
+    Parameters
+    ----------
+    paths : Sequence of str or pathlib.Path
+        Image files (PNG/JPEG/DICOM) or folders. A folder contributes, in sorted order, its
+        files named ``*.png``, ``*.jpg``, ``*.jpeg``, ``*.dcm``, ``*.dicom`` or without a
+        suffix (DICOM exports); other files (``manifest.csv``, ...) are skipped.
+
+    Returns
+    -------
+    list of dict
+        Items with the key ``image`` (absolute path).
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(
+                p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        else:
+            files.append(path)
+    return [{"image": str(p.resolve())} for p in files]

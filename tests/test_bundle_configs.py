@@ -1,0 +1,177 @@
+"""The bundle's train, evaluate and inference configs run end to end on tiny real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.bundle_helpers import (
+    EVALUATE,
+    INFERENCE,
+    METADATA,
+    TRAIN,
+    parser,
+    workflow,
+    write_tiny_dataset,
+)
+
+TINY = {"spatial_size": [64, 64], "num_epochs": 1, "batch_size": 2, "num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few real image/mask pairs at 64x64 with their manifest."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    write_tiny_dataset(shared_data, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output folder of one epoch of bundle training on the tiny data set."""
+    out = tmp_path_factory.mktemp("train_out")
+    wf = workflow(
+        TRAIN, "train", "training", dataset_dir=str(tiny_dataset), output_dir=str(out), **TINY
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    return out
+
+
+def test_training_runs_one_epoch_and_exports_fp16_weights(trained: Path) -> None:
+    history = [json.loads(line) for line in (trained / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1]
+    assert {"train_loss", "val_dice", "lr"} <= set(history[0])
+    state = torch.load(trained / "lung_unet.pt", weights_only=True)
+    assert all(t.dtype == torch.float16 for t in state.values() if t.is_floating_point())
+    assert list(trained.glob("*checkpoint_epoch=1.pt"))
+    assert (trained / "training_curves.png").stat().st_size > 0
+
+
+def test_training_resumes_from_its_checkpoint(tiny_dataset: Path, trained: Path) -> None:
+    wf = workflow(
+        TRAIN, "train", "training", dataset_dir=str(tiny_dataset), output_dir=str(trained),
+        **{**TINY, "num_epochs": 2},
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    epochs = [json.loads(line)["epoch"] for line in (trained / "history.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2], "the second run must continue at epoch 2, not restart"
+
+
+def test_evaluation_writes_segmentation_metrics_on_test_rows(
+    tiny_dataset: Path, trained: Path, tmp_path: Path
+) -> None:
+    wf = workflow(
+        [TRAIN, EVALUATE], "eval", "evaluating", dataset_dir=str(tiny_dataset),
+        output_dir=str(tmp_path), lung_model_file=str(trained / "lung_unet.pt"), **TINY,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    seg = json.loads((tmp_path / "metrics.json").read_text())["segmentation"]
+    assert seg["n"] == 2 and 0.0 <= seg["dice_mean"] <= 1.0
+    assert seg["dice_ci95"][0] <= seg["dice_mean"] <= seg["dice_ci95"][1]
+    assert set(seg["by_source"]) == {"ieee8023"}
+    assert (tmp_path / "segmentation_dice_by_source.png").stat().st_size > 0
+
+
+def test_evaluation_keeps_other_sections_of_metrics_json(
+    tiny_dataset: Path, trained: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps({"classification": {"auc": 0.5}}))
+    wf = workflow(
+        [TRAIN, EVALUATE], "eval", "evaluating", dataset_dir=str(tiny_dataset),
+        output_dir=str(tmp_path), lung_model_file=str(trained / "lung_unet.pt"), **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"classification", "segmentation"}
+
+
+def test_inference_writes_a_probability_map_per_png_and_dicom_input(
+    shared_data: Path, trained: Path, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "chest.dcm").write_bytes((shared_data / "dicom/fo-dicom/CR-MONO1-10-chest.dcm").read_bytes())
+    Image.open(sorted((shared_data / "images/nih_cxr14").iterdir())[0]).save(inputs / "nih.png")
+    wf = workflow(
+        INFERENCE, "infer", "run", dataset_dir=str(inputs), output_dir=str(tmp_path / "out"),
+        lung_model_file=str(trained / "lung_unet.pt"), spatial_size=[64, 64],
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    for name in ("chest_lung.png", "nih_lung.png"):
+        assert np.asarray(Image.open(tmp_path / "out" / name)).shape == (64, 64)
+
+
+def test_metadata_matches_the_network_input_and_output() -> None:
+    meta = json.loads(Path(METADATA).read_text())["network_data_format"]
+    image, pred = meta["inputs"]["image"], meta["outputs"]["pred"]
+    p = parser(INFERENCE)
+    assert p["spatial_size"] == image["spatial_shape"] == parser(TRAIN)["spatial_size"]
+    net = p.get_parsed_content("lung_network_def").eval()
+    x = torch.zeros(1, image["num_channels"], *image["spatial_shape"], dtype=getattr(torch, image["dtype"]))
+    with torch.no_grad():
+        y = net(x)
+    assert tuple(y.shape) == (1, pred["num_channels"], *pred["spatial_shape"])
+    assert y.dtype == getattr(torch, pred["dtype"])
+
+
+def test_train_and_inference_configs_define_the_same_network() -> None:
+    keys = ("lung_channels", "lung_num_res_units", "spatial_size", "clahe", "clahe_clip_limit")
+    train, infer = parser(TRAIN), parser(INFERENCE)
+    assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
+    assert train["lung_network_def"] == infer["lung_network_def"]
+
+
+def test_train_and_inference_preprocessing_give_the_same_image(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    from monai.transforms import Compose
+
+    image_path = sorted((shared_data / "images/ieee8023").iterdir())[3]
+    Image.new("L", Image.open(image_path).size).save(tmp_path / "mask.png")
+    train_steps = Compose(parser(TRAIN).get_parsed_content("lung_deterministic_transforms"))
+    infer_steps = parser(INFERENCE).get_parsed_content("lung_preprocessing")
+    trained_item = train_steps({"image": str(image_path), "label": str(tmp_path / "mask.png")})
+    served_item = infer_steps({"image": str(image_path)})
+    assert tuple(served_item["image"].shape) == (1, 256, 256)
+    torch.testing.assert_close(trained_item["image"].as_tensor(), served_item["image"].as_tensor())
+
+
+def test_monai_verify_net_in_out_accepts_the_metadata() -> None:
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="lung_network_def", meta_file=METADATA, config_file=INFERENCE,
+        bundle_root=str(Path(METADATA).parents[1]),
+    )
+
+
+def test_node_can_drop_the_loader_and_feed_a_decoded_array(shared_data: Path) -> None:
+    """As MONAI Deploy's bundle operator does: everything after the loader works on arrays."""
+    from monai.transforms import Compose
+
+    from monai_app.dicom_image import read_dicom_image
+    from monai_app.transforms import LoadChestXrayd
+
+    path = shared_data / "dicom/fo-dicom/CR-MONO1-10-chest.dcm"
+    steps = parser(INFERENCE).get_parsed_content("lung_preprocessing")
+    assert isinstance(steps.transforms[0], LoadChestXrayd)
+    without_loader = Compose(steps.transforms[1:])
+    fed = without_loader({"image": torch.from_numpy(read_dicom_image(path)[None])})
+    loaded = steps({"image": str(path)})
+    torch.testing.assert_close(torch.as_tensor(fed["image"]), loaded["image"].as_tensor())
