@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import ImplicitVRLittleEndian
 
-from conftest import dcmtk, dcmtk_env
+from tests.conftest import dcmtk, dcmtk_env
 from scripts import dicom_corpus
 
 

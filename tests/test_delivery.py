@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from conftest import free_port, shared_data_dir
+from tests.conftest import free_port, shared_data_dir
 from dicom_node.delivery import (
     DeliveryResult,
     PacsDestination,
@@ -21,7 +21,7 @@ from dicom_node.delivery import (
 )
 from dicom_node.errors import ConfigError
 from dicom_node.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
-from orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
+from tests.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
 
 CALLING_AE = "CXR_AI"
 ONE_MINUTE = 60.0

@@ -13,13 +13,13 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from conftest import shared_data_dir
+from tests.conftest import shared_data_dir
 from dicom_node.config import PacsDestination
 from dicom_node.delivery import DeliveryResult
 from dicom_node.outbox import Outbox, RetryPolicy, final_state, is_due, record_attempt, requeue_failed, with_destinations
 from dicom_node.spool import DeliveryState, Job, JobState, Spool
 from dicom_node.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
-from orthanc import ORTHANC_AE_TITLE, OrthancServer
+from tests.orthanc import ORTHANC_AE_TITLE, OrthancServer
 
 POLICY = RetryPolicy(max_attempts=3, max_age_seconds=3600, initial_delay=10, max_delay=60)
 FAILED = DeliveryResult(delivered=False, status=None, error="association aborted or no answer")

@@ -22,7 +22,7 @@ from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 
-from conftest import shared_data_dir
+from tests.conftest import shared_data_dir
 from dicom_node import codes
 from dicom_node.sr import (
     DEFAULT_SERIES_DESCRIPTION,
