@@ -233,6 +233,19 @@ def summarize(rounds: list[RoundResult], n_files: int, n_bytes: int) -> dict[str
     return summary
 
 
+def cpu_busy_fraction(seconds: float = 1.0) -> float:
+    """Fraction of all cores' time spent busy over ``seconds`` (from ``/proc/stat``)."""
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return idle, sum(values)
+
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
 def machine_facts(work: Path) -> dict[str, Any]:
     """Cores, CPU, memory, the work folder's file system and tool versions."""
     def first_line(argv: list[str]) -> str:
@@ -252,6 +265,7 @@ def machine_facts(work: Path) -> dict[str, Any]:
     usage = shutil.disk_usage(work)
     return {
         # Other processes' load skews every number; it is recorded so a busy run shows.
+        "cpu_busy_before_start": round(cpu_busy_fraction(), 3),
         "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
         "cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kib / 2**20, 1),
         "kernel": platform.release(), "python": platform.python_version(),
@@ -347,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         node_cmd = shlex.split(args.node_cmd)
         facts = machine_facts(work)
         disk = facts["disk"]
-        print(f"{facts['cores']} cores (load {facts['load_average_1_5_15_min'][0]}), "
+        print(f"{facts['cores']} cores ({facts['cpu_busy_before_start']:.0%} busy), "
               f"{facts['cpu']}, {facts['memory_gib']} GiB; work dir on "
               f"{disk['fstype']} {disk['device']}; node fsync={'off' if args.no_fsync else 'on'}"
               f"; {facts['dcmtk']}", flush=True)
@@ -360,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print_table(results)
     facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    if facts["load_average_1_5_15_min"][0] > 0.5 * (os.cpu_count() or 1):
-        print("warning: the machine was busy when the run started (see load average)")
+    if facts["cpu_busy_before_start"] > 0.25:
+        print(f"warning: CPUs were {facts['cpu_busy_before_start']:.0%} busy before the run; "
+              "other processes skew the numbers")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": facts,
               "config": {"n": args.n, "rounds": args.rounds, "sizes": args.sizes,
