@@ -38,12 +38,15 @@ from typing import Any
 
 import pydicom
 
+from dicom_node.durable import write_atomically
+
 from scripts import dicom_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 AE_TITLE = "CXR_AI"
 CALLING_AE = "BENCH_SCU"
 RECEIVERS = ("node", "storescp")
+FLOOR = "disk-floor"  # no network: the same bytes written as the node writes them
 SIZE_CLASSES = ("small", "cxr")
 
 
@@ -70,6 +73,7 @@ class SizeResult:
     bytes: int
     summary: dict[str, dict[str, float]]
     ratio_node_over_storescp: float  # of median files/s
+    ratio_node_over_disk_floor: float  # of median files/s: how close to what the disk allows
     rounds: list[RoundResult]
 
 
@@ -222,10 +226,29 @@ def run_round(
     return seconds, len(stored & sent_uids)
 
 
+def time_disk_floor(files: list[Path], work: Path, fsync: bool) -> float:
+    """Seconds to persist ``files`` the way the node does (temp file, fdatasync, rename,
+    directory fsync, plus a small job record), with no network: no durable receiver on this
+    disk can be faster, while storescp never waits for the disk at all.
+    """
+    dest = work / "floor-store"
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "jobs").mkdir(parents=True)
+    contents = [f.read_bytes() for f in files]  # from the page cache: not timed as disk reads
+    start = time.perf_counter()
+    for f, content in zip(files, contents):
+        write_atomically(dest / f.name, [content], fsync=fsync)
+        write_atomically(dest / "jobs" / f"{f.stem}.json", [b'{"state": "received"}'], fsync=fsync)
+    seconds = time.perf_counter() - start
+    os.sync()
+    shutil.rmtree(dest)
+    return seconds
+
+
 def summarize(rounds: list[RoundResult], n_files: int, n_bytes: int) -> dict[str, dict[str, float]]:
     """Median, min and max wall time, and median files/s and MB/s, per receiver."""
     summary = {}
-    for receiver in RECEIVERS:
+    for receiver in dict.fromkeys(r.receiver for r in rounds):
         seconds = [r.seconds for r in rounds if r.receiver == receiver]
         median = statistics.median(seconds)
         summary[receiver] = {"median_s": median, "min_s": min(seconds), "max_s": max(seconds),
@@ -301,23 +324,29 @@ def bench_size(size: str, args: argparse.Namespace, work: Path, config: Path,
         for position, receiver in enumerate(order):
             seconds, stored = run_round(receiver, files, sent_uids, work, node_cmd, config)
             rounds.append(RoundResult(receiver, r, position, seconds, stored))
-            print(f"  {size:5} round {r + 1}/{args.rounds} {receiver:8} {seconds:7.2f} s "
+            print(f"  {size:5} round {r + 1}/{args.rounds} {receiver:10} {seconds:7.2f} s "
                   f"{len(files) / seconds:8.1f} files/s", flush=True)
+        seconds = time_disk_floor(files, work, fsync=not args.no_fsync)
+        rounds.append(RoundResult(FLOOR, r, len(order), seconds, len(files)))
+        print(f"  {size:5} round {r + 1}/{args.rounds} {FLOOR:10} {seconds:7.2f} s "
+              f"{len(files) / seconds:8.1f} files/s", flush=True)
     summary = summarize(rounds, len(files), n_bytes)
-    ratio = summary["node"]["files_per_s"] / summary["storescp"]["files_per_s"]
-    return SizeResult(len(files), n_bytes, summary, ratio, rounds)
+    node = summary["node"]["files_per_s"]
+    return SizeResult(len(files), n_bytes, summary, node / summary["storescp"]["files_per_s"],
+                      node / summary[FLOOR]["files_per_s"], rounds)
 
 
 def print_table(results: dict[str, SizeResult]) -> None:
     """Print medians per size class and receiver, and the node/storescp ratio."""
-    print(f"\n{'size':5} {'receiver':9} {'files':>6} {'MB':>8} {'median s':>9} "
+    print(f"\n{'size':5} {'receiver':10} {'files':>6} {'MB':>8} {'median s':>9} "
           f"{'files/s':>9} {'MB/s':>8}")
     for size, res in results.items():
-        for receiver in RECEIVERS:
+        for receiver in (*RECEIVERS, FLOOR):
             s = res.summary[receiver]
-            print(f"{size:5} {receiver:9} {res.n_files:>6} {res.bytes / 1e6:>8.1f} "
+            print(f"{size:5} {receiver:10} {res.n_files:>6} {res.bytes / 1e6:>8.1f} "
                   f"{s['median_s']:>9.2f} {s['files_per_s']:>9.1f} {s['mb_per_s']:>8.1f}")
         print(f"{size:5} node/storescp files/s ratio: {res.ratio_node_over_storescp:.2f}")
+        print(f"{size:5} node/{FLOOR} files/s ratio: {res.ratio_node_over_disk_floor:.2f}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
