@@ -173,11 +173,12 @@ def test_every_transfer_syntax_the_node_accepts_lands_in_the_same_intensity_spac
     from dicom_node.scp import TRANSFER_SYNTAXES
 
     assert {f.transfer_syntax_uid for f in transfer_syntax_corpus} == set(TRANSFER_SYNTAXES)
-    reference = read_dicom_image(next(
-        f.path for f in transfer_syntax_corpus if f.transfer_syntax_uid == pydicom.uid.ExplicitVRLittleEndian
-    ))
+    references = {  # per SOP class: DX attributes may set another display than CR
+        f.sop_class_uid: read_dicom_image(f.path)
+        for f in transfer_syntax_corpus if f.transfer_syntax_uid == pydicom.uid.ExplicitVRLittleEndian
+    }
     for f in transfer_syntax_corpus:
-        image = read_dicom_image(f.path)
+        image, reference = read_dicom_image(f.path), references[f.sop_class_uid]
         assert image.shape == reference.shape and image.dtype == np.float32, f.description
         lossy = f.transfer_syntax_uid in (
             pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGExtended12Bit, pydicom.uid.JPEGLSNearLossless,
