@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,95 @@ def test_classifier_metadata_matches_the_network_and_loads_the_trained_weights(t
     small_net = tiny.get_parsed_content("cls_network_def")
     state = torch.load(trained / "classifier.pt", weights_only=True)
     small_net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+
+
+@pytest.fixture(scope="module")
+def built_index(tiny_dataset: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Index folder made by the bundle's `build_index` on the tiny training split."""
+    out = tmp_path_factory.mktemp("cls_index")
+    wf = workflow(
+        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        cls_output_dir=str(trained), cls_index_dir=str(out), cls_index_salt="test-salt", **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return out
+
+
+def _embeddings_of_training_images(tiny_dataset: Path, trained: Path) -> tuple[list[dict], np.ndarray]:
+    from monai_app.reference_index import compute_embeddings, load_classifier_weights
+
+    p = parser(TRAIN, dataset_dir=str(tiny_dataset), **TINY)
+    datalist = p.get_parsed_content("cls_index_datalist")
+    net = load_classifier_weights(p.get_parsed_content("cls_network_def"), trained / "classifier.pt")
+    return datalist, compute_embeddings(net, datalist, p.get_parsed_content("cls_validate#preprocessing"))
+
+
+def test_index_has_the_labelled_training_images_with_deterministic_uids(
+    tiny_dataset: Path, built_index: Path
+) -> None:
+    from monai_app.similarity import SimilarityIndex, pseudonymous_patient_key, reference_uids
+
+    index = SimilarityIndex.load(built_index)
+    datalist = parser(TRAIN, dataset_dir=str(tiny_dataset)).get_parsed_content("cls_index_datalist")
+    assert len(index.items) == len(datalist) == 8  # the `unknown` training row is not indexed
+    assert index.dimension == TINY["cls_embedding_dim"] and index.metric == "angular"
+    for item, entry in zip(index.items, datalist):
+        assert (item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid) == tuple(
+            reference_uids(entry["image_path"]))
+        assert item.label == ("covid" if entry["label"] == 1 else "non_covid")
+        assert item.source == entry["source"]
+        assert item.patient_key == pseudonymous_patient_key(entry["patient_id"], "test-salt") != entry["patient_id"]
+
+
+def test_a_training_image_is_its_own_nearest_neighbour_and_queries_are_deterministic(
+    tiny_dataset: Path, trained: Path, built_index: Path
+) -> None:
+    from monai_app.similarity import SimilarityIndex
+
+    index = SimilarityIndex.load(built_index)
+    datalist, embeddings = _embeddings_of_training_images(tiny_dataset, trained)
+    assert len(np.unique(embeddings.round(5), axis=0)) == len(embeddings), "embeddings must tell images apart"
+    for position, embedding in enumerate(embeddings):
+        found = index.query(embedding, k=4)
+        assert found[0].position == position and found[0].distance == pytest.approx(0.0, abs=1e-3)
+        assert [n.distance for n in found] == sorted(n.distance for n in found)
+    again = SimilarityIndex.load(built_index)
+    assert [(n.position, n.distance) for n in again.query(embeddings[3], k=4)] == [
+        (n.position, n.distance) for n in index.query(embeddings[3], k=4)]
+
+
+def test_build_index_is_reproducible_and_needs_a_salt(
+    tiny_dataset: Path, trained: Path, built_index: Path, tmp_path: Path
+) -> None:
+    wf = workflow(
+        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        cls_output_dir=str(trained), cls_index_dir=str(tmp_path), cls_index_salt="test-salt", **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    for name in ("index.ann", "items.csv", "index.json"):
+        assert (tmp_path / name).read_bytes() == (built_index / name).read_bytes()
+    unsalted = workflow(
+        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        cls_output_dir=str(trained), cls_index_dir=str(tmp_path / "x"), cls_index_salt="", **TINY,
+    )
+    unsalted.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        unsalted.run()
+    assert "salt" in repr(failure.value.__cause__)
+
+
+def test_dicom_reference_keeps_its_own_uids(shared_data: Path) -> None:
+    import pydicom
+
+    from monai_app.reference_index import reference_item
+
+    path = shared_data / "dicom/fo-dicom/CR-MONO1-10-chest.dcm"
+    header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    item = reference_item({"image": str(path), "image_path": "x.dcm", "label": 1, "source": "hospital",
+                           "patient_id": "P1"}, salt="s")
+    assert (item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid, item.sop_class_uid) == (
+        header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID, header.SOPClassUID)
+    assert item.label == "covid" and item.source == "hospital"
