@@ -12,6 +12,7 @@ patient key).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -189,3 +190,107 @@ def build_reference_index(
     index.save(Path(output_dir))
     logger.info("indexed %d reference images (%s, %d trees) in %s", len(items), metric, n_trees, output_dir)
     return index
+
+
+def retrieval_metrics(
+    index: SimilarityIndex,
+    queries: np.ndarray,
+    labels: Sequence[int],
+    k: int = 4,
+    reference_embeddings: np.ndarray | None = None,
+) -> dict[str, object]:
+    """k-nearest-neighbour vote and Annoy quality of an index on labelled query embeddings.
+
+    Parameters
+    ----------
+    index : SimilarityIndex
+        The similar-study index.
+    queries : numpy.ndarray
+        ``(n, dimension)`` embeddings of the query images (e.g. the test split).
+    labels : Sequence of int
+        True class of each query (1 = covid).
+    k : int
+        Neighbours per query.
+    reference_embeddings : numpy.ndarray, optional
+        The indexed vectors for the exact search; read back from the index when ``None``.
+
+    Returns
+    -------
+    dict
+        ``vote_accuracy``, ``vote_sensitivity``, ``vote_specificity`` (a query is called
+        covid when more than half of its ``k`` neighbours are covid; ties count as
+        non_covid), ``recall_at_k`` (share of the exact k nearest neighbours that Annoy
+        returns), ``query_ms_mean``, ``query_ms_p95``, ``k``, ``n``, ``n_reference``, ``metric``.
+    """
+    from monai_app.similarity import recall_at_k
+
+    y = np.asarray(labels, dtype=int)
+    vectors = np.asarray(queries, dtype=np.float32)
+    if len(vectors) == 0 or len(vectors) != len(y):
+        raise ValueError('Arguments "queries" and "labels" must be non-empty and of one length')
+    reference = (
+        np.stack([index.vector(i) for i in range(len(index.items))])
+        if reference_embeddings is None else np.asarray(reference_embeddings, dtype=np.float32)
+    )
+    votes, times = [], []
+    for vector in vectors:
+        start = time.perf_counter()
+        found = index.query(vector, k)
+        times.append((time.perf_counter() - start) * 1000.0)
+        votes.append(int(sum(n.item.label == CLASS_NAMES[1] for n in found) * 2 > len(found)))
+    predicted = np.asarray(votes)
+    positives, negatives = y == 1, y == 0
+    return {
+        "k": int(k),
+        "n": int(len(y)),
+        "n_reference": len(index.items),
+        "metric": index.metric,
+        "vote_accuracy": float(np.mean(predicted == y)),
+        "vote_sensitivity": float(np.mean(predicted[positives] == 1)) if positives.any() else None,
+        "vote_specificity": float(np.mean(predicted[negatives] == 0)) if negatives.any() else None,
+        "recall_at_k": float(recall_at_k(index, reference, vectors, k)),
+        "query_ms_mean": float(np.mean(times)),
+        "query_ms_p95": float(np.percentile(times, 95)),
+    }
+
+
+def evaluate_retrieval(
+    network: CovidClassifier,
+    model_file: str | Path,
+    datalist: Sequence[Mapping[str, object]],
+    transform: Callable[[dict], dict],
+    index_dir: str | Path,
+    metrics_file: str | Path,
+    k: int = 4,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> dict[str, object]:
+    """Embed the evaluation images, query the index and write the ``"retrieval"`` section.
+
+    Parameters
+    ----------
+    network, model_file, transform, batch_size, device
+        As for :func:`build_reference_index` (the same weights as the index).
+    datalist : Sequence of Mapping
+        Labelled query images (the evaluation split).
+    index_dir : str or pathlib.Path
+        Folder written by :func:`build_reference_index`.
+    metrics_file : str or pathlib.Path
+        ``metrics.json``; its other sections are kept.
+    k : int
+        Neighbours per query.
+
+    Returns
+    -------
+    dict
+        The section written (see :func:`retrieval_metrics`).
+    """
+    from monai_app.evaluation import update_metrics_file
+
+    index = SimilarityIndex.load(Path(index_dir))
+    load_classifier_weights(network, model_file)
+    queries = compute_embeddings(network, datalist, transform, batch_size, device)
+    section = retrieval_metrics(index, queries, [int(d["label"]) for d in datalist], k)  # type: ignore[call-overload]
+    update_metrics_file(metrics_file, "retrieval", section)
+    logger.info("retrieval: %s", section)
+    return section

@@ -235,3 +235,34 @@ def test_dicom_reference_keeps_its_own_uids(shared_data: Path) -> None:
     assert (item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid, item.sop_class_uid) == (
         header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID, header.SOPClassUID)
     assert item.label == "covid" and item.source == "hospital"
+
+
+def test_retrieval_evaluation_writes_its_section(
+    tiny_dataset: Path, trained: Path, built_index: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps({"classifier": {"n": 6}}))
+    wf = workflow(
+        [TRAIN, EVALUATE], "eval", "evaluating_retrieval", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_index_dir=str(built_index),
+        **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"classifier", "retrieval"}
+    r = metrics["retrieval"]
+    assert (r["k"], r["n"], r["n_reference"], r["metric"]) == (4, 6, 8, "angular")
+    assert 0.0 <= r["vote_accuracy"] <= 1.0 and 0.0 <= r["recall_at_k"] <= 1.0
+    assert r["query_ms_mean"] > 0.0
+
+
+def test_retrieval_vote_counts_neighbour_labels(tiny_dataset: Path, trained: Path, built_index: Path) -> None:
+    from monai_app.reference_index import retrieval_metrics
+    from monai_app.similarity import SimilarityIndex
+
+    index = SimilarityIndex.load(built_index)
+    datalist, embeddings = _embeddings_of_training_images(tiny_dataset, trained)
+    r = retrieval_metrics(index, embeddings, [d["label"] for d in datalist], k=1, reference_embeddings=embeddings)
+    assert r["vote_accuracy"] == 1.0 and r["recall_at_k"] == 1.0  # each image finds itself
+    flipped = retrieval_metrics(index, embeddings, [1 - d["label"] for d in datalist], k=1)
+    assert flipped["vote_accuracy"] == 0.0
