@@ -139,3 +139,59 @@ def image_datalist(paths: Sequence[str | Path]) -> list[dict[str, str]]:
         else:
             files.append(path)
     return [{"image": str(p.resolve())} for p in files]
+
+
+CLASS_LABELS = {"non_covid": 0, "covid": 1}
+"""Manifest ``label`` -> classifier class index; other labels (``unknown``) are left out."""
+
+
+def classification_datalist(
+    manifest: str | Path,
+    dataset_dir: str | Path,
+    split: str | Sequence[str],
+) -> list[dict[str, object]]:
+    """Labelled images of one or more splits, for the COVID-19 classifier.
+
+    Parameters
+    ----------
+    manifest : str or pathlib.Path
+        Manifest CSV.
+    dataset_dir : str or pathlib.Path
+        Folder the manifest's relative paths start from.
+    split : str or Sequence of str
+        ``"train"``, ``"val"``, ``"test"`` or several of them.
+
+    Returns
+    -------
+    list of dict
+        Items with keys ``image`` (absolute path), ``label`` (0 non_covid, 1 covid),
+        ``image_path`` (as in the manifest), ``patient_id`` and ``source``, in manifest
+        order. Rows labelled otherwise (``unknown``) are skipped.
+
+    Raises
+    ------
+    ValueError
+        If a split is unknown or the selection is empty.
+    """
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise ValueError(f'Argument "split" must be among {SPLITS}, got {split!r}')
+    root = Path(dataset_dir).resolve()
+    items: list[dict[str, object]] = []
+    for row in read_manifest(manifest):
+        if row["split"] not in splits or row["label"] not in CLASS_LABELS:
+            continue
+        items.append(
+            {
+                "image": str(root / row["image_path"]),
+                "label": CLASS_LABELS[row["label"]],
+                "image_path": row["image_path"],
+                "patient_id": row["patient_id"],
+                "source": row.get("source", "") or "unknown",
+            }
+        )
+    if not items:
+        raise ValueError(f"no labelled {splits} rows in the manifest")
+    logger.info("%s: %d labelled images", "+".join(splits), len(items))
+    return items

@@ -17,11 +17,19 @@ TRAIN = str(CONFIGS / "train.yaml")
 EVALUATE = str(CONFIGS / "evaluate.yaml")
 INFERENCE = str(CONFIGS / "inference.yaml")
 METADATA = str(CONFIGS / "metadata.json")
+CLASSIFIER_PROPERTIES = str(CONFIGS / "classifier_properties.json")
 
 
-def workflow(config: str | list[str], workflow_type: str, run_id: str, **override: Any) -> ConfigWorkflow:
-    """A ``ConfigWorkflow`` of the bundle with ``bundle_root`` pointing at the repository."""
+def workflow(
+    config: str | list[str], workflow_type: str, run_id: str, properties_path: str | None = None, **override: Any
+) -> ConfigWorkflow:
+    """A ``ConfigWorkflow`` of the bundle with ``bundle_root`` pointing at the repository.
+
+    ``properties_path`` names a bundle properties file (e.g. the classifier's, whose run keys
+    use the ``cls_*`` IDs); ``None`` uses MONAI's default properties.
+    """
     return ConfigWorkflow(
+        properties_path=properties_path,
         config_file=config,
         meta_file=METADATA,
         logging_file=False,
@@ -71,3 +79,38 @@ def write_tiny_dataset(shared: Path, target: Path, size: int = 64) -> Path:
         writer.writerows(out_rows)
     return manifest
 
+
+
+def write_tiny_classification_dataset(shared: Path, target: Path, size: int = 64) -> Path:
+    """Copy a few real labelled images per split and source, resized to ``size``, with a manifest.
+
+    Each split gets ieee8023 COVID-19 images, NIH negatives and Actualmed images of both labels
+    (a source with both labels, for ``within_source``); train also gets one ``unknown`` row,
+    which the classifier must skip. Returns the manifest path (paths relative to ``target``).
+    """
+    with (shared / "manifest.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    wanted = {  # (split, source, label): count
+        ("train", "ieee8023", "covid"): 3, ("train", "nih_cxr14", "non_covid"): 3,
+        ("train", "actualmed", "covid"): 1, ("train", "actualmed", "non_covid"): 1,
+        ("train", "actualmed", "unknown"): 1,
+        ("val", "ieee8023", "covid"): 2, ("val", "nih_cxr14", "non_covid"): 2,
+        ("test", "ieee8023", "covid"): 2, ("test", "nih_cxr14", "non_covid"): 2,
+        ("test", "actualmed", "covid"): 1, ("test", "actualmed", "non_covid"): 1,
+    }
+    chosen = []
+    for (split, source, label), count in wanted.items():
+        chosen += [r for r in rows if (r["split"], r["source"], r["label"]) == (split, source, label)][:count]
+    out_rows = []
+    for row in chosen:
+        image = Image.open(shared / row["image_path"]).convert("L").resize((size, size), Image.BILINEAR)
+        image_rel = f"images/{row['source']}/{Path(row['image_path']).stem}.png"
+        (target / image_rel).parent.mkdir(parents=True, exist_ok=True)
+        image.save(target / image_rel)
+        out_rows.append({**row, "image_path": image_rel, "mask_path": ""})
+    manifest = target / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(out_rows[0]))
+        writer.writeheader()
+        writer.writerows(out_rows)
+    return manifest

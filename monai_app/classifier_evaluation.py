@@ -1,0 +1,239 @@
+"""Evaluation report of the COVID-19 classifier: the ``"classifier"`` section of ``metrics.json``.
+
+Metrics are computed on the probability of the positive class (``covid``), thresholded at
+``threshold`` for accuracy, sensitivity, specificity and the confusion matrix. 95 %
+confidence intervals come from a bootstrap that resamples *patients* (all images of a
+patient together). Because the shared data's negatives come mostly from other sources than
+its positives, the report also breaks results down by source (``per_source``) and gives
+the metrics restricted to the sources that have both labels (``within_source``), where a
+source shortcut cannot help.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from monai_app.evaluation import update_metrics_file
+
+logger = logging.getLogger(__name__)
+
+SECTION = "classifier"
+"""Top-level key of the classifier's metrics in ``metrics.json``."""
+
+
+def _accuracy(y: np.ndarray, p: np.ndarray, t: float) -> float | None:
+    return float(np.mean((p >= t) == (y == 1))) if y.size else None
+
+
+def _sensitivity(y: np.ndarray, p: np.ndarray, t: float) -> float | None:
+    positives = y == 1
+    return float(np.mean(p[positives] >= t)) if positives.any() else None
+
+
+def _specificity(y: np.ndarray, p: np.ndarray, t: float) -> float | None:
+    negatives = y == 0
+    return float(np.mean(p[negatives] < t)) if negatives.any() else None
+
+
+def _roc_auc(y: np.ndarray, p: np.ndarray, t: float) -> float | None:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else None
+
+
+def _pr_auc(y: np.ndarray, p: np.ndarray, t: float) -> float | None:
+    return float(average_precision_score(y, p)) if 0 < y.sum() < y.size else None
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray, float], float | None]] = {
+    "accuracy": _accuracy,
+    "sensitivity": _sensitivity,
+    "specificity": _specificity,
+    "roc_auc": _roc_auc,
+    "pr_auc": _pr_auc,
+}
+"""Metric name -> function of (labels, positive-class probabilities, threshold); ``None``
+when the metric is undefined (e.g. AUC with one class only)."""
+
+
+def confusion_matrix(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> list[list[int]]:
+    """``[[TN, FP], [FN, TP]]`` (rows: true class 0/1, columns: predicted class 0/1)."""
+    y = np.asarray(labels, dtype=int)
+    predicted = (np.asarray(scores, dtype=float) >= threshold).astype(int)
+    return [[int(np.sum((y == t) & (predicted == q))) for q in (0, 1)] for t in (0, 1)]
+
+
+def summarise_classification(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    patients: Sequence[str],
+    threshold: float = 0.5,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Metrics with patient-clustered bootstrap 95 % CIs, confusion matrix and counts.
+
+    Parameters
+    ----------
+    labels : Sequence of int
+        True class per image (1 = covid).
+    scores : Sequence of float
+        Predicted probability of class 1 per image.
+    patients : Sequence of str
+        Patient id per image (the bootstrap's cluster).
+    threshold : float
+        Decision threshold on the probability.
+    n_resamples : int
+        Bootstrap resamples.
+    seed : int
+        Bootstrap seed (the intervals are reproducible).
+
+    Returns
+    -------
+    dict
+        ``{<metric>: value or None, <metric>_ci95: [low, high] or None, ...,
+        "confusion_matrix": [[TN, FP], [FN, TP]], "n", "n_positive", "n_negative",
+        "n_patients", "threshold"}``.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are empty or of different lengths.
+    """
+    y = np.asarray(labels, dtype=int)
+    p = np.asarray(scores, dtype=float)
+    groups = np.asarray(patients)
+    if y.size == 0 or not (y.shape == p.shape == groups.shape):
+        raise ValueError('Arguments "labels", "scores" and "patients" must be non-empty and of one length')
+    unique, group_of = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(group_of == g) for g in range(unique.size)]
+    rng = np.random.default_rng(seed)
+    draws = [np.concatenate([members[g] for g in rng.integers(0, unique.size, unique.size)]) for _ in range(n_resamples)]
+    section: dict[str, object] = {}
+    for name, fn in METRICS.items():
+        value = fn(y, p, threshold)
+        section[name] = value
+        resampled = [v for v in (fn(y[idx], p[idx], threshold) for idx in draws) if v is not None]
+        section[f"{name}_ci95"] = (
+            [float(q) for q in np.quantile(resampled, [0.025, 0.975])]
+            if value is not None and len(resampled) >= max(10, n_resamples // 2) else None
+        )
+    section.update(
+        confusion_matrix=confusion_matrix(y, p, threshold),
+        n=int(y.size),
+        n_positive=int(y.sum()),
+        n_negative=int(y.size - y.sum()),
+        n_patients=int(unique.size),
+        threshold=float(threshold),
+    )
+    return section
+
+
+def classification_report(
+    rows: Sequence[dict[str, object]], threshold: float = 0.5, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, object]:
+    """The ``"classifier"`` section from per-image rows.
+
+    Parameters
+    ----------
+    rows : Sequence of dict
+        One per image, with ``label`` (0/1), ``score`` (probability of class 1),
+        ``patient_id`` and ``source``.
+    threshold, n_resamples, seed
+        See :func:`summarise_classification`.
+
+    Returns
+    -------
+    dict
+        The overall metrics, plus ``per_source`` (one entry per source) and
+        ``within_source`` (pooled over the sources having both labels, with their names
+        under ``sources``; ``None`` if no source has both).
+    """
+    def summary(selected: Sequence[dict[str, object]]) -> dict[str, object]:
+        return summarise_classification(
+            [int(r["label"]) for r in selected], [float(r["score"]) for r in selected],
+            [str(r["patient_id"]) for r in selected], threshold, n_resamples, seed,
+        )
+
+    section = summary(rows)
+    sources = sorted({str(r["source"]) for r in rows})
+    section["per_source"] = {s: summary([r for r in rows if r["source"] == s]) for s in sources}
+    mixed = [s for s in sources if len({int(r["label"]) for r in rows if r["source"] == s}) == 2]
+    if mixed:
+        section["within_source"] = {"sources": mixed, **summary([r for r in rows if r["source"] in mixed])}
+    else:
+        section["within_source"] = None
+    return section
+
+
+class ClassificationReport:
+    """Collect per-image predictions during evaluation, then write the classifier's report.
+
+    Writes the ``"classifier"`` section of ``output_dir/metrics.json`` (other sections are
+    kept) and ``classifier_per_image.csv``. The evaluator's postprocessing must give
+    ``pred`` as class probabilities (softmax) and ``label`` as a class index or one-hot.
+
+    Parameters
+    ----------
+    output_dir : str or pathlib.Path
+        Folder of the report.
+    threshold : float
+        Decision threshold on the covid probability.
+    n_resamples : int
+        Bootstrap resamples.
+    seed : int
+        Bootstrap seed.
+    """
+
+    def __init__(
+        self, output_dir: str | Path, threshold: float = 0.5, n_resamples: int = 2000, seed: int = 0
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.threshold = float(threshold)
+        self.n_resamples = int(n_resamples)
+        self.seed = int(seed)
+        self.rows: list[dict[str, object]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine`` (the evaluator)."""
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def _collect(self, engine: Engine) -> None:
+        for item, out in zip(engine.state.batch, engine.state.output):
+            pred = torch.as_tensor(out["pred"]).reshape(-1)
+            label = torch.as_tensor(out["label"]).reshape(-1)
+            self.rows.append(
+                {
+                    "image_path": str(item.get("image_path", "")),
+                    "patient_id": str(item.get("patient_id", "")),
+                    "source": str(item.get("source", "unknown")),
+                    "label": int(label.argmax()) if label.numel() > 1 else int(label.item()),
+                    "score": float(pred[1]),
+                }
+            )
+
+    def _write(self, engine: Engine) -> None:
+        if not self.rows:
+            raise ValueError("the evaluation saw no images")
+        section = classification_report(self.rows, self.threshold, self.n_resamples, self.seed)
+        update_metrics_file(self.output_dir / "metrics.json", SECTION, section)
+        with (self.output_dir / "classifier_per_image.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(  # no patient IDs in the per-image table
+                fh, fieldnames=["image_path", "source", "label", "score"], extrasaction="ignore"
+            )
+            writer.writeheader()
+            writer.writerows(self.rows)
+        logger.info(
+            "classifier: n=%d accuracy=%s roc_auc=%s", section["n"], section["accuracy"], section["roc_auc"]
+        )

@@ -1,0 +1,268 @@
+"""The classifier's bundle configs run end to end on tiny real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.bundle_helpers import (
+    CLASSIFIER_PROPERTIES,
+    EVALUATE,
+    INFERENCE,
+    METADATA,
+    TRAIN,
+    parser,
+    workflow,
+    write_tiny_classification_dataset,
+)
+
+TINY = {
+    "cls_spatial_size": [64, 64], "cls_lung_spatial_size": [64, 64], "cls_num_epochs": 1,
+    "cls_batch_size": 4, "cls_hidden_dim": 32, "cls_embedding_dim": 8, "num_workers": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_cls_data")
+    write_tiny_classification_dataset(shared_data, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output folder of one epoch of classifier training on the tiny data set."""
+    out = tmp_path_factory.mktemp("cls_train_out")
+    wf = workflow(
+        TRAIN, "train", "training_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset), cls_output_dir=str(out), **TINY
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    return out
+
+
+def test_classifier_training_runs_one_epoch_and_exports_fp16_weights(trained: Path) -> None:
+    history = [json.loads(line) for line in (trained / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1]
+    assert {"train_loss", "val_auc", "lr"} <= set(history[0])
+    assert 0.0 <= history[0]["val_auc"] <= 1.0
+    state = torch.load(trained / "classifier.pt", weights_only=True)
+    assert state["fc3.weight"].shape == (2, 8) and state["fc3.weight"].dtype == torch.float16
+    assert (trained / "classifier_best.pt").is_file() and list(trained.glob("*checkpoint_epoch=1.pt"))
+
+
+def test_classifier_evaluation_writes_metrics_per_source_and_within_source(
+    tiny_dataset: Path, trained: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps({"segmentation": {"dice_mean": 0.9}}))
+    wf = workflow(
+        [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"),
+        bootstrap_resamples=50, **TINY,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"segmentation", "classifier"}
+    cls = metrics["classifier"]
+    assert cls["n"] == 6 and cls["n_positive"] == 3 and cls["n_negative"] == 3
+    assert sum(map(sum, cls["confusion_matrix"])) == 6
+    for name in ("accuracy", "sensitivity", "specificity", "roc_auc", "pr_auc"):
+        assert 0.0 <= cls[name] <= 1.0
+        assert cls[f"{name}_ci95"] is None or cls[f"{name}_ci95"][0] <= cls[f"{name}_ci95"][1]
+    assert set(cls["per_source"]) == {"actualmed", "ieee8023", "nih_cxr14"}
+    assert cls["per_source"]["nih_cxr14"]["roc_auc"] is None  # one label only: no AUC
+    assert cls["within_source"]["sources"] == ["actualmed"] and cls["within_source"]["n"] == 2
+    assert len((tmp_path / "classifier_per_image.csv").read_text().splitlines()) == 7
+
+
+def test_classifier_training_never_selects_on_test_rows() -> None:
+    p = parser(TRAIN)
+    assert "test" not in p["cls_train_splits"] and p["cls_val_split"] == "val"
+
+
+def test_augmentations_follow_the_paper() -> None:
+    p = parser(TRAIN)
+    probs = {k: p[k] for k in p.get().keys() if k.startswith("cls_aug_") and k.endswith("_prob")}
+    assert probs == {
+        "cls_aug_brighten_prob": 0.4, "cls_aug_gamma_prob": 0.3, "cls_aug_clahe_prob": 0.4,
+        "cls_aug_rotate_prob": 0.4, "cls_aug_shear_prob": 0.4, "cls_aug_scale_prob": 0.4,
+        "cls_aug_flip_prob": 0.5, "cls_aug_sharpen_prob": 0.2, "cls_aug_blur_prob": 0.2,
+    }
+    assert p["cls_weight_decay"] == 0.01
+    steps = [t.__class__.__name__ for t in p.get_parsed_content("cls_augmentation_transforms", instantiate=True)]
+    assert steps[:7] == ["RandScaleIntensityd", "RandAdjustContrastd", "RandClahed", "RandRotated",
+                         "RandAffined", "RandZoomd", "RandFlipd"]
+
+
+def test_train_and_inference_configs_define_the_same_classifier() -> None:
+    keys = ("cls_spatial_size", "cls_lung_spatial_size", "cls_hidden_dim", "cls_embedding_dim",
+            "cls_dropout", "cls_clahe", "cls_clahe_clip_limit", "lung_channels", "lung_num_res_units")
+    train, infer = parser(TRAIN), parser(INFERENCE)
+    assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
+    assert train["cls_network_def"] == infer["cls_network_def"]
+
+
+def test_train_and_inference_preprocessing_give_the_same_classifier_input(shared_data: Path) -> None:
+    from monai.transforms import Compose
+
+    image_path = str(sorted((shared_data / "images/actualmed").iterdir())[0])
+    small = {"cls_spatial_size": [64, 64]}
+    train = parser(TRAIN, **small)
+    steps = Compose(train.get_parsed_content("cls_deterministic_transforms")
+                    + train.get_parsed_content("cls_input_transforms"))
+    served = parser(INFERENCE, **small).get_parsed_content("cls_preprocessing")
+    trained_item, served_item = steps({"image": image_path}), served({"image": image_path})
+    assert tuple(served_item["image"].shape) == (3, 64, 64)
+    torch.testing.assert_close(torch.as_tensor(trained_item["image"]), torch.as_tensor(served_item["image"]))
+    assert float(served_item["image"][1].max()) > 0.5, "the lung channel must show lungs"
+    assert not served_item["image"][2].any()
+
+
+def test_classifier_metadata_matches_the_network_and_loads_the_trained_weights(trained: Path) -> None:
+    meta = json.loads(Path(METADATA).read_text())["classifier_network_data_format"]
+    image, pred, embedding = meta["inputs"]["image"], meta["outputs"]["pred"], meta["outputs"]["embedding"]
+    assert image["num_channels"] == 3 and set(image["channel_def"]) == {"0", "1", "2"}
+    assert "lung" in image["channel_def"]["1"] and image["channel_def"]["2"] == "zeros"
+    p = parser(INFERENCE)
+    assert p["cls_spatial_size"] == image["spatial_shape"] and p["cls_embedding_dim"] == embedding["num_channels"]
+    net = p.get_parsed_content("cls_network_def").eval()
+    x = torch.rand(1, image["num_channels"], *image["spatial_shape"])
+    with torch.no_grad():
+        assert tuple(net(x).shape) == (1, pred["num_channels"])
+        assert tuple(net.embed(x).shape) == (1, embedding["num_channels"])
+    tiny = parser(INFERENCE, cls_hidden_dim=TINY["cls_hidden_dim"], cls_embedding_dim=TINY["cls_embedding_dim"])
+    small_net = tiny.get_parsed_content("cls_network_def")
+    state = torch.load(trained / "classifier.pt", weights_only=True)
+    small_net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+
+
+@pytest.fixture(scope="module")
+def built_index(tiny_dataset: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Index folder made by the bundle's `build_index` on the tiny training split."""
+    out = tmp_path_factory.mktemp("cls_index")
+    wf = workflow(
+        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        cls_output_dir=str(trained), cls_index_dir=str(out), cls_index_salt="test-salt", **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return out
+
+
+def _embeddings_of_training_images(tiny_dataset: Path, trained: Path) -> tuple[list[dict], np.ndarray]:
+    from monai_app.reference_index import compute_embeddings, load_classifier_weights
+
+    p = parser(TRAIN, dataset_dir=str(tiny_dataset), **TINY)
+    datalist = p.get_parsed_content("cls_index_datalist")
+    net = load_classifier_weights(p.get_parsed_content("cls_network_def"), trained / "classifier.pt")
+    return datalist, compute_embeddings(net, datalist, p.get_parsed_content("cls_validate#preprocessing"))
+
+
+def test_index_has_the_labelled_training_images_with_deterministic_uids(
+    tiny_dataset: Path, built_index: Path
+) -> None:
+    from monai_app.similarity import SimilarityIndex, pseudonymous_patient_key, reference_uids
+
+    index = SimilarityIndex.load(built_index)
+    datalist = parser(TRAIN, dataset_dir=str(tiny_dataset)).get_parsed_content("cls_index_datalist")
+    assert len(index.items) == len(datalist) == 8  # the `unknown` training row is not indexed
+    assert index.dimension == TINY["cls_embedding_dim"] and index.metric == "angular"
+    for item, entry in zip(index.items, datalist):
+        assert (item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid) == tuple(
+            reference_uids(entry["image_path"]))
+        assert item.label == ("covid" if entry["label"] == 1 else "non_covid")
+        assert item.source == entry["source"]
+        assert item.patient_key == pseudonymous_patient_key(entry["patient_id"], "test-salt") != entry["patient_id"]
+
+
+def test_a_training_image_is_its_own_nearest_neighbour_and_queries_are_deterministic(
+    tiny_dataset: Path, trained: Path, built_index: Path
+) -> None:
+    from monai_app.similarity import SimilarityIndex
+
+    index = SimilarityIndex.load(built_index)
+    datalist, embeddings = _embeddings_of_training_images(tiny_dataset, trained)
+    assert len(np.unique(embeddings.round(5), axis=0)) == len(embeddings), "embeddings must tell images apart"
+    for position, embedding in enumerate(embeddings):
+        found = index.query(embedding, k=4)
+        assert found[0].position == position and found[0].distance == pytest.approx(0.0, abs=1e-3)
+        assert [n.distance for n in found] == sorted(n.distance for n in found)
+    again = SimilarityIndex.load(built_index)
+    assert [(n.position, n.distance) for n in again.query(embeddings[3], k=4)] == [
+        (n.position, n.distance) for n in index.query(embeddings[3], k=4)]
+
+
+def test_build_index_is_reproducible_and_needs_a_salt(
+    tiny_dataset: Path, trained: Path, built_index: Path, tmp_path: Path
+) -> None:
+    wf = workflow(
+        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        cls_output_dir=str(trained), cls_index_dir=str(tmp_path), cls_index_salt="test-salt", **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    for name in ("index.ann", "items.csv", "index.json"):
+        assert (tmp_path / name).read_bytes() == (built_index / name).read_bytes()
+    unsalted = workflow(
+        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        cls_output_dir=str(trained), cls_index_dir=str(tmp_path / "x"), cls_index_salt="", **TINY,
+    )
+    unsalted.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        unsalted.run()
+    assert "salt" in repr(failure.value.__cause__)
+
+
+def test_dicom_reference_keeps_its_own_uids(shared_data: Path) -> None:
+    import pydicom
+
+    from monai_app.reference_index import reference_item
+
+    path = shared_data / "dicom/fo-dicom/CR-MONO1-10-chest.dcm"
+    header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    item = reference_item({"image": str(path), "image_path": "x.dcm", "label": 1, "source": "hospital",
+                           "patient_id": "P1"}, salt="s")
+    assert (item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid, item.sop_class_uid) == (
+        header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID, header.SOPClassUID)
+    assert item.label == "covid" and item.source == "hospital"
+
+
+def test_retrieval_evaluation_writes_its_section(
+    tiny_dataset: Path, trained: Path, built_index: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps({"classifier": {"n": 6}}))
+    wf = workflow(
+        [TRAIN, EVALUATE], "eval", "evaluating_retrieval", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_index_dir=str(built_index),
+        **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"classifier", "retrieval"}
+    r = metrics["retrieval"]
+    assert (r["k"], r["n"], r["n_reference"], r["metric"]) == (4, 6, 8, "angular")
+    assert 0.0 <= r["vote_accuracy"] <= 1.0 and 0.0 <= r["recall_at_k"] <= 1.0
+    assert r["query_ms_mean"] > 0.0
+
+
+def test_retrieval_vote_counts_neighbour_labels(tiny_dataset: Path, trained: Path, built_index: Path) -> None:
+    from monai_app.reference_index import retrieval_metrics
+    from monai_app.similarity import SimilarityIndex
+
+    index = SimilarityIndex.load(built_index)
+    datalist, embeddings = _embeddings_of_training_images(tiny_dataset, trained)
+    r = retrieval_metrics(index, embeddings, [d["label"] for d in datalist], k=1, reference_embeddings=embeddings)
+    assert r["vote_accuracy"] == 1.0 and r["recall_at_k"] == 1.0  # each image finds itself
+    flipped = retrieval_metrics(index, embeddings, [1 - d["label"] for d in datalist], k=1)
+    assert flipped["vote_accuracy"] == 0.0
