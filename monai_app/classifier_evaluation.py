@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from monai_app.evaluation import update_metrics_file
+from monai_app.evaluation import PerImageReport, update_metrics_file
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def classification_report(
     return section
 
 
-class ClassificationReport:
+class ClassificationReport(PerImageReport):
     """Collect per-image predictions during evaluation, then write the classifier's report.
 
     Writes the ``"classifier"`` section of ``output_dir/metrics.json`` (other sections are
@@ -199,15 +199,6 @@ class ClassificationReport:
         self.n_resamples = int(n_resamples)
         self.seed = int(seed)
         self.rows: list[dict[str, object]] = []
-
-    def attach(self, engine: Engine) -> None:
-        """Register on ``engine`` (the evaluator)."""
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _reset(self, engine: Engine) -> None:
-        self.rows = []
 
     def _collect(self, engine: Engine) -> None:
         for item, out in zip(engine.state.batch, engine.state.output):

@@ -77,7 +77,31 @@ def plot_dice_by_source(per_source: dict[str, list[float]], path: str | Path) ->
     plt.close(fig)
 
 
-class SegmentationReport:
+class PerImageReport:
+    """Base of evaluator handlers that collect one row per image and write a report at the end.
+
+    Subclasses implement ``_collect`` (add rows from the current iteration) and ``_write``.
+    """
+
+    rows: list[dict[str, object]]
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine`` (the evaluator)."""
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def _collect(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def _write(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+
+class SegmentationReport(PerImageReport):
     """Collect per-image Dice during evaluation, then write ``metrics.json`` and figures.
 
     Writes the ``"segmentation"`` section ``{"dice_mean", "dice_ci95", "n", ...,
@@ -108,15 +132,6 @@ class SegmentationReport:
         self.n_resamples = n_resamples
         self.seed = seed
         self.rows: list[dict[str, object]] = []
-
-    def attach(self, engine: Engine) -> None:
-        """Register on ``engine`` (the evaluator)."""
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _reset(self, engine: Engine) -> None:
-        self.rows = []
 
     def _collect(self, engine: Engine) -> None:
         for item, out in zip(engine.state.batch, engine.state.output):
