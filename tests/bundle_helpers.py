@@ -72,13 +72,7 @@ def write_tiny_dataset(shared: Path, target: Path, size: int = 64) -> Path:
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
             picture.save(target / rel)
         out_rows.append({**row, "image_path": image_rel, "mask_path": mask_rel})
-    manifest = target / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(out_rows[0]))
-        writer.writeheader()
-        writer.writerows(out_rows)
-    return manifest
-
+    return _write_manifest(target, out_rows)
 
 
 def write_tiny_classification_dataset(shared: Path, target: Path, size: int = 64) -> Path:
@@ -108,9 +102,14 @@ def write_tiny_classification_dataset(shared: Path, target: Path, size: int = 64
         (target / image_rel).parent.mkdir(parents=True, exist_ok=True)
         image.save(target / image_rel)
         out_rows.append({**row, "image_path": image_rel, "mask_path": ""})
+    return _write_manifest(target, out_rows)
+
+
+def _write_manifest(target: Path, rows: list[dict[str, str]]) -> Path:
+    """Write ``rows`` as ``target/manifest.csv`` (the shared manifest's format) and return its path."""
     manifest = target / "manifest.csv"
     with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(out_rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(out_rows)
+        writer.writerows(rows)
     return manifest
