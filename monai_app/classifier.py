@@ -228,13 +228,16 @@ class ClassifierInputd(MapTransform):
         The image key (exactly one); image and lung map are ``(1, rows, columns)``.
     lung_key : str
         Key of the lung probability map (same size as the image); removed from the data.
+    use_lung : bool
+        ``False`` puts zeros in place of the lung map (the ablation without the lung channel).
     """
 
-    def __init__(self, keys: KeysCollection, lung_key: str = "lung") -> None:
+    def __init__(self, keys: KeysCollection, lung_key: str = "lung", use_lung: bool = True) -> None:
         super().__init__(keys)
         if len(self.keys) != 1:
             raise ValueError(f'Argument "keys" must name one image, got {self.keys}')
         self.lung_key = lung_key
+        self.use_lung = bool(use_lung)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
@@ -243,6 +246,8 @@ class ClassifierInputd(MapTransform):
         lung = torch.as_tensor(d.pop(self.lung_key), dtype=torch.float32)
         if image.shape != lung.shape or image.shape[0] != 1:
             raise ValueError(f"image {tuple(image.shape)} and lung map {tuple(lung.shape)} must both be (1, rows, columns)")
+        if not self.use_lung:
+            lung = torch.zeros_like(lung)
         stacked = torch.cat([image, lung, torch.zeros_like(image)], dim=0)
         d[key] = MetaTensor(stacked, meta=_meta(d[key]))
         return d

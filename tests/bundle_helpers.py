@@ -79,7 +79,7 @@ def write_tiny_classification_dataset(shared: Path, target: Path, size: int = 64
     """Copy a few real labelled images per split and source, resized to ``size``, with a manifest.
 
     Each split gets ieee8023 COVID-19 images, NIH negatives and Actualmed images of both labels
-    (a source with both labels, for ``within_source``); train also gets one ``unknown`` row,
+    (a source with both labels, for ``within_source`` and the checkpoint choice); train also gets one ``unknown`` row,
     which the classifier must skip. Returns the manifest path (paths relative to ``target``).
     """
     with (shared / "manifest.csv").open(newline="") as handle:
@@ -89,6 +89,7 @@ def write_tiny_classification_dataset(shared: Path, target: Path, size: int = 64
         ("train", "actualmed", "covid"): 1, ("train", "actualmed", "non_covid"): 1,
         ("train", "actualmed", "unknown"): 1,
         ("val", "ieee8023", "covid"): 2, ("val", "nih_cxr14", "non_covid"): 2,
+        ("val", "actualmed", "covid"): 1, ("val", "actualmed", "non_covid"): 1,
         ("test", "ieee8023", "covid"): 2, ("test", "nih_cxr14", "non_covid"): 2,
         ("test", "actualmed", "covid"): 1, ("test", "actualmed", "non_covid"): 1,
     }
