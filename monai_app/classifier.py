@@ -101,9 +101,13 @@ class CovidClassifier(nn.Module):
         hidden = self.dropout(F.relu(self.fc1(features)))
         return F.relu(self.fc2(hidden))
 
+    def head(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, num_classes)`` from embeddings ``(B, embedding_dim)``."""
+        return self.fc3(self.dropout(embedding))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, num_classes)`` of a batch ``(B, C, H, W)``."""
-        return self.fc3(self.dropout(self.embed(x)))
+        return self.head(self.embed(x))
 
 
 def load_lung_network(
