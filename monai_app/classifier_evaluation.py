@@ -6,7 +6,8 @@ confidence intervals come from a bootstrap that resamples *patients* (all images
 patient together). Because the shared data's negatives come mostly from other sources than
 its positives, the report also breaks results down by source (``per_source``) and gives
 the metrics restricted to the sources that have both labels (``within_source``), where a
-source shortcut cannot help.
+source shortcut cannot help. Figures (:mod:`monai_app.classifier_plots`) show the ROC and PR
+curves of all images and of that within-source subset, and the score histogram.
 """
 
 from __future__ import annotations
@@ -21,12 +22,20 @@ import torch
 from ignite.engine import Engine
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from monai_app.classifier_plots import plot_pr_curves, plot_roc_curves, plot_score_histogram
 from monai_app.evaluation import PerImageReport, update_metrics_file
 
 logger = logging.getLogger(__name__)
 
 SECTION = "classifier"
 """Top-level key of the classifier's metrics in ``metrics.json``."""
+
+FIGURES = {
+    "roc": "classifier_roc.png",
+    "pr": "classifier_pr.png",
+    "score_histogram": "classifier_score_histogram.png",
+}
+"""Figure files :class:`ClassificationReport` writes beside ``metrics.json``."""
 
 
 def _accuracy(y: np.ndarray, p: np.ndarray, t: float) -> float | None:
@@ -172,11 +181,70 @@ def classification_report(
     return section
 
 
+def curve_subsets(
+    rows: Sequence[dict[str, object]], within_sources: Sequence[str] | None
+) -> dict[str, tuple[list[int], list[float]]]:
+    """Labels and scores of all images and of the within-source subset, for the curve figures.
+
+    Parameters
+    ----------
+    rows : Sequence of dict
+        Per-image rows with ``label``, ``score`` and ``source``.
+    within_sources : Sequence of str or None
+        The sources having both labels (``within_source["sources"]`` of the report);
+        ``None`` or empty: no within-source curve.
+
+    Returns
+    -------
+    dict
+        ``{"all images": (labels, scores)}``, plus ``"within source (<sources>)"`` when
+        there are such sources.
+
+    >>> rows = [{"label": 1, "score": 0.9, "source": "a"}, {"label": 0, "score": 0.2, "source": "b"}]
+    >>> curve_subsets(rows, ["a"])
+    {'all images': ([1, 0], [0.9, 0.2]), 'within source (a)': ([1], [0.9])}
+    """
+    def pick(selected: Sequence[dict[str, object]]) -> tuple[list[int], list[float]]:
+        labels = [int(r["label"]) for r in selected]  # type: ignore[call-overload]
+        return labels, [float(r["score"]) for r in selected]  # type: ignore[arg-type]
+
+    subsets = {"all images": pick(rows)}
+    if within_sources:
+        names = ", ".join(within_sources) if len(within_sources) <= 3 else f"{len(within_sources)} sources"
+        subsets[f"within source ({names})"] = pick([r for r in rows if r["source"] in set(within_sources)])
+    return subsets
+
+
+def write_classifier_figures(
+    rows: Sequence[dict[str, object]],
+    within_sources: Sequence[str] | None,
+    output_dir: str | Path,
+    threshold: float = 0.5,
+) -> list[Path]:
+    """Write the ROC, PR and score-histogram figures (:data:`FIGURES`) into ``output_dir``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    subsets = curve_subsets(rows, within_sources)
+    paths = {name: output_dir / file for name, file in FIGURES.items()}
+    plot_roc_curves(subsets, paths["roc"])
+    plot_pr_curves(subsets, paths["pr"])
+    plot_score_histogram(*subsets["all images"], paths["score_histogram"], threshold=threshold)
+    return list(paths.values())
+
+
 class ClassificationReport(PerImageReport):
     """Collect per-image predictions during evaluation, then write the classifier's report.
 
     Writes the ``"classifier"`` section of ``output_dir/metrics.json`` (other sections are
-    kept) and ``classifier_per_image.csv``. The evaluator's postprocessing must give
+    kept), ``classifier_per_image.csv`` and the figures ``classifier_roc.png``,
+    ``classifier_pr.png`` (all images and the within-source subset) and
+    ``classifier_score_histogram.png``. The evaluator's postprocessing must give
     ``pred`` as class probabilities (softmax) and ``label`` as a class index or one-hot.
 
     Parameters
@@ -225,6 +293,10 @@ class ClassificationReport(PerImageReport):
             )
             writer.writeheader()
             writer.writerows(self.rows)
+        within = section["within_source"]
+        write_classifier_figures(
+            self.rows, within["sources"] if isinstance(within, dict) else None, self.output_dir, self.threshold
+        )
         logger.info(
             "classifier: n=%d accuracy=%s roc_auc=%s", section["n"], section["accuracy"], section["roc_auc"]
         )

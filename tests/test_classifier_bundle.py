@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tests.bundle_helpers import (
     workflow,
     write_tiny_classification_dataset,
 )
+from tests.test_classifier_plots import assert_valid_png
 
 TINY = {
     "cls_spatial_size": [64, 64], "cls_lung_spatial_size": [64, 64], "cls_num_epochs": 1,
@@ -82,6 +84,8 @@ def test_classifier_evaluation_writes_metrics_per_source_and_within_source(
     assert cls["per_source"]["nih_cxr14"]["roc_auc"] is None  # one label only: no AUC
     assert cls["within_source"]["sources"] == ["actualmed"] and cls["within_source"]["n"] == 2
     assert len((tmp_path / "classifier_per_image.csv").read_text().splitlines()) == 7
+    for name in ("classifier_roc.png", "classifier_pr.png", "classifier_score_histogram.png"):
+        assert_valid_png(tmp_path / name)
 
 
 def test_classifier_training_never_selects_on_test_rows() -> None:
@@ -254,6 +258,34 @@ def test_retrieval_evaluation_writes_its_section(
     assert (r["k"], r["n"], r["n_reference"], r["metric"]) == (4, 6, 8, "angular")
     assert 0.0 <= r["vote_accuracy"] <= 1.0 and 0.0 <= r["recall_at_k"] <= 1.0
     assert r["query_ms_mean"] > 0.0
+    probe = r["shortcut_probe"]
+    assert set(probe) == {"target", "n", "n_classes", "n_groups", "n_splits", "accuracy", "balanced_accuracy",
+                          "majority_baseline_accuracy", "majority_baseline_balanced_accuracy", "note"}
+    assert (probe["target"], probe["n"], probe["n_classes"], probe["note"]) == ("source", 6, 3, None)
+    assert 2 <= probe["n_splits"] <= probe["n_groups"] <= 6
+    for name in ("accuracy", "balanced_accuracy", "majority_baseline_accuracy", "majority_baseline_balanced_accuracy"):
+        assert 0.0 <= probe[name] <= 1.0
+    assert probe["majority_baseline_accuracy"] == pytest.approx(1 / 3)  # 2 test images per source
+    for name in ("embeddings_tsne.png", "retrieval_example_1.png", "retrieval_example_2.png"):
+        assert_valid_png(tmp_path / name)
+    assert not list(tmp_path.glob("retrieval_example_3.png"))
+    report = (tmp_path / "metrics.json").read_text()
+    with (tiny_dataset / "manifest.csv").open(newline="") as handle:
+        assert not [row for row in csv.DictReader(handle) if row["patient_id"] in report]
+
+
+def test_retrieval_examples_find_every_indexed_image_in_the_reference_datalist(
+    tiny_dataset: Path, built_index: Path
+) -> None:
+    from monai_app.reference_index import reference_image_paths
+    from monai_app.similarity import SimilarityIndex
+
+    index = SimilarityIndex.load(built_index)
+    datalist = parser(TRAIN, dataset_dir=str(tiny_dataset)).get_parsed_content("cls_index_datalist")
+    paths = reference_image_paths(datalist)
+    assert set(paths) == {item.sop_instance_uid for item in index.items}
+    assert all(Path(p).is_file() for p in paths.values())
+    assert parser([TRAIN, EVALUATE])["retrieval_reference_datalist"] == "@cls_index_datalist"
 
 
 def test_retrieval_vote_counts_neighbour_labels(tiny_dataset: Path, trained: Path, built_index: Path) -> None:
