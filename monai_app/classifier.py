@@ -203,6 +203,7 @@ class LungProbabilityd(MapTransform):
     def network(self) -> UNet:
         """The frozen U-Net (loaded on first access)."""
         if self._network is None:
+            logger.info("lung channel: U-Net weights %s", self.model_file)
             self._network = load_lung_network(self.model_file, self.channels, self.num_res_units, self.device)
         return self._network
 

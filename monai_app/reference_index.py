@@ -158,6 +158,18 @@ def compute_embeddings(
     return np.concatenate(chunks).astype(np.float32)
 
 
+def require_salt(salt: str) -> None:
+    """Stop before hours of training when the index cannot be built at the end (no salt).
+
+    Raises
+    ------
+    ValueError
+        If ``salt`` is empty.
+    """
+    if not salt:
+        raise ValueError('the similar-study index needs a secret salt: set CXR_INDEX_SALT (or --cls_index_salt)')
+
+
 def build_reference_index(
     network: CovidClassifier,
     model_file: str | Path,
@@ -204,8 +216,7 @@ def build_reference_index(
     ValueError
         If ``salt`` is empty or ``datalist`` is empty.
     """
-    if not salt:
-        raise ValueError('Argument "salt" must not be empty: set cls_index_salt (or CXR_INDEX_SALT)')
+    require_salt(salt)
     if not datalist:
         raise ValueError('Argument "datalist" must not be empty')
     items = [reference_item(entry, salt) for entry in datalist]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ from tests.bundle_helpers import (
     parser,
     workflow,
     write_tiny_classification_dataset,
+    write_tiny_full_dataset,
 )
+from monai_app.similarity import SimilarityIndex
 from tests.test_classifier_plots import assert_valid_png
 
 TINY = {
@@ -298,3 +301,34 @@ def test_retrieval_vote_counts_neighbour_labels(tiny_dataset: Path, trained: Pat
     assert r["vote_accuracy"] == 1.0 and r["recall_at_k"] == 1.0  # each image finds itself
     flipped = retrieval_metrics(index, embeddings, [1 - d["label"] for d in datalist], k=1)
     assert flipped["vote_accuracy"] == 0.0
+
+
+def test_run_training_trains_unet_then_classifier_on_its_lung_maps_then_builds_the_index(
+    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    write_tiny_full_dataset(shared_data, data)
+    unet_out, cls_out = tmp_path / "unet", tmp_path / "cls"
+    wf = workflow(
+        TRAIN, "train", "training", dataset_dir=str(data), output_dir=str(unet_out), cls_output_dir=str(cls_out),
+        cls_index_salt="test-salt", spatial_size=[64, 64], num_epochs=1, batch_size=2, **TINY,
+    )
+    wf.initialize()
+    with caplog.at_level(logging.INFO, logger="monai_app.classifier"):
+        wf.run()
+    wf.finalize()
+    assert (unet_out / "lung_unet.pt").is_file() and (cls_out / "classifier.pt").is_file()
+    assert f"lung channel: U-Net weights {unet_out / 'lung_unet.pt'}" in caplog.text, "the classifier must use the new U-Net"
+    assert SimilarityIndex.load(cls_out / "index").items, "the index of the new classifier's embeddings"
+
+
+def test_run_training_without_index_salt_stops_before_training(shared_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_tiny_full_dataset(shared_data, data)
+    wf = workflow(TRAIN, "train", "training", dataset_dir=str(data), output_dir=str(tmp_path / "unet"),
+                  cls_output_dir=str(tmp_path / "cls"), cls_index_salt="", **TINY)
+    wf.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        wf.run()
+    assert "CXR_INDEX_SALT" in str(failure.value.__cause__)
+    assert not (tmp_path / "unet" / "history.jsonl").exists()
