@@ -22,7 +22,7 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from dicom_node.spool import JobState, Spool
-from tests.conftest import dcmtk, dcmtk_env, echo_ok
+from tests.conftest import dcmtk, dcmtk_env, echo_ok, free_port
 from tests.dicom_factory import make_dx, save
 from tests.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
 
@@ -42,14 +42,18 @@ def _frontal_dx_from_shared_image(shared_data: Path, label: str, target: Path) -
     return save(ds, target / f"{label}.dcm")
 
 
-def _lateral_copy(source: Path, target: Path) -> Path:
-    """The same chest image labelled a lateral view, as a new instance."""
+def _new_instance(source: Path, target: Path, **changes: str) -> Path:
+    """A copy of ``source`` as a new instance in a new series, with attributes ``changes``d."""
     ds = pydicom.dcmread(source, force=True)
-    ds.ViewPosition = "LL"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.save_as(target / "lateral.dcm", enforce_file_format=True)
-    return target / "lateral.dcm"
+    if "file_meta" in ds:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path = target / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +184,7 @@ def test_lateral_non_chest_and_undecodable_images_get_no_finding_and_the_node_go
 ) -> None:
     dicom = shared_data / "dicom"
     odd = {
-        "lateral view": _lateral_copy(frontal_chests[0], tmp_path),
+        "lateral view": _new_instance(frontal_chests[0], tmp_path, ViewPosition="LL"),
         "not a chest image": dicom / "dicom-test-files" / "RG2_JPLY.dcm",  # a hip
         "undecodable": dicom / "pylibjpeg-data" / "DX_chest_Canon_966.dcm",  # broken JPEG 2000 stream
     }
@@ -221,3 +225,35 @@ def test_kill_9_before_delivery_and_a_late_pacs_lose_nothing(
     _wait_for(lambda: sources <= set(_reports_in(orthanc, sources)), 60, "reports in Orthanc after it came up", restarted.log)
     _wait_for(lambda: spool.counts()["sent"] == len(frontal_chests), 30, "jobs marked sent", restarted.log)
     assert len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SR"}})) == len(frontal_chests)
+
+
+def test_reports_made_while_the_pacs_is_down_arrive_once_it_is_back(
+    start_node, tmp_path: Path, orthanc: OrthancServer, frontal_chests: list[Path]
+) -> None:
+    orthanc.start()
+    node = start_node(tmp_path / "spool", "--analysis", "--config", str(_config(tmp_path, orthanc)))
+    first = frontal_chests[0]
+    _storescu(node.port, [first])
+    _wait_for(lambda: {_sop_uid(first)} <= set(_reports_in(orthanc, {_sop_uid(first)})), REPORT_TIMEOUT,
+              "the first report", node.log)
+    orthanc.stop()  # the PACS goes down while the node works
+    later = [_new_instance(p, tmp_path) for p in frontal_chests[1:]]
+    _storescu(node.port, later)
+    _wait_for(lambda: node.log().count("delivered=False") >= len(later), REPORT_TIMEOUT, "failed attempts", node.log)
+    orthanc.start()
+    sources = {_sop_uid(p) for p in [first, *later]}
+    _wait_for(lambda: sources <= set(_reports_in(orthanc, sources)), 60, "every report once the PACS is back", node.log)
+    assert len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SR"}})) == len(sources)
+
+
+def test_a_bundle_without_weights_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "configs").symlink_to(Path(__file__).resolve().parents[1] / "bundle" / "configs")
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "serve", "--analysis", "--bundle", str(bundle), "--bind", "127.0.0.1",
+         "--port", str(free_port()), "--spool", str(tmp_path / "spool")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "cannot load the model bundle" in result.stderr and "lung_unet.pt" in result.stderr
