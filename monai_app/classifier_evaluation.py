@@ -31,11 +31,11 @@ SECTION = "classifier"
 """Top-level key of the classifier's metrics in ``metrics.json``."""
 
 FIGURES = {
-    "roc": "classifier_roc.png",
-    "pr": "classifier_pr.png",
-    "score_histogram": "classifier_score_histogram.png",
+    "roc": "roc.png",
+    "pr": "pr.png",
+    "score_histogram": "score_histogram.png",
 }
-"""Figure files :class:`ClassificationReport` writes beside ``metrics.json``."""
+"""Figure files :class:`ClassificationReport` writes beside ``metrics.json``, after ``<section>_``."""
 
 
 def _accuracy(y: np.ndarray, p: np.ndarray, t: float) -> float | None:
@@ -220,6 +220,7 @@ def write_classifier_figures(
     within_sources: Sequence[str] | None,
     output_dir: str | Path,
     threshold: float = 0.5,
+    prefix: str = SECTION,
 ) -> list[Path]:
     """Write the ROC, PR and score-histogram figures (:data:`FIGURES`) into ``output_dir``.
 
@@ -231,7 +232,7 @@ def write_classifier_figures(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     subsets = curve_subsets(rows, within_sources)
-    paths = {name: output_dir / file for name, file in FIGURES.items()}
+    paths = {name: output_dir / f"{prefix}_{file}" for name, file in FIGURES.items()}
     plot_roc_curves(subsets, paths["roc"])
     plot_pr_curves(subsets, paths["pr"])
     plot_score_histogram(*subsets["all images"], paths["score_histogram"], threshold=threshold)
@@ -241,10 +242,10 @@ def write_classifier_figures(
 class ClassificationReport(PerImageReport):
     """Collect per-image predictions during evaluation, then write the classifier's report.
 
-    Writes the ``"classifier"`` section of ``output_dir/metrics.json`` (other sections are
-    kept), ``classifier_per_image.csv`` and the figures ``classifier_roc.png``,
-    ``classifier_pr.png`` (all images and the within-source subset) and
-    ``classifier_score_histogram.png``. The evaluator's postprocessing must give
+    Writes the ``section`` (``"classifier"``) of ``output_dir/metrics.json`` (other sections
+    are kept), ``<section>_per_image.csv`` and the figures ``<section>_roc.png``,
+    ``<section>_pr.png`` (all images and the within-source subset) and
+    ``<section>_score_histogram.png``. The evaluator's postprocessing must give
     ``pred`` as class probabilities (softmax) and ``label`` as a class index or one-hot.
 
     Parameters
@@ -257,11 +258,16 @@ class ClassificationReport(PerImageReport):
         Bootstrap resamples.
     seed : int
         Bootstrap seed.
+    section : str
+        Section of ``metrics.json`` and prefix of the files (``"ablation"`` for the network
+        without the lung channel).
     """
 
     def __init__(
-        self, output_dir: str | Path, threshold: float = 0.5, n_resamples: int = 2000, seed: int = 0
+        self, output_dir: str | Path, threshold: float = 0.5, n_resamples: int = 2000, seed: int = 0,
+        section: str = SECTION,
     ) -> None:
+        self.section = str(section)
         self.output_dir = Path(output_dir)
         self.threshold = float(threshold)
         self.n_resamples = int(n_resamples)
@@ -286,8 +292,8 @@ class ClassificationReport(PerImageReport):
         if not self.rows:
             raise ValueError("the evaluation saw no images")
         section = classification_report(self.rows, self.threshold, self.n_resamples, self.seed)
-        update_metrics_file(self.output_dir / "metrics.json", SECTION, section)
-        with (self.output_dir / "classifier_per_image.csv").open("w", newline="", encoding="utf-8") as fh:
+        update_metrics_file(self.output_dir / "metrics.json", self.section, section)
+        with (self.output_dir / f"{self.section}_per_image.csv").open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(  # no patient IDs in the per-image table
                 fh, fieldnames=["image_path", "source", "label", "score"], extrasaction="ignore"
             )
@@ -295,8 +301,9 @@ class ClassificationReport(PerImageReport):
             writer.writerows(self.rows)
         within = section["within_source"]
         write_classifier_figures(
-            self.rows, within["sources"] if isinstance(within, dict) else None, self.output_dir, self.threshold
+            self.rows, within["sources"] if isinstance(within, dict) else None, self.output_dir, self.threshold,
+            prefix=self.section,
         )
         logger.info(
-            "classifier: n=%d accuracy=%s roc_auc=%s", section["n"], section["accuracy"], section["roc_auc"]
+            self.section + ": n=%d accuracy=%s roc_auc=%s", section["n"], section["accuracy"], section["roc_auc"]
         )

@@ -91,9 +91,36 @@ def test_classifier_evaluation_writes_metrics_per_source_and_within_source(
         assert_valid_png(tmp_path / name)
 
 
+def test_ablation_without_the_lung_channel_goes_to_its_own_section(
+    tiny_dataset: Path, trained: Path, tmp_path: Path
+) -> None:
+    wf = workflow(
+        [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_lung_channel=False,
+        cls_report_section="ablation", bootstrap_resamples=50, **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"ablation"} and metrics["ablation"]["n"] == 6
+    assert_valid_png(tmp_path / "ablation_roc.png")
+    assert (tmp_path / "ablation_per_image.csv").is_file()
+
+
+def test_lung_channel_switch_puts_zeros_in_place_of_the_lung_map() -> None:
+    from monai_app.classifier import ClassifierInputd
+
+    data = {"image": torch.full((1, 4, 4), 0.5), "lung": torch.ones(1, 4, 4)}
+    with_lung = ClassifierInputd("image", use_lung=True)(data)["image"]
+    without = ClassifierInputd("image", use_lung=False)(data)["image"]
+    assert with_lung[1].sum() == 16 and without[1].sum() == 0 and torch.equal(with_lung[0], without[0])
+
+
 def test_classifier_training_never_selects_on_test_rows() -> None:
     p = parser(TRAIN)
     assert "test" not in p["cls_train_splits"] and p["cls_val_split"] == "val"
+    assert "within_source_items" in p["cls_val_datalist"], "the checkpoint is chosen within source"
 
 
 def test_augmentations_follow_the_paper() -> None:
