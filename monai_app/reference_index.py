@@ -256,7 +256,9 @@ def retrieval_metrics(
         ``vote_accuracy``, ``vote_sensitivity``, ``vote_specificity`` (a query is called
         covid when more than half of its ``k`` neighbours are covid; ties count as
         non_covid), ``recall_at_k`` (share of the exact k nearest neighbours that Annoy
-        returns), ``query_ms_mean``, ``query_ms_p95``, ``k``, ``n``, ``n_reference``, ``metric``.
+        returns), ``query_ms_mean``, ``query_ms_p95``, ``k``, ``n``, ``n_reference``, ``metric``,
+        and ``mean_distance_same_label`` / ``mean_distance_other_label`` over all returned
+        neighbours (a useful embedding puts same-label studies closer).
     """
     from monai_app.similarity import recall_at_k
 
@@ -269,11 +271,14 @@ def retrieval_metrics(
         if reference_embeddings is None else np.asarray(reference_embeddings, dtype=np.float32)
     )
     votes, times = [], []
-    for vector in vectors:
+    distances: dict[bool, list[float]] = {True: [], False: []}
+    for vector, truth in zip(vectors, y):
         start = time.perf_counter()
         found = index.query(vector, k)
         times.append((time.perf_counter() - start) * 1000.0)
         votes.append(int(sum(n.item.label == CLASS_NAMES[1] for n in found) * 2 > len(found)))
+        for n in found:
+            distances[n.item.label == CLASS_NAMES[truth]].append(n.distance)
     predicted = np.asarray(votes)
     positives, negatives = y == 1, y == 0
     return {
@@ -287,6 +292,8 @@ def retrieval_metrics(
         "recall_at_k": float(recall_at_k(index, reference, vectors, k)),
         "query_ms_mean": float(np.mean(times)),
         "query_ms_p95": float(np.percentile(times, 95)),
+        "mean_distance_same_label": float(np.mean(distances[True])) if distances[True] else None,
+        "mean_distance_other_label": float(np.mean(distances[False])) if distances[False] else None,
     }
 
 

@@ -328,6 +328,8 @@ def test_retrieval_vote_counts_neighbour_labels(tiny_dataset: Path, trained: Pat
     assert r["vote_accuracy"] == 1.0 and r["recall_at_k"] == 1.0  # each image finds itself
     flipped = retrieval_metrics(index, embeddings, [1 - d["label"] for d in datalist], k=1)
     assert flipped["vote_accuracy"] == 0.0
+    assert r["mean_distance_other_label"] is None and r["mean_distance_same_label"] < 1e-3  # itself, at 0
+    assert flipped["mean_distance_same_label"] is None
 
 
 def test_run_training_trains_unet_then_classifier_on_its_lung_maps_then_builds_the_index(

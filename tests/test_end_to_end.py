@@ -49,7 +49,7 @@ def _new_instance(source: Path, target: Path, **changes: str) -> Path:
         setattr(ds, keyword, value)
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    if "file_meta" in ds:
+    if getattr(ds, "file_meta", None) is not None and "TransferSyntaxUID" in ds.file_meta:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     path = target / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
