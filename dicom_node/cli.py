@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 from dicom_node import __version__
@@ -29,6 +30,13 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port (default 11112)")
     serve.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--log-level", type=str.upper, help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the models run (default auto)")
+    serve.add_argument("--bundle", type=Path, help="MONAI bundle folder (default: the repository's bundle/)")
+    serve.add_argument("--batch-size", type=int, help="images analysed together (default 4)")
+    serve.add_argument(
+        "--analysis", action=argparse.BooleanOptionalAction, default=None,
+        help="analyse received images (default); --no-analysis only receives and spools",
+    )
 
     status = sub.add_parser("status", help="print the number of jobs per state in the spool")
     _add_config_flags(status)
@@ -57,6 +65,10 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
         port=getattr(args, "port", None),
         bind=getattr(args, "bind", None),
         log_level=getattr(args, "log_level", None),
+        device=getattr(args, "device", None),
+        bundle=getattr(args, "bundle", None),
+        batch_size=getattr(args, "batch_size", None),
+        analysis=getattr(args, "analysis", None),
     )
 
 
@@ -66,8 +78,15 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # pynetdicom's own INFO lines are per-PDU chatter; our handlers log what matters.
+    # pynetdicom's own INFO lines are per-PDU chatter, highdicom's list every module it copies;
+    # our handlers and worker log what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # Python warnings and pydicom's log from pydicom/highdicom may quote attribute values (a name):
+    # they never reach the log. The node logs its own, identifier-free, line instead.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.CRITICAL)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its validation warnings quote values
 
 
 def _serve(config: NodeConfig) -> int:
@@ -94,14 +113,27 @@ def _status(config: NodeConfig, as_json: bool) -> int:
     spool = Spool(config.spool, fsync=False)
     counts = spool.counts()
     failed = [{"job": j.job_id, "detail": j.detail} for j in spool.jobs(JobState.FAILED)]
+    not_analysed = Counter(j.detail.split(":", 1)[0] for j in spool.jobs(JobState.NOT_ANALYSED))
+    waiting = [
+        {"job": j.job_id, "report": str(spool.result_path(j)), "destinations": [d.destination for d in j.deliveries]}
+        for j in spool.jobs(JobState.OUTBOX)
+    ]
     if as_json:
-        print(json.dumps({"spool": str(config.spool.resolve()), "jobs": counts, "failed": failed}, indent=1))
+        print(json.dumps({
+            "spool": str(config.spool.resolve()), "jobs": counts, "failed": failed,
+            "not_analysed": dict(sorted(not_analysed.items())), "outbox": waiting,
+        }, indent=1))
     else:
         print(f"spool: {config.spool.resolve()}")
         for state, n in counts.items():
-            print(f"  {state:<12}{n:>8}")
+            print(f"  {state:<14}{n:>8}")
+        for reason, n in sorted(not_analysed.items()):
+            print(f"not analysed ({reason}): {n}")
         for item in failed:
             print(f"failed {item['job']}: {item['detail']}")
+        for item in waiting:
+            where = ", ".join(item["destinations"]) or "no destination configured"
+            print(f"outbox {item['job']}: {item['report']} ({where})")
     return 0
 
 

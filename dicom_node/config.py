@@ -18,6 +18,9 @@ from typing import Any, Mapping
 from dicom_node.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
+"""The repository's MONAI bundle (beside this package)."""
 
 
 def default_config_text() -> str:
@@ -46,6 +49,12 @@ def check_bool(key: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f'"{key}" must be true or false, got {value!r}')
     return value
+
+
+def check_unit_interval(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f'"{key}" must be a number in 0..1, got {value!r}')
+    return float(value)
 
 
 def check_ip(key: str, value: object) -> str:
@@ -144,6 +153,14 @@ class NodeConfig:
     max_age_hours: int = 72
     retry_initial_seconds: int = 10
     retry_max_seconds: int = 600
+    analysis: bool = True
+    bundle: Path = DEFAULT_BUNDLE
+    device: str = "auto"
+    batch_size: int = 4
+    batch_wait_ms: int = 100
+    similar_k: int = 4
+    threshold: float = 0.5
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title("node.ae_title", self.ae_title))
@@ -164,6 +181,17 @@ class NodeConfig:
         check_int("delivery.max_age_hours", self.max_age_hours, 1, 24 * 365)
         check_int("delivery.retry_initial_seconds", self.retry_initial_seconds, 1, 86400)
         check_int("delivery.retry_max_seconds", self.retry_max_seconds, self.retry_initial_seconds, 86400)
+        check_bool("inference.analysis", self.analysis)
+        if not str(self.bundle).strip():
+            raise ConfigError('"inference.bundle" must be a directory path, got an empty string')
+        object.__setattr__(self, "bundle", Path(self.bundle))
+        if self.device not in DEVICES:
+            raise ConfigError(f'"inference.device" must be one of {", ".join(DEVICES)}, got {self.device!r}')
+        check_int("inference.batch_size", self.batch_size, 1, 256)
+        check_int("inference.batch_wait_ms", self.batch_wait_ms, 0, 60000)
+        check_int("inference.similar_k", self.similar_k, 0, 50)
+        object.__setattr__(self, "threshold", check_unit_interval("inference.threshold", self.threshold))
+        check_int("inference.num_threads", self.num_threads, 0, 1024)
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise ConfigError(f'"destinations.name" must be unique, got {names}')
@@ -198,6 +226,9 @@ _SCHEMA: dict[str, dict[str, str]] = {
     },
     "storage": {"fsync": "fsync"},
     "delivery": {k: k for k in ("max_attempts", "max_age_hours", "retry_initial_seconds", "retry_max_seconds")},
+    "inference": {
+        k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads")
+    },
 }
 _TABLE_ARRAYS = ("allowed_callers", "destinations")
 
@@ -224,6 +255,10 @@ def config_from_mapping(data: Mapping[str, Any]) -> NodeConfig:
         if not isinstance(values["spool"], str):
             raise ConfigError(f'"node.spool" must be a directory path, got {values["spool"]!r}')
         values["spool"] = Path(values["spool"])
+    if "bundle" in values:
+        if not isinstance(values["bundle"], str):
+            raise ConfigError(f'"inference.bundle" must be a directory path, got {values["bundle"]!r}')
+        values["bundle"] = Path(values["bundle"])
     if "log_level" in values and isinstance(values["log_level"], str):
         values["log_level"] = values["log_level"].upper()
     return NodeConfig(**values)

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -93,9 +94,12 @@ def handle_echo(event: Event) -> int:
     return dimse_status.SUCCESS
 
 
-def handle_store(event: Event, spool: Spool, association_log: AssociationLog) -> Dataset:
+def handle_store(
+    event: Event, spool: Spool, association_log: AssociationLog, on_stored: Callable[[], None] | None = None
+) -> Dataset:
     """C-STORE: persist the instance and its job durably, then answer.
 
+    ``on_stored`` is called after a successful store (it wakes the inference worker).
     Returns a status data set (with Error Comment on failure); never raises.
     """
     started = time.perf_counter()
@@ -103,6 +107,8 @@ def handle_store(event: Event, spool: Spool, association_log: AssociationLog) ->
     request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
     code, comment, size = _store(event, spool, calling_ae)
     association_log.count(event.assoc, code == dimse_status.SUCCESS)
+    if code == dimse_status.SUCCESS and on_stored is not None:
+        on_stored()
     log = logger.info if code == dimse_status.SUCCESS else logger.warning
     log(
         "C-STORE: calling_ae=%s sop_instance_uid=%s status=0x%04X bytes=%d ms=%.1f%s",
@@ -182,7 +188,9 @@ def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
     assoc.kill()
 
 
-def build_event_handlers(config: NodeConfig, spool: Spool) -> list[tuple[Any, ...]]:
+def build_event_handlers(
+    config: NodeConfig, spool: Spool, on_stored: Callable[[], None] | None = None
+) -> list[tuple[Any, ...]]:
     """Bind the handlers to their dependencies for ``AE.start_server``."""
     association_log = AssociationLog()
     return [
@@ -192,5 +200,5 @@ def build_event_handlers(config: NodeConfig, spool: Spool) -> list[tuple[Any, ..
         (evt.EVT_RELEASED, association_log.on_association_released),
         (evt.EVT_ABORTED, association_log.on_association_aborted),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, association_log]),
+        (evt.EVT_C_STORE, handle_store, [spool, association_log, on_stored]),
     ]

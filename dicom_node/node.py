@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+
+import torch
 
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import NodeConfig
+from dicom_node.errors import ConfigError
 from dicom_node.handlers import build_event_handlers
 from dicom_node.outbox import Outbox, RetryPolicy
 from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae
 from dicom_node.spool import Spool
+from dicom_node.sr import AlgorithmInfo
+from dicom_node.worker import InferenceWorker, WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +44,22 @@ class ReceiverNode:
         )
         self._stop_outbox = threading.Event()
         self._outbox_thread: threading.Thread | None = None
+        self.worker: InferenceWorker | None = None
+        self._stop_worker = threading.Event()
+        self._worker_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Recover the spool, start the outbox, then listen. Returns once the port accepts associations."""
+        """Recover the spool, load the models, start worker and outbox, then listen.
+
+        Returns once the port accepts associations.
+        """
         self.spool.recover()
+        if self.config.analysis:
+            self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set)
+            self._worker_thread = threading.Thread(
+                target=self.worker.run, args=(self._stop_worker,), name="inference", daemon=True
+            )
+            self._worker_thread.start()
         if self.config.destinations:
             self._outbox_thread = threading.Thread(
                 target=self.outbox.run, args=(self._stop_outbox,), name="outbox", daemon=True
@@ -50,7 +68,9 @@ class ReceiverNode:
         self._server = self.ae.start_server(
             (self.config.bind, self.config.port),
             block=False,
-            evt_handlers=build_event_handlers(self.config, self.spool),
+            evt_handlers=build_event_handlers(
+                self.config, self.spool, on_stored=self.worker.wake.set if self.worker else None
+            ),
         )
         logger.info(
             "listening: ae_title=%s bind=%s port=%d spool=%s fsync=%s sop_classes=%d transfer_syntaxes=%d "
@@ -83,7 +103,12 @@ class ReceiverNode:
         for assoc in remaining:
             assoc.join(timeout=5)  # let a handler that is mid-write finish its rename
         self.ae.shutdown()
+        if self.worker is not None and self._worker_thread is not None:
+            self._stop_worker.set()
+            self.worker.wake.set()
+            self._worker_thread.join(timeout=60)  # the batch in progress; a cut one is redone after restart
         self._stop_outbox.set()
+        self.outbox.wake.set()
         if self._outbox_thread is not None:
             self._outbox_thread.join(timeout=self.config.acse_timeout + 5)  # one C-STORE at most
         logger.info("stopped")
@@ -96,3 +121,42 @@ class ReceiverNode:
                 pass
         finally:
             self.stop()
+
+
+def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None] | None = None) -> InferenceWorker:
+    """Load the bundle's models and index, log their identity, and build the worker.
+
+    Raises
+    ------
+    dicom_node.errors.ConfigError
+        The bundle lacks a config, weights or the index, or the device is unusable.
+    """
+    from monai_app.bundle_inference import BundleAnalyser  # imports torch and MONAI: only when analysing
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    started = time.monotonic()
+    try:
+        analyser = BundleAnalyser(config.bundle, config.device, load_index=config.similar_k > 0)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise ConfigError(
+            f"cannot load the model bundle {config.bundle}: {exc} "
+            "(train it as the README says, point inference.bundle at one, or set inference.analysis = false)"
+        ) from exc
+    identity = analyser.identity
+    logger.info(
+        "model: name=%r version=%s sha256=%s %s device=%s threads=%d loaded_in=%.1fs",
+        identity.name, identity.version, identity.sha256,
+        " ".join(f"{name}={digest}" for name, digest in identity.files),
+        analyser.device, torch.get_num_threads(), time.monotonic() - started,
+    )
+    algorithm = AlgorithmInfo(
+        name=identity.name[:64], version=identity.version, weights_sha256=identity.sha256,
+        manufacturer=identity.authors[:64],
+    )
+    settings = WorkerSettings(
+        batch_size=config.batch_size, batch_wait_seconds=config.batch_wait_ms / 1000,
+        similar_k=config.similar_k, threshold=config.threshold,
+        destinations=tuple(d.name for d in config.destinations),
+    )
+    return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result)

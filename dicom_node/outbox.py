@@ -130,6 +130,7 @@ class Outbox:
         self.send = send
         self.clock = clock
         self.timeout = timeout
+        self.wake = threading.Event()  # set when a report is ready, or to stop
 
     def run_once(self) -> int:
         """Try every delivery that is due; return how many attempts were made."""
@@ -176,7 +177,8 @@ class Outbox:
                 self.run_once()
             except Exception:
                 logger.exception("outbox: unexpected error; retrying in %.0f s", poll_seconds)
-            stop.wait(poll_seconds)
+            self.wake.wait(poll_seconds)
+            self.wake.clear()
 
 
 def requeue_failed(spool: Spool, job_ids: Iterable[str] | None = None) -> list[Job]:

@@ -9,6 +9,7 @@ A state is a directory and a transition writes the record into the new state's d
 (temp file, fsync, rename) before removing it from the old one, so a crash leaves the job
 in one state or, briefly, in two; :meth:`Spool.recover` keeps the later one. Jobs found in
 ``processing`` at start-up go back to ``received``: their work was interrupted.
+``not_analysed`` is final: the image got no finding, and its record says why.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class JobState(str, enum.Enum):
     OUTBOX = "outbox"
     SENT = "sent"
     FAILED = "failed"
+    NOT_ANALYSED = "not_analysed"  # no finding by design: not a frontal chest image, or undecodable
 
     @property
     def rank(self) -> int:

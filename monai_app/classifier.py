@@ -101,9 +101,13 @@ class CovidClassifier(nn.Module):
         hidden = self.dropout(F.relu(self.fc1(features)))
         return F.relu(self.fc2(hidden))
 
+    def head(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, num_classes)`` from embeddings ``(B, embedding_dim)``."""
+        return self.fc3(self.dropout(embedding))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, num_classes)`` of a batch ``(B, C, H, W)``."""
-        return self.fc3(self.dropout(self.embed(x)))
+        return self.head(self.embed(x))
 
 
 def load_lung_network(
@@ -199,6 +203,7 @@ class LungProbabilityd(MapTransform):
     def network(self) -> UNet:
         """The frozen U-Net (loaded on first access)."""
         if self._network is None:
+            logger.info("lung channel: U-Net weights %s", self.model_file)
             self._network = load_lung_network(self.model_file, self.channels, self.num_res_units, self.device)
         return self._network
 

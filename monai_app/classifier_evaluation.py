@@ -6,7 +6,8 @@ confidence intervals come from a bootstrap that resamples *patients* (all images
 patient together). Because the shared data's negatives come mostly from other sources than
 its positives, the report also breaks results down by source (``per_source``) and gives
 the metrics restricted to the sources that have both labels (``within_source``), where a
-source shortcut cannot help.
+source shortcut cannot help. Figures (:mod:`monai_app.classifier_plots`) show the ROC and PR
+curves of all images and of that within-source subset, and the score histogram.
 """
 
 from __future__ import annotations
@@ -21,12 +22,20 @@ import torch
 from ignite.engine import Engine
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from monai_app.classifier_plots import plot_pr_curves, plot_roc_curves, plot_score_histogram
 from monai_app.evaluation import PerImageReport, update_metrics_file
 
 logger = logging.getLogger(__name__)
 
 SECTION = "classifier"
 """Top-level key of the classifier's metrics in ``metrics.json``."""
+
+FIGURES = {
+    "roc": "roc.png",
+    "pr": "pr.png",
+    "score_histogram": "score_histogram.png",
+}
+"""Figure files :class:`ClassificationReport` writes beside ``metrics.json``, after ``<section>_``."""
 
 
 def _accuracy(y: np.ndarray, p: np.ndarray, t: float) -> float | None:
@@ -172,11 +181,71 @@ def classification_report(
     return section
 
 
+def curve_subsets(
+    rows: Sequence[dict[str, object]], within_sources: Sequence[str] | None
+) -> dict[str, tuple[list[int], list[float]]]:
+    """Labels and scores of all images and of the within-source subset, for the curve figures.
+
+    Parameters
+    ----------
+    rows : Sequence of dict
+        Per-image rows with ``label``, ``score`` and ``source``.
+    within_sources : Sequence of str or None
+        The sources having both labels (``within_source["sources"]`` of the report);
+        ``None`` or empty: no within-source curve.
+
+    Returns
+    -------
+    dict
+        ``{"all images": (labels, scores)}``, plus ``"within source (<sources>)"`` when
+        there are such sources.
+
+    >>> rows = [{"label": 1, "score": 0.9, "source": "a"}, {"label": 0, "score": 0.2, "source": "b"}]
+    >>> curve_subsets(rows, ["a"])
+    {'all images': ([1, 0], [0.9, 0.2]), 'within source (a)': ([1], [0.9])}
+    """
+    def pick(selected: Sequence[dict[str, object]]) -> tuple[list[int], list[float]]:
+        labels = [int(r["label"]) for r in selected]  # type: ignore[call-overload]
+        return labels, [float(r["score"]) for r in selected]  # type: ignore[arg-type]
+
+    subsets = {"all images": pick(rows)}
+    if within_sources:
+        names = ", ".join(within_sources) if len(within_sources) <= 3 else f"{len(within_sources)} sources"
+        subsets[f"within source ({names})"] = pick([r for r in rows if r["source"] in set(within_sources)])
+    return subsets
+
+
+def write_classifier_figures(
+    rows: Sequence[dict[str, object]],
+    within_sources: Sequence[str] | None,
+    output_dir: str | Path,
+    threshold: float = 0.5,
+    prefix: str = SECTION,
+) -> list[Path]:
+    """Write the ROC, PR and score-histogram figures (:data:`FIGURES`) into ``output_dir``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    subsets = curve_subsets(rows, within_sources)
+    paths = {name: output_dir / f"{prefix}_{file}" for name, file in FIGURES.items()}
+    plot_roc_curves(subsets, paths["roc"])
+    plot_pr_curves(subsets, paths["pr"])
+    plot_score_histogram(*subsets["all images"], paths["score_histogram"], threshold=threshold)
+    return list(paths.values())
+
+
 class ClassificationReport(PerImageReport):
     """Collect per-image predictions during evaluation, then write the classifier's report.
 
-    Writes the ``"classifier"`` section of ``output_dir/metrics.json`` (other sections are
-    kept) and ``classifier_per_image.csv``. The evaluator's postprocessing must give
+    Writes the ``section`` (``"classifier"``) of ``output_dir/metrics.json`` (other sections
+    are kept), ``<section>_per_image.csv`` and the figures ``<section>_roc.png``,
+    ``<section>_pr.png`` (all images and the within-source subset) and
+    ``<section>_score_histogram.png``. The evaluator's postprocessing must give
     ``pred`` as class probabilities (softmax) and ``label`` as a class index or one-hot.
 
     Parameters
@@ -189,11 +258,16 @@ class ClassificationReport(PerImageReport):
         Bootstrap resamples.
     seed : int
         Bootstrap seed.
+    section : str
+        Section of ``metrics.json`` and prefix of the files (``"ablation"`` for the network
+        without the lung channel).
     """
 
     def __init__(
-        self, output_dir: str | Path, threshold: float = 0.5, n_resamples: int = 2000, seed: int = 0
+        self, output_dir: str | Path, threshold: float = 0.5, n_resamples: int = 2000, seed: int = 0,
+        section: str = SECTION,
     ) -> None:
+        self.section = str(section)
         self.output_dir = Path(output_dir)
         self.threshold = float(threshold)
         self.n_resamples = int(n_resamples)
@@ -218,13 +292,18 @@ class ClassificationReport(PerImageReport):
         if not self.rows:
             raise ValueError("the evaluation saw no images")
         section = classification_report(self.rows, self.threshold, self.n_resamples, self.seed)
-        update_metrics_file(self.output_dir / "metrics.json", SECTION, section)
-        with (self.output_dir / "classifier_per_image.csv").open("w", newline="", encoding="utf-8") as fh:
+        update_metrics_file(self.output_dir / "metrics.json", self.section, section)
+        with (self.output_dir / f"{self.section}_per_image.csv").open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(  # no patient IDs in the per-image table
                 fh, fieldnames=["image_path", "source", "label", "score"], extrasaction="ignore"
             )
             writer.writeheader()
             writer.writerows(self.rows)
+        within = section["within_source"]
+        write_classifier_figures(
+            self.rows, within["sources"] if isinstance(within, dict) else None, self.output_dir, self.threshold,
+            prefix=self.section,
+        )
         logger.info(
-            "classifier: n=%d accuracy=%s roc_auc=%s", section["n"], section["accuracy"], section["roc_auc"]
+            self.section + ": n=%d accuracy=%s roc_auc=%s", section["n"], section["accuracy"], section["roc_auc"]
         )

@@ -7,6 +7,10 @@ preprocessing, :meth:`monai_app.classifier.CovidClassifier.embed` gives its embe
 :class:`monai_app.similarity.SimilarityIndex` indexes the embeddings beside a table of
 :class:`monai_app.similarity.ReferenceItem` (DICOM UIDs, label, source, pseudonymous
 patient key).
+
+:func:`evaluate_retrieval` measures the index on the evaluation split and probes the
+embeddings for a source shortcut (:func:`shortcut_probe`); its figures come from
+:mod:`monai_app.classifier_plots`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import torch
 from monai.data import DataLoader, Dataset
 
 from monai_app.classifier import CLASS_NAMES, CovidClassifier
-from monai_app.image_io import is_dicom_file
+from monai_app.classifier_plots import plot_embedding_tsne, plot_retrieval_example
+from monai_app.errors import ChestXrayError
+from monai_app.image_io import is_dicom_file, load_chest_xray
 from monai_app.similarity import (
     SECONDARY_CAPTURE,
     ReferenceItem,
@@ -32,6 +38,35 @@ from monai_app.similarity import (
 )
 
 logger = logging.getLogger(__name__)
+
+TSNE_FIGURE = "embeddings_tsne.png"
+"""t-SNE figure of the evaluation embeddings, written beside ``metrics.json``."""
+RETRIEVAL_EXAMPLE_FIGURE = "retrieval_example_{}.png"
+"""Retrieval example figures (numbered from 1), written beside ``metrics.json``."""
+
+
+def reference_instance_uids(entry: Mapping[str, object]) -> tuple[str, str, str, str]:
+    """(Study, Series, SOP Instance, SOP Class) UIDs of one reference datalist entry.
+
+    A DICOM image's own UIDs (read from its header); for PNG/JPEG, deterministic UIDs derived
+    from ``image_path`` (:func:`reference_uids`) and the Secondary Capture SOP class.
+
+    Raises
+    ------
+    ValueError
+        If a DICOM image lacks one of the UIDs.
+    """
+    path = Path(str(entry["image"]))
+    if is_dicom_file(path):
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)  # bare CR files too
+        keywords = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+        missing = [k for k in keywords if not getattr(header, k, "")]
+        if missing:
+            raise ValueError(f"DICOM reference {path.name!r} lacks {missing}")
+        study, series, instance, sop_class = (str(getattr(header, k)) for k in keywords)
+        return study, series, instance, sop_class
+    study, series, instance = (str(u) for u in reference_uids(str(entry.get("image_path") or path.name)))
+    return study, series, instance, str(SECONDARY_CAPTURE)
 
 
 def reference_item(entry: Mapping[str, object], salt: str) -> ReferenceItem:
@@ -57,20 +92,10 @@ def reference_item(entry: Mapping[str, object], salt: str) -> ReferenceItem:
     ValueError
         If a DICOM image lacks one of the UIDs, or the label is not 0 or 1.
     """
-    path = Path(str(entry["image"]))
     label = int(entry["label"])  # type: ignore[call-overload]
     if label not in (0, 1):
         raise ValueError(f'Argument "entry" has label {label}, expected 0 or 1')
-    if is_dicom_file(path):
-        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)  # bare CR files too
-        keywords = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-        missing = [k for k in keywords if not getattr(header, k, "")]
-        if missing:
-            raise ValueError(f"DICOM reference {path.name!r} lacks {missing}")
-        study, series, instance, sop_class = (str(getattr(header, k)) for k in keywords)
-    else:
-        study, series, instance = (str(u) for u in reference_uids(str(entry.get("image_path") or path.name)))
-        sop_class = str(SECONDARY_CAPTURE)
+    study, series, instance, sop_class = reference_instance_uids(entry)
     return ReferenceItem(
         study_instance_uid=study,
         series_instance_uid=series,
@@ -133,6 +158,18 @@ def compute_embeddings(
     return np.concatenate(chunks).astype(np.float32)
 
 
+def require_salt(salt: str) -> None:
+    """Stop before hours of training when the index cannot be built at the end (no salt).
+
+    Raises
+    ------
+    ValueError
+        If ``salt`` is empty.
+    """
+    if not salt:
+        raise ValueError('the similar-study index needs a secret salt: set CXR_INDEX_SALT (or --cls_index_salt)')
+
+
 def build_reference_index(
     network: CovidClassifier,
     model_file: str | Path,
@@ -179,8 +216,7 @@ def build_reference_index(
     ValueError
         If ``salt`` is empty or ``datalist`` is empty.
     """
-    if not salt:
-        raise ValueError('Argument "salt" must not be empty: set cls_index_salt (or CXR_INDEX_SALT)')
+    require_salt(salt)
     if not datalist:
         raise ValueError('Argument "datalist" must not be empty')
     items = [reference_item(entry, salt) for entry in datalist]
@@ -220,7 +256,9 @@ def retrieval_metrics(
         ``vote_accuracy``, ``vote_sensitivity``, ``vote_specificity`` (a query is called
         covid when more than half of its ``k`` neighbours are covid; ties count as
         non_covid), ``recall_at_k`` (share of the exact k nearest neighbours that Annoy
-        returns), ``query_ms_mean``, ``query_ms_p95``, ``k``, ``n``, ``n_reference``, ``metric``.
+        returns), ``query_ms_mean``, ``query_ms_p95``, ``k``, ``n``, ``n_reference``, ``metric``,
+        and ``mean_distance_same_label`` / ``mean_distance_other_label`` over all returned
+        neighbours (a useful embedding puts same-label studies closer).
     """
     from monai_app.similarity import recall_at_k
 
@@ -233,11 +271,14 @@ def retrieval_metrics(
         if reference_embeddings is None else np.asarray(reference_embeddings, dtype=np.float32)
     )
     votes, times = [], []
-    for vector in vectors:
+    distances: dict[bool, list[float]] = {True: [], False: []}
+    for vector, truth in zip(vectors, y):
         start = time.perf_counter()
         found = index.query(vector, k)
         times.append((time.perf_counter() - start) * 1000.0)
         votes.append(int(sum(n.item.label == CLASS_NAMES[1] for n in found) * 2 > len(found)))
+        for n in found:
+            distances[n.item.label == CLASS_NAMES[truth]].append(n.distance)
     predicted = np.asarray(votes)
     positives, negatives = y == 1, y == 0
     return {
@@ -251,7 +292,200 @@ def retrieval_metrics(
         "recall_at_k": float(recall_at_k(index, reference, vectors, k)),
         "query_ms_mean": float(np.mean(times)),
         "query_ms_p95": float(np.percentile(times, 95)),
+        "mean_distance_same_label": float(np.mean(distances[True])) if distances[True] else None,
+        "mean_distance_other_label": float(np.mean(distances[False])) if distances[False] else None,
     }
+
+
+def shortcut_probe(
+    embeddings: np.ndarray,
+    sources: Sequence[str],
+    groups: Sequence[str],
+    n_splits: int = 5,
+    seed: int = 0,
+) -> dict[str, object]:
+    """How well a linear model predicts an image's *source* from its embedding.
+
+    A high accuracy means the embedding encodes where an image comes from (hospital,
+    scanner, data set), a shortcut the classifier can exploit when its labels are tied to
+    its sources. The probe is a standardised multinomial logistic regression, evaluated by
+    cross-validation grouped by patient (:class:`sklearn.model_selection.GroupKFold`: no
+    patient in both the fitting and the predicted fold). A fold whose fitting part holds a
+    single source predicts that source.
+
+    Parameters
+    ----------
+    embeddings : numpy.ndarray
+        ``(n, dimension)`` embeddings.
+    sources : Sequence of str
+        Source of each image (the target).
+    groups : Sequence of str
+        Patient of each image (the grouping; used only here, never written).
+    n_splits : int
+        Folds, at most the number of patients.
+    seed : int
+        Seed of the logistic regression's solver.
+
+    Returns
+    -------
+    dict
+        ``target`` (``"source"``), ``n``, ``n_classes``, ``n_groups``, ``n_splits``,
+        ``accuracy`` and ``balanced_accuracy`` (cross-validated; ``None`` when the probe
+        cannot run), ``majority_baseline_accuracy`` (share of the most frequent source),
+        ``majority_baseline_balanced_accuracy`` (``1 / n_classes``) and ``note`` (why the
+        probe did not run, else ``None``).
+
+    Raises
+    ------
+    ValueError
+        If the inputs are empty or of different lengths.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    y = np.asarray([str(v) for v in sources], dtype=object)
+    g = np.asarray([str(v) for v in groups], dtype=object)
+    if x.ndim != 2 or len(x) == 0 or not (len(x) == len(y) == len(g)):
+        raise ValueError('Arguments "embeddings", "sources" and "groups" must be non-empty and of one length')
+    classes, counts = np.unique(y, return_counts=True)
+    n_groups = int(np.unique(g).size)
+    section: dict[str, object] = {
+        "target": "source",
+        "n": int(len(y)),
+        "n_classes": int(classes.size),
+        "n_groups": n_groups,
+        "n_splits": None,
+        "accuracy": None,
+        "balanced_accuracy": None,
+        "majority_baseline_accuracy": float(counts.max() / len(y)),
+        "majority_baseline_balanced_accuracy": float(1.0 / classes.size),
+        "note": None,
+    }
+    if classes.size < 2:
+        section["note"] = "one source only: there is no source to predict"
+    elif n_groups < 2 or n_splits < 2:
+        section["note"] = f"{n_groups} patient(s): grouped cross-validation needs at least 2"
+    if section["note"]:
+        logger.warning("shortcut probe skipped: %s", section["note"])
+        return section
+    folds = min(int(n_splits), n_groups)
+    predicted = np.empty(len(y), dtype=object)
+    for fit, held_out in GroupKFold(n_splits=folds).split(x, y, g):
+        if np.unique(y[fit]).size < 2:
+            predicted[held_out] = y[fit][0]
+            continue
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+        predicted[held_out] = model.fit(x[fit], y[fit]).predict(x[held_out])
+    section.update(
+        n_splits=folds,
+        accuracy=float(np.mean(predicted == y)),
+        balanced_accuracy=float(balanced_accuracy_score(y.astype(str), predicted.astype(str))),
+    )
+    return section
+
+
+def retrieval_example_queries(labels: Sequence[int], n: int = 2) -> list[int]:
+    """Positions of the queries shown as retrieval examples: first covid, first non_covid, then the next ones.
+
+    >>> retrieval_example_queries([0, 0, 1, 1])
+    [2, 0]
+    >>> retrieval_example_queries([1, 1, 1])
+    [0, 1]
+    """
+    y = [int(v) for v in labels]
+    chosen = [y.index(c) for c in (1, 0) if c in y][:n]
+    return chosen + [i for i in range(len(y)) if i not in chosen][: n - len(chosen)]
+
+
+def reference_image_paths(datalist: Sequence[Mapping[str, object]]) -> dict[str, str]:
+    """SOP Instance UID -> image file of each entry of a reference datalist.
+
+    The index's items table holds UIDs, not file paths; this maps the items of an index built
+    from ``datalist`` (:func:`build_reference_index`) back to their images. Entries whose UIDs
+    cannot be read are left out.
+    """
+    paths = {}
+    for entry in datalist:
+        try:
+            paths[reference_instance_uids(entry)[2]] = str(entry["image"])
+        except (OSError, ValueError, pydicom.errors.InvalidDicomError):
+            continue
+    return paths
+
+
+def _load_image(path: str | None) -> np.ndarray | None:
+    """The image as :func:`load_chest_xray` reads it, or ``None`` (no path, unreadable file)."""
+    if not path:
+        return None
+    try:
+        return load_chest_xray(path)
+    except (ChestXrayError, OSError):
+        logger.warning("retrieval example: an image could not be read; its panel is left empty")
+        return None
+
+
+def write_retrieval_examples(
+    index: SimilarityIndex,
+    queries: np.ndarray,
+    datalist: Sequence[Mapping[str, object]],
+    output_dir: str | Path,
+    k: int = 4,
+    reference_datalist: Sequence[Mapping[str, object]] | None = None,
+    n_examples: int = 2,
+) -> list[Path]:
+    """Write ``retrieval_example_<i>.png``: query images with their ``k`` nearest reference images.
+
+    Parameters
+    ----------
+    index : SimilarityIndex
+        The similar-study index.
+    queries : numpy.ndarray
+        Embeddings of ``datalist``'s images, in its order.
+    datalist : Sequence of Mapping
+        The queries' entries (``image`` path, ``label``); the examples are chosen by
+        :func:`retrieval_example_queries`.
+    output_dir : str or pathlib.Path
+        Folder of the figures.
+    k : int
+        Neighbours shown.
+    reference_datalist : Sequence of Mapping, optional
+        The datalist the index was built from, to find the neighbours' image files
+        (:func:`reference_image_paths`); without it, or for items it does not hold, the
+        neighbour's panel is empty (label and distance still shown).
+    n_examples : int
+        Figures to write.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = reference_image_paths(reference_datalist) if reference_datalist else {}
+    labels = [int(d["label"]) for d in datalist]  # type: ignore[call-overload]
+    written, missing = [], 0
+    for number, position in enumerate(retrieval_example_queries(labels, n_examples), start=1):
+        found = index.query(queries[position], k)
+        missing += sum(n.item.sop_instance_uid not in paths for n in found)
+        target = output_dir / RETRIEVAL_EXAMPLE_FIGURE.format(number)
+        plot_retrieval_example(
+            _load_image(str(datalist[position]["image"])),
+            CLASS_NAMES[labels[position]],
+            [_load_image(paths.get(n.item.sop_instance_uid)) for n in found],
+            [n.item.label for n in found],
+            [n.distance for n in found],
+            target,
+            title=f"Similar-study retrieval example {number} ({index.metric} distance)",
+        )
+        written.append(target)
+    if missing:
+        logger.info("retrieval examples: %d neighbour image(s) not in the reference datalist, shown empty", missing)
+    return written
 
 
 def evaluate_retrieval(
@@ -264,33 +498,49 @@ def evaluate_retrieval(
     k: int = 4,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    reference_datalist: Sequence[Mapping[str, object]] | None = None,
+    seed: int = 0,
 ) -> dict[str, object]:
-    """Embed the evaluation images, query the index and write the ``"retrieval"`` section.
+    """Embed the evaluation images, query the index, probe for a source shortcut; write report and figures.
 
     Parameters
     ----------
     network, model_file, transform, batch_size, device
         As for :func:`build_reference_index` (the same weights as the index).
     datalist : Sequence of Mapping
-        Labelled query images (the evaluation split).
+        Labelled query images (the evaluation split), with ``source`` and ``patient_id``.
     index_dir : str or pathlib.Path
         Folder written by :func:`build_reference_index`.
     metrics_file : str or pathlib.Path
-        ``metrics.json``; its other sections are kept.
+        ``metrics.json``; its other sections are kept. The figures go beside it:
+        ``embeddings_tsne.png`` (the evaluation embeddings, colour = label, marker = source)
+        and ``retrieval_example_1.png``, ``retrieval_example_2.png``
+        (:func:`write_retrieval_examples`).
     k : int
         Neighbours per query.
+    reference_datalist : Sequence of Mapping, optional
+        The datalist the index was built from, to show the neighbours' images.
+    seed : int
+        Seed of the t-SNE and of the probe.
 
     Returns
     -------
     dict
-        The section written (see :func:`retrieval_metrics`).
+        The ``"retrieval"`` section written: :func:`retrieval_metrics`, plus
+        ``shortcut_probe`` (:func:`shortcut_probe` of the evaluation embeddings).
     """
     from monai_app.evaluation import update_metrics_file
 
     index = SimilarityIndex.load(Path(index_dir))
     load_classifier_weights(network, model_file)
     queries = compute_embeddings(network, datalist, transform, batch_size, device)
-    section = retrieval_metrics(index, queries, [int(d["label"]) for d in datalist], k)  # type: ignore[call-overload]
+    labels = [int(d["label"]) for d in datalist]  # type: ignore[call-overload]
+    sources = [str(d.get("source", "") or "unknown") for d in datalist]
+    section = retrieval_metrics(index, queries, labels, k)
+    section["shortcut_probe"] = shortcut_probe(queries, sources, [str(d["patient_id"]) for d in datalist], seed=seed)
     update_metrics_file(metrics_file, "retrieval", section)
+    output_dir = Path(metrics_file).parent
+    plot_embedding_tsne(queries, [CLASS_NAMES[y] for y in labels], sources, output_dir / TSNE_FIGURE, seed=seed)
+    write_retrieval_examples(index, queries, datalist, output_dir, k, reference_datalist)
     logger.info("retrieval: %s", section)
     return section

@@ -1,4 +1,4 @@
-"""Figures for the training record: loss and Dice curves from ``history.jsonl``."""
+"""Figures for the training record: loss and validation-metric curves from ``history.jsonl``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ from monai_app.handlers import read_history
 logger = logging.getLogger(__name__)
 
 
-def plot_history(history: str | Path, output: str | Path) -> Path:
-    """Plot training loss and validation Dice per epoch into a PNG.
+def plot_history(
+    history: str | Path,
+    output: str | Path,
+    metric: str = "val_dice",
+    metric_title: str = "Validation Dice (human-reviewed masks)",
+    loss_label: str = "Dice + BCE loss",
+) -> Path:
+    """Plot training loss and a validation metric per epoch into a PNG.
 
     Parameters
     ----------
@@ -19,6 +25,10 @@ def plot_history(history: str | Path, output: str | Path) -> Path:
         File written by :class:`monai_app.handlers.EpochHistoryWriter`.
     output : str or pathlib.Path
         PNG to write.
+    metric : str
+        History key of the validation metric (``val_dice``, ``val_auc``).
+    metric_title, loss_label : str
+        Titles of the metric panel and the loss axis.
 
     Returns
     -------
@@ -36,9 +46,9 @@ def plot_history(history: str | Path, output: str | Path) -> Path:
     epochs = [r["epoch"] for r in records]
     fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot(epochs, [r.get("train_loss") for r in records], marker="o", markersize=3)
-    loss_ax.set(xlabel="epoch", ylabel="Dice + BCE loss", title="Training loss")
-    dice_ax.plot(epochs, [r.get("val_dice") for r in records], marker="o", markersize=3)
-    dice_ax.set(xlabel="epoch", ylabel="Dice", title="Validation Dice (human-reviewed masks)")
+    loss_ax.set(xlabel="epoch", ylabel=loss_label, title="Training loss")
+    dice_ax.plot(epochs, [r.get(metric) for r in records], marker="o", markersize=3)
+    dice_ax.set(xlabel="epoch", ylabel=metric, title=metric_title)
     for ax in (loss_ax, dice_ax):
         ax.grid(alpha=0.3)
     fig.tight_layout()

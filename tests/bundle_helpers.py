@@ -106,6 +106,18 @@ def write_tiny_classification_dataset(shared: Path, target: Path, size: int = 64
     return _write_manifest(target, out_rows)
 
 
+def write_tiny_full_dataset(shared: Path, target: Path, size: int = 64) -> Path:
+    """Both tiny data sets in one folder and manifest: masks for the U-Net, labels for the classifier."""
+    write_tiny_dataset(shared, target, size)
+    with (target / "manifest.csv").open(newline="") as handle:
+        segmentation_rows = list(csv.DictReader(handle))
+    write_tiny_classification_dataset(shared, target, size)
+    with (target / "manifest.csv").open(newline="") as handle:
+        classification_rows = list(csv.DictReader(handle))
+    kept = {r["image_path"] for r in classification_rows}
+    return _write_manifest(target, classification_rows + [r for r in segmentation_rows if r["image_path"] not in kept])
+
+
 def _write_manifest(target: Path, rows: list[dict[str, str]]) -> Path:
     """Write ``rows`` as ``target/manifest.csv`` (the shared manifest's format) and return its path."""
     manifest = target / "manifest.csv"

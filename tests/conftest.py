@@ -62,7 +62,8 @@ def echo_ok(port: int, calling_ae: str = "TESTSCU", timeout: float = 5) -> bool:
 
 
 class NodeProcess:
-    """``python -m dicom_node serve`` as a subprocess on a free loopback port."""
+    """``python -m dicom_node serve`` as a subprocess on a free loopback port (``--no-analysis``
+    unless ``extra_args`` hold ``--analysis``)."""
 
     def __init__(self, spool: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.spool = spool
@@ -72,9 +73,11 @@ class NodeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> NodeProcess:
+        # Receiver tests leave the spool's jobs in `received`; end-to-end tests pass --analysis.
+        analysis = () if "--analysis" in self.extra_args else ("--no-analysis",)
         args = [
             sys.executable, "-m", "dicom_node", "serve", "--bind", "127.0.0.1",
-            "--port", str(self.port), "--spool", str(self.spool), *self.extra_args,
+            "--port", str(self.port), "--spool", str(self.spool), *analysis, *self.extra_args,
         ]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)

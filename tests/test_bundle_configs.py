@@ -36,7 +36,7 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """Output folder of one epoch of bundle training on the tiny data set."""
     out = tmp_path_factory.mktemp("train_out")
     wf = workflow(
-        TRAIN, "train", "training", dataset_dir=str(tiny_dataset), output_dir=str(out), **TINY
+        TRAIN, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(out), **TINY
     )
     wf.initialize()
     assert wf.check_properties() == []
@@ -57,7 +57,7 @@ def test_training_runs_one_epoch_and_exports_fp16_weights(trained: Path) -> None
 
 def test_training_resumes_from_its_checkpoint(tiny_dataset: Path, trained: Path) -> None:
     wf = workflow(
-        TRAIN, "train", "training", dataset_dir=str(tiny_dataset), output_dir=str(trained),
+        TRAIN, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(trained),
         **{**TINY, "num_epochs": 2},
     )
     wf.initialize()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,10 @@ from tests.bundle_helpers import (
     parser,
     workflow,
     write_tiny_classification_dataset,
+    write_tiny_full_dataset,
 )
+from monai_app.similarity import SimilarityIndex
+from tests.test_classifier_plots import assert_valid_png
 
 TINY = {
     "cls_spatial_size": [64, 64], "cls_lung_spatial_size": [64, 64], "cls_num_epochs": 1,
@@ -82,11 +87,40 @@ def test_classifier_evaluation_writes_metrics_per_source_and_within_source(
     assert cls["per_source"]["nih_cxr14"]["roc_auc"] is None  # one label only: no AUC
     assert cls["within_source"]["sources"] == ["actualmed"] and cls["within_source"]["n"] == 2
     assert len((tmp_path / "classifier_per_image.csv").read_text().splitlines()) == 7
+    for name in ("classifier_roc.png", "classifier_pr.png", "classifier_score_histogram.png"):
+        assert_valid_png(tmp_path / name)
+
+
+def test_ablation_without_the_lung_channel_goes_to_its_own_section(
+    tiny_dataset: Path, trained: Path, tmp_path: Path
+) -> None:
+    wf = workflow(
+        [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_lung_channel=False,
+        cls_report_section="ablation", bootstrap_resamples=50, **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"ablation"} and metrics["ablation"]["n"] == 6
+    assert_valid_png(tmp_path / "ablation_roc.png")
+    assert (tmp_path / "ablation_per_image.csv").is_file()
+
+
+def test_lung_channel_switch_puts_zeros_in_place_of_the_lung_map() -> None:
+    from monai_app.classifier import ClassifierInputd
+
+    data = {"image": torch.full((1, 4, 4), 0.5), "lung": torch.ones(1, 4, 4)}
+    with_lung = ClassifierInputd("image", use_lung=True)(data)["image"]
+    without = ClassifierInputd("image", use_lung=False)(data)["image"]
+    assert with_lung[1].sum() == 16 and without[1].sum() == 0 and torch.equal(with_lung[0], without[0])
 
 
 def test_classifier_training_never_selects_on_test_rows() -> None:
     p = parser(TRAIN)
     assert "test" not in p["cls_train_splits"] and p["cls_val_split"] == "val"
+    assert "within_source_items" in p["cls_val_datalist"], "the checkpoint is chosen within source"
 
 
 def test_augmentations_follow_the_paper() -> None:
@@ -254,6 +288,34 @@ def test_retrieval_evaluation_writes_its_section(
     assert (r["k"], r["n"], r["n_reference"], r["metric"]) == (4, 6, 8, "angular")
     assert 0.0 <= r["vote_accuracy"] <= 1.0 and 0.0 <= r["recall_at_k"] <= 1.0
     assert r["query_ms_mean"] > 0.0
+    probe = r["shortcut_probe"]
+    assert set(probe) == {"target", "n", "n_classes", "n_groups", "n_splits", "accuracy", "balanced_accuracy",
+                          "majority_baseline_accuracy", "majority_baseline_balanced_accuracy", "note"}
+    assert (probe["target"], probe["n"], probe["n_classes"], probe["note"]) == ("source", 6, 3, None)
+    assert 2 <= probe["n_splits"] <= probe["n_groups"] <= 6
+    for name in ("accuracy", "balanced_accuracy", "majority_baseline_accuracy", "majority_baseline_balanced_accuracy"):
+        assert 0.0 <= probe[name] <= 1.0
+    assert probe["majority_baseline_accuracy"] == pytest.approx(1 / 3)  # 2 test images per source
+    for name in ("embeddings_tsne.png", "retrieval_example_1.png", "retrieval_example_2.png"):
+        assert_valid_png(tmp_path / name)
+    assert not list(tmp_path.glob("retrieval_example_3.png"))
+    report = (tmp_path / "metrics.json").read_text()
+    with (tiny_dataset / "manifest.csv").open(newline="") as handle:
+        assert not [row for row in csv.DictReader(handle) if row["patient_id"] in report]
+
+
+def test_retrieval_examples_find_every_indexed_image_in_the_reference_datalist(
+    tiny_dataset: Path, built_index: Path
+) -> None:
+    from monai_app.reference_index import reference_image_paths
+    from monai_app.similarity import SimilarityIndex
+
+    index = SimilarityIndex.load(built_index)
+    datalist = parser(TRAIN, dataset_dir=str(tiny_dataset)).get_parsed_content("cls_index_datalist")
+    paths = reference_image_paths(datalist)
+    assert set(paths) == {item.sop_instance_uid for item in index.items}
+    assert all(Path(p).is_file() for p in paths.values())
+    assert parser([TRAIN, EVALUATE])["retrieval_reference_datalist"] == "@cls_index_datalist"
 
 
 def test_retrieval_vote_counts_neighbour_labels(tiny_dataset: Path, trained: Path, built_index: Path) -> None:
@@ -266,3 +328,36 @@ def test_retrieval_vote_counts_neighbour_labels(tiny_dataset: Path, trained: Pat
     assert r["vote_accuracy"] == 1.0 and r["recall_at_k"] == 1.0  # each image finds itself
     flipped = retrieval_metrics(index, embeddings, [1 - d["label"] for d in datalist], k=1)
     assert flipped["vote_accuracy"] == 0.0
+    assert r["mean_distance_other_label"] is None and r["mean_distance_same_label"] < 1e-3  # itself, at 0
+    assert flipped["mean_distance_same_label"] is None
+
+
+def test_run_training_trains_unet_then_classifier_on_its_lung_maps_then_builds_the_index(
+    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    write_tiny_full_dataset(shared_data, data)
+    unet_out, cls_out = tmp_path / "unet", tmp_path / "cls"
+    wf = workflow(
+        TRAIN, "train", "training", dataset_dir=str(data), output_dir=str(unet_out), cls_output_dir=str(cls_out),
+        cls_index_salt="test-salt", spatial_size=[64, 64], num_epochs=1, batch_size=2, **TINY,
+    )
+    wf.initialize()
+    with caplog.at_level(logging.INFO, logger="monai_app.classifier"):
+        wf.run()
+    wf.finalize()
+    assert (unet_out / "lung_unet.pt").is_file() and (cls_out / "classifier.pt").is_file()
+    assert f"lung channel: U-Net weights {unet_out / 'lung_unet.pt'}" in caplog.text, "the classifier must use the new U-Net"
+    assert SimilarityIndex.load(cls_out / "index").items, "the index of the new classifier's embeddings"
+
+
+def test_run_training_without_index_salt_stops_before_training(shared_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_tiny_full_dataset(shared_data, data)
+    wf = workflow(TRAIN, "train", "training", dataset_dir=str(data), output_dir=str(tmp_path / "unet"),
+                  cls_output_dir=str(tmp_path / "cls"), cls_index_salt="", **TINY)
+    wf.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        wf.run()
+    assert "CXR_INDEX_SALT" in str(failure.value.__cause__)
+    assert not (tmp_path / "unet" / "history.jsonl").exists()

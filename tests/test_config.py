@@ -43,6 +43,12 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("[node]\nprot = 104", r'unknown key "node.prot"'),
         ("[nodes]\nport = 104", r'unknown table "nodes"'),
         ("[[allowed_callers]]\nae_title = \"DX1\"\nhosts = [\"10.0.0.300\"]", r'"allowed_callers.hosts"'),
+        ("[inference]\ndevice = \"tpu\"", r'"inference.device" must be one of auto, cpu, cuda'),
+        ("[inference]\nbatch_size = 0", r'"inference.batch_size" must be an integer in 1..256'),
+        ("[inference]\nthreshold = 1.5", r'"inference.threshold" must be a number in 0..1'),
+        ("[inference]\nsimilar_k = -1", r'"inference.similar_k" must be an integer in 0..50'),
+        ("[inference]\nanalysis = 1", r'"inference.analysis" must be true or false'),
+        ("[inference]\nbundle = 3", r'"inference.bundle" must be a directory path'),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(toml: str, message: str) -> None:
@@ -91,3 +97,11 @@ def test_config_example_prints_the_commented_defaults() -> None:
     assert result.returncode == 0
     assert result.stdout == default_config_text()
     assert "# Application Entity title" in result.stdout
+
+
+def test_inference_settings_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[inference]\ndevice = "cpu"\nbatch_size = 8\nthreshold = 0.4\nbundle = "/opt/bundle"\n')
+    config = load_config(path)
+    assert (config.device, config.batch_size, config.threshold, config.bundle) == ("cpu", 8, 0.4, Path("/opt/bundle"))
+    assert config.analysis and config.similar_k == 4

@@ -134,7 +134,7 @@ def test_sending_the_same_instance_twice_is_idempotent(start_node, shared_data: 
         capture_output=True, text=True, timeout=60,
     )
     assert json.loads(status.stdout)["jobs"] == {
-        "received": 1, "processing": 0, "outbox": 0, "sent": 0, "failed": 0, "instances": 1,
+        "received": 1, "processing": 0, "outbox": 0, "sent": 0, "failed": 0, "not_analysed": 0, "instances": 1,
     }
     assert "duplicate instance" in node.log()
 

@@ -46,7 +46,7 @@ def test_store_instance_writes_file_and_received_job(tmp_path: Path) -> None:
     assert created and job.state is JobState.RECEIVED and job.size_bytes == 3
     assert spool.instance_path("1.2.3").read_bytes() == b"abc"
     assert spool.find_job("1.2.3") == job
-    assert spool.counts() == {"received": 1, "processing": 0, "outbox": 0, "sent": 0, "failed": 0, "instances": 1}
+    assert spool.counts() == {"received": 1, "processing": 0, "outbox": 0, "sent": 0, "failed": 0, "not_analysed": 0, "instances": 1}
 
 
 def test_resending_the_same_instance_keeps_one_job(tmp_path: Path) -> None:

@@ -1,0 +1,224 @@
+"""The inference worker: received jobs -> bundle models -> TID 1500 SR in the outbox.
+
+It runs in its own thread, never in a C-STORE handler. Each job is moved to ``processing``
+(durably, with its attempt counted) before any work, so a crash leaves it there and
+:meth:`Spool.recover` hands it back; a job that has crashed the node ``MAX_ATTEMPTS``
+times is not tried again. The report is written to the spool before the job leaves
+``processing``: from then on the outbox owns it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicom_node.applicability import check_header, check_lung_fraction
+from dicom_node.spool import Job, JobState, Spool
+from dicom_node.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
+from monai_app.bundle_inference import BundleAnalyser, PreparedImage, Prediction, find_cause
+from monai_app.errors import UndecodableImageError
+from monai_app.similarity import Neighbour
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+"""Tries per job (a crash mid-analysis counts) before it is set aside as not analysed."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How the worker batches and reports."""
+
+    batch_size: int = 4
+    batch_wait_seconds: float = 0.1  # how long the oldest waiting job may wait for a fuller batch
+    similar_k: int = 4
+    threshold: float = 0.5
+    destinations: tuple[str, ...] = ()
+
+
+def similar_studies(neighbours: Sequence[Neighbour]) -> list[SimilarStudy]:
+    """The report's similar studies from index neighbours (nearest first)."""
+    return [
+        SimilarStudy(
+            study_instance_uid=n.item.study_instance_uid,
+            series_instance_uid=n.item.series_instance_uid,
+            sop_instance_uid=n.item.sop_instance_uid,
+            sop_class_uid=n.item.sop_class_uid,
+            distance=max(0.0, float(n.distance)),
+            label=n.item.label,
+        )
+        for n in neighbours
+    ]
+
+
+def encode(dataset: Dataset) -> bytes:
+    """A data set as a DICOM file (preamble, file meta, data set) in memory."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def batch_is_due(oldest_received_at: str, waiting: int, settings: WorkerSettings, now: float) -> bool:
+    """Start a batch when it is full or its oldest job has waited ``batch_wait_seconds``.
+
+    >>> s = WorkerSettings(batch_size=4, batch_wait_seconds=0.1)
+    >>> batch_is_due("2026-01-01T00:00:00.000+00:00", 4, s, 0.0)
+    True
+    >>> t = datetime.fromisoformat("2026-01-01T00:00:00.000+00:00").timestamp()
+    >>> batch_is_due("2026-01-01T00:00:00.000+00:00", 1, s, t + 0.05), batch_is_due("2026-01-01T00:00:00.000+00:00", 1, s, t + 0.2)
+    (False, True)
+    """
+    if waiting >= settings.batch_size:
+        return True
+    return now - datetime.fromisoformat(oldest_received_at).timestamp() >= settings.batch_wait_seconds
+
+
+class InferenceWorker:
+    """Analyses received jobs in batches and puts their reports in the outbox.
+
+    Parameters
+    ----------
+    spool : Spool
+        The node's spool.
+    analyser : BundleAnalyser
+        The bundle's models and index.
+    algorithm : AlgorithmInfo
+        What goes into the reports as the algorithm.
+    settings : WorkerSettings
+        Batching, k, threshold and the destinations of each report.
+    on_result : callable, optional
+        Called after reports were put in the outbox (wakes the outbox).
+    clock : callable
+        Unix time now.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        analyser: BundleAnalyser,
+        algorithm: AlgorithmInfo,
+        settings: WorkerSettings,
+        *,
+        on_result: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = spool
+        self.analyser = analyser
+        self.algorithm = algorithm
+        self.settings = settings
+        self.on_result = on_result
+        self.clock = clock
+        self.wake = threading.Event()
+
+    def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
+        """Work until ``stop`` is set; errors are logged and the loop goes on."""
+        while not stop.is_set():
+            try:
+                if self.run_once():
+                    continue
+            except Exception:
+                logger.exception("worker: unexpected error; retrying in %.0f s", poll_seconds)
+            self.wake.wait(poll_seconds)
+            self.wake.clear()
+
+    def run_once(self) -> int:
+        """Analyse one batch if one is due; return the number of jobs taken."""
+        waiting = list(self.spool.jobs(JobState.RECEIVED))
+        if not waiting:
+            return 0
+        if not batch_is_due(waiting[0].received_at, len(waiting), self.settings, self.clock()):
+            remaining = self.settings.batch_wait_seconds - (
+                self.clock() - datetime.fromisoformat(waiting[0].received_at).timestamp()
+            )
+            self.wake.wait(max(0.0, remaining))
+            self.wake.clear()
+            waiting = list(self.spool.jobs(JobState.RECEIVED))
+        batch = waiting[: self.settings.batch_size]
+        self.analyse(batch)
+        return len(batch)
+
+    def analyse(self, jobs: Sequence[Job]) -> None:
+        """Analyse ``jobs`` (in ``received``) to the end: outbox, not analysed, or back to received."""
+        started = time.monotonic()
+        ready: list[tuple[Job, Dataset, PreparedImage]] = []
+        for job in jobs:
+            job = self.spool.transition(job, JobState.PROCESSING, attempts=job.attempts + 1)
+            prepared = self._prepare(job)
+            if prepared is not None:
+                ready.append((job, *prepared))
+        if not ready:
+            return
+        try:
+            predictions = self.analyser.predict([image for _, _, image in ready])
+        except Exception as exc:
+            for job, _, _ in ready:
+                self._retry_or_give_up(job, exc)
+            return
+        for (job, header, image), prediction in zip(ready, predictions):
+            try:
+                self._report(job, header, image, prediction)
+            except Exception as exc:
+                self._retry_or_give_up(job, exc)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        logger.info("batch: %d job(s), %d classified, %.0f ms", len(jobs), len(ready), elapsed_ms)
+        if self.on_result is not None:
+            self.on_result()
+
+    def _prepare(self, job: Job) -> tuple[Dataset, PreparedImage] | None:
+        """Header check, decoding and preprocessing; ``None`` when the job ended here."""
+        if job.attempts > MAX_ATTEMPTS:
+            self._not_analysed(job, f"analysis error: gave up after {MAX_ATTEMPTS} attempts")
+            return None
+        path = self.spool.instance_path(job.sop_instance_uid)
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            verdict = check_header(header)
+            if not verdict.applicable:
+                self._not_analysed(job, verdict.reason)
+                return None
+            image = self.analyser.prepare(path)
+        except Exception as exc:
+            cause = find_cause(exc, (UndecodableImageError, pydicom.errors.InvalidDicomError))
+            if cause is not None:
+                self._not_analysed(job, f"undecodable: {' '.join(str(cause).split())[:300]}")
+            else:
+                self._retry_or_give_up(job, exc)
+            return None
+        verdict = check_lung_fraction(image.lung_fraction)
+        if not verdict.applicable:
+            self._not_analysed(job, verdict.reason)
+            return None
+        return header, image
+
+    def _report(self, job: Job, header: Dataset, image: PreparedImage, prediction: Prediction) -> None:
+        finding = Finding(probability=prediction.probability, threshold=self.settings.threshold)
+        similar = similar_studies(self.analyser.similar(prediction.embedding, self.settings.similar_k))
+        report = build_report(header, finding, similar, self.algorithm)
+        self.spool.put_result(job, encode(report), self.settings.destinations)
+        logger.info(
+            "job %s: covid_probability=%.3f finding=%s similar=%d lung=%.0f%% report=%s",
+            job.job_id, finding.probability, "present" if finding.is_present else "absent",
+            len(similar), 100 * image.lung_fraction, report.SOPInstanceUID,
+        )
+
+    def _not_analysed(self, job: Job, reason: str) -> None:
+        self.spool.transition(job, JobState.NOT_ANALYSED, detail=reason)
+        logger.warning("job %s: not analysed (%s)", job.job_id, reason)
+
+    def _retry_or_give_up(self, job: Job, error: BaseException) -> None:
+        # Exception type and message only: messages of our code and of pydicom carry no patient data.
+        cause = error.__cause__ if isinstance(error, RuntimeError) and error.__cause__ else error  # MONAI's wrapper
+        what = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+        if job.attempts >= MAX_ATTEMPTS:
+            self._not_analysed(job, f"analysis error: {what}")
+        else:
+            self.spool.transition(job, JobState.RECEIVED, detail=f"attempt {job.attempts} failed: {what}")
+            logger.error("job %s: attempt %d failed (%s); will retry", job.job_id, job.attempts, what)

@@ -1,0 +1,196 @@
+"""The bundle's inference pieces, loaded by ID from ``configs/inference.yaml`` for the serving node.
+
+Nothing here re-defines a transform or a network: the preprocessing (loader, crop, pad, lung
+channel from the U-Net, resize, CLAHE, channel stacking), the classifier and its
+postprocessing are the bundle's own ``cls_*`` IDs, parsed with MONAI's ``ConfigParser``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+
+from monai_app.classifier import CovidClassifier
+from monai_app.reference_index import load_classifier_weights
+from monai_app.similarity import Neighbour, SimilarityIndex
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_CONFIG = "configs/inference.yaml"
+METADATA = "configs/metadata.json"
+INDEX_DIR = "models/index"
+LUNG_CHANNEL = 1
+"""Channel of the classifier input that holds the U-Net lung probability."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def combined_sha256(digests: Sequence[str]) -> str:
+    """One SHA-256 standing for several files, from their digests in order.
+
+    >>> combined_sha256(["ab", "cd"]) == combined_sha256(["ab", "cd"]) != combined_sha256(["cd", "ab"])
+    True
+    """
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is the GPU when one is usable, else the CPU; ``"cuda"`` without a GPU is an error.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but PyTorch sees no usable GPU")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What produced a result: the bundle's name, version and authors, and the SHA-256 of its weights."""
+
+    name: str
+    version: str
+    authors: str
+    sha256: str
+    files: tuple[tuple[str, str], ...]  # (file name, its SHA-256), U-Net then classifier
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image after the bundle's preprocessing: the classifier input and its lung share."""
+
+    tensor: torch.Tensor  # (3, rows, columns): image, lung probability, zeros
+    lung_fraction: float  # share of pixels the U-Net calls lung (probability >= 0.5)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The classifier's output for one image."""
+
+    probability: float  # of COVID-19
+    embedding: np.ndarray  # (embedding_dim,) float32, what the similar-study index is built on
+
+
+class BundleAnalyser:
+    """Preprocessing, U-Net lung channel, classifier and similar-study index of a bundle.
+
+    Parameters
+    ----------
+    bundle_dir : str or pathlib.Path
+        The bundle (``configs/inference.yaml``, ``configs/metadata.json``, ``models/``).
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    load_index : bool
+        Load ``models/index`` (the similar-study index).
+
+    Raises
+    ------
+    FileNotFoundError
+        A config, weights file or the index is missing.
+    """
+
+    def __init__(self, bundle_dir: str | Path, device: str = "auto", *, load_index: bool = True) -> None:
+        self.bundle_dir = Path(bundle_dir).resolve()
+        self.device = resolve_device(device)
+        parser = ConfigParser()
+        parser.read_meta(self.bundle_dir / METADATA)
+        parser.read_config(self.bundle_dir / INFERENCE_CONFIG)
+        parser["bundle_root"] = str(self.bundle_dir)
+        parser["device"] = f"$torch.device('{self.device}')"
+        model_files = [Path(parser.get_parsed_content(key)) for key in ("cls_lung_model_file", "cls_model_file")]
+        for path in model_files:
+            if not path.is_file():
+                raise FileNotFoundError(f"the bundle has no weights file {path}")
+        self.preprocessing = parser.get_parsed_content("cls_preprocessing")
+        self.postprocessing = parser.get_parsed_content("cls_postprocessing")
+        network = parser.get_parsed_content("cls_network")
+        if not isinstance(network, CovidClassifier):
+            raise TypeError(f"cls_network must be a CovidClassifier, got {type(network).__name__}")
+        self.network = load_classifier_weights(network, model_files[1]).to(self.device)
+        digests = [file_sha256(path) for path in model_files]
+        self.identity = ModelIdentity(
+            name=str(parser.get("_meta_#name", "bundle")),
+            version=str(parser.get("_meta_#version", "0")),
+            authors=str(parser.get("_meta_#authors", "unknown")),
+            sha256=combined_sha256(digests),
+            files=tuple((path.name, digest) for path, digest in zip(model_files, digests)),
+        )
+        self.index: SimilarityIndex | None = None
+        if load_index:
+            index_dir = self.bundle_dir / INDEX_DIR
+            if not index_dir.is_dir():
+                raise FileNotFoundError(f"the bundle has no similar-study index {index_dir}")
+            self.index = SimilarityIndex.load(index_dir)
+
+    def prepare(self, path: str | Path) -> PreparedImage:
+        """Load and preprocess one image file (DICOM, PNG or JPEG) with the bundle's ``cls_preprocessing``.
+
+        Raises
+        ------
+        monai_app.errors.UndecodableImageError
+            Possibly wrapped by MONAI in a ``RuntimeError``: see :func:`find_cause`.
+        """
+        data = self.preprocessing({"image": str(path)})
+        tensor = torch.as_tensor(data["image"]).float()
+        lung_fraction = float((tensor[LUNG_CHANNEL] >= 0.5).float().mean())
+        return PreparedImage(tensor=tensor, lung_fraction=lung_fraction)
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[PreparedImage]) -> list[Prediction]:
+        """Classify a batch: COVID-19 probability (the bundle's ``cls_postprocessing``) and embedding."""
+        if not images:
+            return []
+        batch = torch.stack([image.tensor for image in images]).to(self.device)
+        embeddings = self.network.embed(batch)
+        logits = self.network.head(embeddings)
+        predictions = []
+        for logit, embedding in zip(logits, embeddings):
+            probabilities = self.postprocessing({"pred": logit})["pred"]
+            predictions.append(
+                Prediction(float(probabilities[1]), embedding.float().cpu().numpy().astype(np.float32))
+            )
+        return predictions
+
+    def similar(self, embedding: np.ndarray, k: int) -> list[Neighbour]:
+        """The ``k`` reference images nearest to ``embedding`` (none without an index or for k = 0)."""
+        if self.index is None or k == 0:
+            return []
+        return self.index.query(embedding, k)
+
+
+def find_cause(error: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``error``'s chain of causes (MONAI wraps transform
+    errors in ``RuntimeError``), or ``None``.
+
+    >>> try:
+    ...     try:
+    ...         raise ValueError("bad pixels")
+    ...     except ValueError as exc:
+    ...         raise RuntimeError("applying transform") from exc
+    ... except RuntimeError as wrapped:
+    ...     print(repr(find_cause(wrapped, ValueError)))
+    ValueError('bad pixels')
+    """
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, types):
+            return current
+        current = current.__cause__
+    return None

@@ -1,0 +1,67 @@
+"""The inference worker in process: real spool, shipped bundle, real shared DICOM files."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicom_node.config import NodeConfig
+from dicom_node.node import build_worker
+from dicom_node.spool import Job, JobState, Spool
+from dicom_node.worker import MAX_ATTEMPTS, InferenceWorker
+
+CHESTS = (  # real frontal chest files with file meta, as the receiver spools them
+    "pydicom-data/RG1_J2KI.dcm",
+    "torchxrayvision/SIIM-ACR_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+)
+
+
+def _store(spool: Spool, path: Path) -> Job:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    job, _ = spool.store_instance(
+        [path.read_bytes()], sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), calling_ae_title="TEST",
+    )
+    return job
+
+
+@pytest.fixture(scope="module")
+def worker_factory():
+    cache: dict[str, InferenceWorker] = {}
+
+    def make(spool: Spool, batch_size: int = 4) -> InferenceWorker:
+        if "worker" not in cache:
+            cache["worker"] = build_worker(NodeConfig(spool=spool.root, device="cpu", batch_size=batch_size), spool)
+        worker = cache["worker"]
+        worker.spool = spool
+        worker.settings = replace(worker.settings, batch_size=batch_size, batch_wait_seconds=0.0)
+        return worker
+
+    return make
+
+
+def test_waiting_jobs_are_analysed_in_one_batch_into_reports(worker_factory, tmp_path: Path, shared_data: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    jobs = [_store(spool, shared_data / "dicom" / name) for name in CHESTS]
+    worker = worker_factory(spool, batch_size=4)
+    assert worker.run_once() == len(jobs)
+    for job in jobs:
+        done = spool.find_job(job.job_id)
+        assert done.state is JobState.OUTBOX and done.deliveries == ()
+        report = pydicom.dcmread(spool.result_path(done))
+        assert report.Modality == "SR" and report.StudyInstanceUID == pydicom.dcmread(
+            spool.instance_path(job.job_id), stop_before_pixels=True).StudyInstanceUID
+    assert worker.run_once() == 0, "nothing left"
+
+
+def test_a_job_that_keeps_failing_is_set_aside_after_max_attempts(worker_factory, tmp_path: Path, shared_data: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    job = _store(spool, shared_data / "dicom" / CHESTS[0])
+    spool.update(replace(job, attempts=MAX_ATTEMPTS))  # it crashed the node MAX_ATTEMPTS times
+    worker = worker_factory(spool, batch_size=1)
+    worker.run_once()
+    done = spool.find_job(job.job_id)
+    assert done.state is JobState.NOT_ANALYSED and done.detail.startswith("analysis error: gave up")
