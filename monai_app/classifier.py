@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from monai_app.clahe import clahe
+from monai_app.cli_values import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class ClassifierInputd(MapTransform):
         if len(self.keys) != 1:
             raise ValueError(f'Argument "keys" must name one image, got {self.keys}')
         self.lung_key = lung_key
-        self.use_lung = bool(use_lung)
+        self.use_lung = as_bool(use_lung, "use_lung")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

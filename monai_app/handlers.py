@@ -13,6 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from PIL import Image
+from monai_app.cli_values import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class ResumeFromCheckpoint:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.load_dict = load_dict
         self.pattern = pattern
-        self.enabled = enabled
+        self.enabled = as_bool(enabled, "enabled")
 
     def latest(self) -> Path | None:
         """Newest checkpoint file, or ``None``."""

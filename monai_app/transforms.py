@@ -23,6 +23,7 @@ from monai_app.image_io import load_chest_xray
 from monai_app.masks import mask_to_label
 from monai_app.normalisation import content_box, crop_to_box, pad_to_square
 from monai_app.raster_image import read_mask
+from monai_app.cli_values import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class Clahed(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.enabled = bool(enabled)
+        self.enabled = as_bool(enabled, "enabled")
         self.clip_limit = float(clip_limit)
         self.grid = (int(grid[0]), int(grid[1]))
 

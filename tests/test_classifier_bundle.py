@@ -96,7 +96,7 @@ def test_ablation_without_the_lung_channel_goes_to_its_own_section(
 ) -> None:
     wf = workflow(
         [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
-        output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_lung_channel=False,
+        output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_lung_channel="false",  # as the CLI passes it
         cls_report_section="ablation", bootstrap_resamples=50, **TINY,
     )
     wf.initialize()
