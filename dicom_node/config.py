@@ -51,6 +51,12 @@ def check_bool(key: str, value: object) -> bool:
     return value
 
 
+def check_directory_path(key: str, value: object) -> Path:
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise ConfigError(f'"{key}" must be a directory path, got {value!r}')
+    return Path(value)
+
+
 def check_unit_interval(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigError(f'"{key}" must be a number in 0..1, got {value!r}')
@@ -166,9 +172,7 @@ class NodeConfig:
         object.__setattr__(self, "ae_title", check_ae_title("node.ae_title", self.ae_title))
         check_int("node.port", self.port, 1, 65535)
         object.__setattr__(self, "bind", check_ip("node.bind", self.bind))
-        if not str(self.spool).strip():
-            raise ConfigError('"node.spool" must be a directory path, got an empty string')
-        object.__setattr__(self, "spool", Path(self.spool))
+        object.__setattr__(self, "spool", check_directory_path("node.spool", self.spool))
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f'"node.log_level" must be one of {", ".join(LOG_LEVELS)}, got {self.log_level!r}')
         for key in ("acse_timeout", "dimse_timeout", "network_timeout"):
@@ -182,9 +186,7 @@ class NodeConfig:
         check_int("delivery.retry_initial_seconds", self.retry_initial_seconds, 1, 86400)
         check_int("delivery.retry_max_seconds", self.retry_max_seconds, self.retry_initial_seconds, 86400)
         check_bool("inference.analysis", self.analysis)
-        if not str(self.bundle).strip():
-            raise ConfigError('"inference.bundle" must be a directory path, got an empty string')
-        object.__setattr__(self, "bundle", Path(self.bundle))
+        object.__setattr__(self, "bundle", check_directory_path("inference.bundle", self.bundle))
         if self.device not in DEVICES:
             raise ConfigError(f'"inference.device" must be one of {", ".join(DEVICES)}, got {self.device!r}')
         check_int("inference.batch_size", self.batch_size, 1, 256)
@@ -251,14 +253,6 @@ def config_from_mapping(data: Mapping[str, Any]) -> NodeConfig:
             if key not in _SCHEMA[table]:
                 raise ConfigError(f'unknown key "{table}.{key}" (known: {", ".join(_SCHEMA[table])})')
             values[_SCHEMA[table][key]] = value
-    if "spool" in values:
-        if not isinstance(values["spool"], str):
-            raise ConfigError(f'"node.spool" must be a directory path, got {values["spool"]!r}')
-        values["spool"] = Path(values["spool"])
-    if "bundle" in values:
-        if not isinstance(values["bundle"], str):
-            raise ConfigError(f'"inference.bundle" must be a directory path, got {values["bundle"]!r}')
-        values["bundle"] = Path(values["bundle"])
     if "log_level" in values and isinstance(values["log_level"], str):
         values["log_level"] = values["log_level"].upper()
     return NodeConfig(**values)

@@ -66,6 +66,14 @@ def encode(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def batch_wait_left(oldest_received_at: str, waiting: int, settings: WorkerSettings, now: float) -> float:
+    """Seconds the batch may still wait for company (0 when it is full or its oldest job waited enough)."""
+    if waiting >= settings.batch_size:
+        return 0.0
+    waited = now - datetime.fromisoformat(oldest_received_at).timestamp()
+    return max(0.0, settings.batch_wait_seconds - waited)
+
+
 def batch_is_due(oldest_received_at: str, waiting: int, settings: WorkerSettings, now: float) -> bool:
     """Start a batch when it is full or its oldest job has waited ``batch_wait_seconds``.
 
@@ -76,9 +84,7 @@ def batch_is_due(oldest_received_at: str, waiting: int, settings: WorkerSettings
     >>> batch_is_due("2026-01-01T00:00:00.000+00:00", 1, s, t + 0.05), batch_is_due("2026-01-01T00:00:00.000+00:00", 1, s, t + 0.2)
     (False, True)
     """
-    if waiting >= settings.batch_size:
-        return True
-    return now - datetime.fromisoformat(oldest_received_at).timestamp() >= settings.batch_wait_seconds
+    return batch_wait_left(oldest_received_at, waiting, settings, now) == 0.0
 
 
 class InferenceWorker:
@@ -134,11 +140,9 @@ class InferenceWorker:
         waiting = list(self.spool.jobs(JobState.RECEIVED))
         if not waiting:
             return 0
-        if not batch_is_due(waiting[0].received_at, len(waiting), self.settings, self.clock()):
-            remaining = self.settings.batch_wait_seconds - (
-                self.clock() - datetime.fromisoformat(waiting[0].received_at).timestamp()
-            )
-            self.wake.wait(max(0.0, remaining))
+        wait = batch_wait_left(waiting[0].received_at, len(waiting), self.settings, self.clock())
+        if wait > 0:
+            self.wake.wait(wait)
             self.wake.clear()
             waiting = list(self.spool.jobs(JobState.RECEIVED))
         batch = waiting[: self.settings.batch_size]

@@ -18,6 +18,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_app.classifier import CovidClassifier
+from monai_app.export import sha256_of
 from monai_app.reference_index import load_classifier_weights
 from monai_app.similarity import Neighbour, SimilarityIndex
 
@@ -28,15 +29,6 @@ METADATA = "configs/metadata.json"
 INDEX_DIR = "models/index"
 LUNG_CHANNEL = 1
 """Channel of the classifier input that holds the U-Net lung probability."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def combined_sha256(digests: Sequence[str]) -> str:
@@ -124,7 +116,7 @@ class BundleAnalyser:
         if not isinstance(network, CovidClassifier):
             raise TypeError(f"cls_network must be a CovidClassifier, got {type(network).__name__}")
         self.network = load_classifier_weights(network, model_files[1]).to(self.device)
-        digests = [file_sha256(path) for path in model_files]
+        digests = [sha256_of(path) for path in model_files]
         self.identity = ModelIdentity(
             name=str(parser.get("_meta_#name", "bundle")),
             version=str(parser.get("_meta_#version", "0")),

@@ -9,7 +9,7 @@ distances only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -81,6 +81,14 @@ def _no_curve_note(ax: Axes, text: str = "not defined: fewer than two classes") 
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
+def _with_both_labels(curves: Curves) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """The named subsets that can have a curve (both labels present), checked."""
+    for name, (labels, scores) in curves.items():
+        y, p = _checked(labels, scores)
+        if has_both_labels(y):
+            yield name, y, p
+
+
 def plot_roc_curves(curves: Curves, path: str | Path, title: str = "COVID-19 classifier: ROC") -> list[str]:
     """Save ROC curves, one line per named subset, with the ROC AUC in the legend.
 
@@ -102,10 +110,7 @@ def plot_roc_curves(curves: Curves, path: str | Path, title: str = "COVID-19 cla
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     drawn = []
-    for name, (labels, scores) in curves.items():
-        y, p = _checked(labels, scores)
-        if not has_both_labels(y):
-            continue
+    for name, y, p in _with_both_labels(curves):
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, drawn_style(len(drawn)), label=f"{name} (n={y.size}, AUC = {roc_auc_score(y, p):.3f})")
         drawn.append(name)
@@ -130,10 +135,7 @@ def plot_pr_curves(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     drawn = []
-    for name, (labels, scores) in curves.items():
-        y, p = _checked(labels, scores)
-        if not has_both_labels(y):
-            continue
+    for name, y, p in _with_both_labels(curves):
         precision, recall, _ = precision_recall_curve(y, p)
         style = drawn_style(len(drawn))
         line, = ax.step(recall, precision, style, where="post",

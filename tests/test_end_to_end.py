@@ -88,18 +88,12 @@ def _config(tmp_path: Path, orthanc: OrthancServer | None) -> Path:
     return path
 
 
-def _storescu(port: int, files: list[Path]) -> None:
+def _send(port: int, files: list[Path], tool: str = "storescu") -> None:
+    """Send with DCMTK ``tool``: storescu, or dcmsend, which proposes each file's own transfer
+    syntax (compressed files travel as they are)."""
+    options = ["-dn"] if tool == "dcmsend" else []
     result = subprocess.run(
-        [dcmtk("storescu"), "-aet", "PORTABLE_DX1", "-aec", NODE_AE, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True, text=True, env=dcmtk_env(), timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def _dcmsend(port: int, files: list[Path]) -> None:
-    """dcmsend proposes each file's own transfer syntax (compressed files travel as they are)."""
-    result = subprocess.run(
-        [dcmtk("dcmsend"), "-dn", "-aet", "PORTABLE_DX1", "-aec", NODE_AE, "127.0.0.1", str(port), *map(str, files)],
+        [dcmtk(tool), *options, "-aet", "PORTABLE_DX1", "-aec", NODE_AE, "127.0.0.1", str(port), *map(str, files)],
         capture_output=True, text=True, env=dcmtk_env(), timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -150,7 +144,7 @@ def test_chest_radiographs_come_back_to_orthanc_as_valid_reports(
     orthanc.start()
     node = start_node(tmp_path / "spool", "--analysis", "--config", str(_config(tmp_path, orthanc)))
     assert "model: name=" in node.log() and "sha256=" in node.log()
-    _storescu(node.port, frontal_chests)
+    _send(node.port, frontal_chests)
     sources = {_sop_uid(p) for p in frontal_chests}
     _wait_for(lambda: sources <= set(_reports_in(orthanc, sources)), REPORT_TIMEOUT, "one SR per image in Orthanc", node.log)
 
@@ -189,7 +183,7 @@ def test_lateral_non_chest_and_undecodable_images_get_no_finding_and_the_node_go
         "undecodable": dicom / "pylibjpeg-data" / "DX_chest_Canon_966.dcm",  # broken JPEG 2000 stream
     }
     node = start_node(tmp_path / "spool", "--analysis", "--config", str(_config(tmp_path, None)))
-    _dcmsend(node.port, [*odd.values(), frontal_chests[1]])
+    _send(node.port, [*odd.values(), frontal_chests[1]], tool="dcmsend")
     spool = Spool(tmp_path / "spool")
     _wait_for(lambda: spool.counts()["not_analysed"] == 3 and spool.counts()["outbox"] == 1,
               REPORT_TIMEOUT, "three jobs not analysed and one report", node.log)
@@ -212,7 +206,7 @@ def test_kill_9_before_delivery_and_a_late_pacs_lose_nothing(
 ) -> None:
     config = _config(tmp_path, orthanc)  # Orthanc is not started yet: the PACS is down
     node = start_node(tmp_path / "spool", "--analysis", "--config", str(config))
-    _storescu(node.port, frontal_chests)
+    _send(node.port, frontal_chests)
     node.kill9()  # right after the C-STOREs were answered: jobs received or in analysis
     counts = Spool(tmp_path / "spool").counts()
     assert counts["instances"] == len(frontal_chests) and counts["sent"] == 0
@@ -233,12 +227,12 @@ def test_reports_made_while_the_pacs_is_down_arrive_once_it_is_back(
     orthanc.start()
     node = start_node(tmp_path / "spool", "--analysis", "--config", str(_config(tmp_path, orthanc)))
     first = frontal_chests[0]
-    _storescu(node.port, [first])
+    _send(node.port, [first])
     _wait_for(lambda: {_sop_uid(first)} <= set(_reports_in(orthanc, {_sop_uid(first)})), REPORT_TIMEOUT,
               "the first report", node.log)
     orthanc.stop()  # the PACS goes down while the node works
     later = [_new_instance(p, tmp_path) for p in frontal_chests[1:]]
-    _storescu(node.port, later)
+    _send(node.port, later)
     _wait_for(lambda: node.log().count("delivered=False") >= len(later), REPORT_TIMEOUT, "failed attempts", node.log)
     orthanc.start()
     sources = {_sop_uid(p) for p in [first, *later]}
