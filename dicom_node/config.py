@@ -165,7 +165,7 @@ class NodeConfig:
     batch_size: int = 4
     batch_wait_ms: int = 100
     similar_k: int = 4
-    threshold: float = 0.5
+    threshold: float | None = None
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -192,7 +192,8 @@ class NodeConfig:
         check_int("inference.batch_size", self.batch_size, 1, 256)
         check_int("inference.batch_wait_ms", self.batch_wait_ms, 0, 60000)
         check_int("inference.similar_k", self.similar_k, 0, 50)
-        object.__setattr__(self, "threshold", check_unit_interval("inference.threshold", self.threshold))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", check_unit_interval("inference.threshold", self.threshold))
         check_int("inference.num_threads", self.num_threads, 0, 1024)
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):

@@ -144,11 +144,13 @@ def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None]
             "(train it as the README says, point inference.bundle at one, or set inference.analysis = false)"
         ) from exc
     identity = analyser.identity
+    threshold = analyser.threshold if config.threshold is None else config.threshold
     logger.info(
-        "model: name=%r version=%s sha256=%s %s device=%s threads=%d loaded_in=%.1fs",
+        "model: name=%r version=%s sha256=%s %s device=%s threads=%d threshold=%g (%s) loaded_in=%.1fs",
         identity.name, identity.version, identity.sha256,
         " ".join(f"{name}={digest}" for name, digest in identity.files),
-        analyser.device, torch.get_num_threads(), time.monotonic() - started,
+        analyser.device, torch.get_num_threads(), threshold, "bundle" if config.threshold is None else "node config",
+        time.monotonic() - started,
     )
     algorithm = AlgorithmInfo(
         name=identity.name[:64], version=identity.version, weights_sha256=identity.sha256,
@@ -156,7 +158,7 @@ def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None]
     )
     settings = WorkerSettings(
         batch_size=config.batch_size, batch_wait_seconds=config.batch_wait_ms / 1000,
-        similar_k=config.similar_k, threshold=config.threshold,
+        similar_k=config.similar_k, threshold=threshold,
         destinations=tuple(d.name for d in config.destinations),
     )
     return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result)

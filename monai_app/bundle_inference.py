@@ -53,6 +53,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+DEFAULT_THRESHOLD = 0.5
+"""Decision threshold of a bundle whose inference config names none (``cls_threshold``)."""
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """What produced a result: the bundle's name, version and authors, and the SHA-256 of its weights."""
@@ -116,6 +120,7 @@ class BundleAnalyser:
         if not isinstance(network, CovidClassifier):
             raise TypeError(f"cls_network must be a CovidClassifier, got {type(network).__name__}")
         self.network = load_classifier_weights(network, model_files[1]).to(self.device)
+        self.threshold = float(parser.get_parsed_content("cls_threshold", default=DEFAULT_THRESHOLD))
         digests = [sha256_of(path) for path in model_files]
         self.identity = ModelIdentity(
             name=str(parser.get("_meta_#name", "bundle")),

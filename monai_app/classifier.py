@@ -40,6 +40,43 @@ BACKBONE_FEATURES = 2048
 """Width of the pooled ResNet50 features."""
 
 
+def build_backbone(in_channels: int = 3, conv1_stride: int = 2) -> nn.Module:
+    """The 2-D ResNet50 feature extractor (no final fc: it returns the pooled 2048-d features)."""
+    return resnet50(
+        pretrained=False,
+        spatial_dims=2,
+        n_input_channels=int(in_channels),
+        conv1_t_stride=int(conv1_stride),
+        feed_forward=False,
+    )
+
+
+def load_backbone_weights(network: nn.Module, weights_file: str | Path | None) -> bool:
+    """Start ``network.backbone`` from a saved backbone state dict (e.g. self-supervised).
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        A network with a ``backbone`` attribute (:class:`CovidClassifier`).
+    weights_file : str, pathlib.Path or None
+        State dict of the backbone alone (:func:`monai_app.pretraining.export_backbone`).
+        ``None`` or ``""`` leaves the network as it is (training from scratch).
+
+    Returns
+    -------
+    bool
+        Whether weights were loaded.
+    """
+    if weights_file is None or str(weights_file) in ("", "None", "null"):
+        logger.info("backbone: random initial weights (no pretrained backbone given)")
+        return False
+    state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    reference = next(network.backbone.parameters())
+    network.backbone.load_state_dict({k: v.to(reference.dtype) if v.is_floating_point() else v for k, v in state.items()})
+    logger.info("backbone initialised from %s (%d tensors)", Path(weights_file).name, len(state))
+    return True
+
+
 class CovidClassifier(nn.Module):
     """ResNet50 feature extractor with a three-layer fully connected decision head.
 
@@ -77,14 +114,7 @@ class CovidClassifier(nn.Module):
             raise ValueError(f'Argument "dropout" must be in [0, 1), got {dropout}')
         self.embedding_dim = int(embedding_dim)
         self.num_classes = int(num_classes)
-        # feed_forward=False: no final fc, the backbone returns the pooled 2048-d features.
-        self.backbone = resnet50(
-            pretrained=False,
-            spatial_dims=2,
-            n_input_channels=int(in_channels),
-            conv1_t_stride=int(conv1_stride),
-            feed_forward=False,
-        )
+        self.backbone = build_backbone(in_channels, conv1_stride)
         self.fc1 = nn.Linear(BACKBONE_FEATURES, int(hidden_dim))
         self.fc2 = nn.Linear(int(hidden_dim), self.embedding_dim)
         self.fc3 = nn.Linear(self.embedding_dim, self.num_classes)

@@ -13,6 +13,7 @@ curves of all images and of that within-source subset, and the score histogram.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from monai_app.classifier_plots import plot_pr_curves, plot_roc_curves, plot_score_histogram
 from monai_app.evaluation import PerImageReport, update_metrics_file
@@ -307,3 +308,61 @@ class ClassificationReport(PerImageReport):
         logger.info(
             self.section + ": n=%d accuracy=%s roc_auc=%s", section["n"], section["accuracy"], section["roc_auc"]
         )
+
+
+def youden_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """The score threshold that maximises Youden's J (sensitivity + specificity - 1).
+
+    Ties go to the higher threshold (fewer positive calls).
+
+    >>> youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.35, 0.8])
+    0.35
+    """
+    y, p = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
+    if not 0 < y.sum() < y.size:
+        raise ValueError("calibration needs both labels")
+    fpr, tpr, thresholds = roc_curve(y, p)
+    finite = np.isfinite(thresholds)
+    j = np.where(finite, tpr - fpr, -np.inf)
+    return float(thresholds[int(np.argmax(j))])
+
+
+def calibrate_threshold(per_image_csv: str | Path, output: str | Path) -> float:
+    """Choose the decision threshold on a validation report and write it as JSON.
+
+    The rows of the sources having both labels (where the source cannot give the answer
+    away) choose it by Youden's J; without such a source, all rows do.
+
+    Parameters
+    ----------
+    per_image_csv : str or pathlib.Path
+        ``classifier_per_image.csv`` of ``evaluating_classifier`` run on the *validation* split.
+    output : str or pathlib.Path
+        JSON file: ``threshold``, ``subset``, ``sources``, ``n``, and the ``sensitivity`` and
+        ``specificity`` at the threshold on that subset.
+
+    Returns
+    -------
+    float
+        The threshold.
+    """
+    with Path(per_image_csv).open(newline="", encoding="utf-8") as handle:
+        rows = [{"source": r["source"], "label": int(r["label"]), "score": float(r["score"])} for r in csv.DictReader(handle)]
+    mixed = sorted(s for s in {r["source"] for r in rows} if len({r["label"] for r in rows if r["source"] == s}) == 2)
+    subset = [r for r in rows if r["source"] in mixed] if mixed else rows
+    labels, scores = [r["label"] for r in subset], [r["score"] for r in subset]
+    threshold = youden_threshold(labels, scores)
+    y, p = np.asarray(labels), np.asarray(scores)
+    record = {
+        "threshold": threshold,
+        "method": "Youden's J on the validation split",
+        "subset": "within_source" if mixed else "all",
+        "sources": mixed,
+        "n": len(subset),
+        "sensitivity": _sensitivity(y, p, threshold),
+        "specificity": _specificity(y, p, threshold),
+    }
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    logger.info("calibrated threshold %.4f on %d %s validation images", threshold, len(subset), record["subset"])
+    return threshold

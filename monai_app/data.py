@@ -141,6 +141,45 @@ def image_datalist(paths: Sequence[str | Path]) -> list[dict[str, str]]:
     return [{"image": str(p.resolve())} for p in files]
 
 
+def checked_splits(split: str | Sequence[str]) -> tuple[str, ...]:
+    """``split`` as a tuple of split names; ``ValueError`` if empty or a name is unknown."""
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    if not splits or any(s not in SPLITS for s in splits):
+        raise ValueError(f'Argument "split" must be among {SPLITS}, got {split!r}')
+    return splits
+
+
+def split_images(
+    manifest: str | Path,
+    dataset_dir: str | Path,
+    split: str | Sequence[str],
+) -> list[dict[str, str]]:
+    """Every image of one or more splits, labelled or not (for self-supervised pretraining).
+
+    Returns
+    -------
+    list of dict
+        Items with keys ``image`` (absolute path), ``patient_id`` and ``source``, in
+        manifest order.
+
+    Raises
+    ------
+    ValueError
+        If a split is unknown or the selection is empty.
+    """
+    splits = checked_splits(split)
+    root = Path(dataset_dir).resolve()
+    items = [
+        {"image": str(root / row["image_path"]), "patient_id": row["patient_id"],
+         "source": row.get("source", "") or "unknown"}
+        for row in read_manifest(manifest) if row["split"] in splits
+    ]
+    if not items:
+        raise ValueError(f"no rows of splits {splits} in the manifest")
+    logger.info("%s: %d images (labelled or not)", "+".join(splits), len(items))
+    return items
+
+
 CLASS_LABELS = {"non_covid": 0, "covid": 1}
 """Manifest ``label`` -> classifier class index; other labels (``unknown``) are left out."""
 
@@ -173,10 +212,7 @@ def classification_datalist(
     ValueError
         If a split is unknown or the selection is empty.
     """
-    splits = (split,) if isinstance(split, str) else tuple(split)
-    bad = [s for s in splits if s not in SPLITS]
-    if bad or not splits:
-        raise ValueError(f'Argument "split" must be among {SPLITS}, got {split!r}')
+    splits = checked_splits(split)
     root = Path(dataset_dir).resolve()
     items: list[dict[str, object]] = []
     for row in read_manifest(manifest):

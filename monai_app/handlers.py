@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointLoader, from_engine
 from PIL import Image
 from monai_app.cli_values import as_bool
 
@@ -162,3 +162,13 @@ class ProbabilityMapWriter:
             prob = torch.as_tensor(out[self.pred_key]).detach().cpu().numpy()[0]
             png = np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
             Image.fromarray(png).save(self.output_dir / f"{Path(str(source)).stem}_lung.png")
+
+
+def pred_and_label_on_cpu(output: Sequence[Mapping[str, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``output_transform`` of metrics on decollated ``pred``/``label``, both moved to the CPU.
+
+    On a GPU the prediction is on the device and the label can stay on the CPU, and MONAI's
+    ROC AUC indexes one with the other's ``argsort`` (which then fails).
+    """
+    preds, labels = from_engine(["pred", "label"])(output)
+    return [torch.as_tensor(p).detach().cpu() for p in preds], [torch.as_tensor(y).detach().cpu() for y in labels]

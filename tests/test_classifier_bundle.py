@@ -28,6 +28,7 @@ from tests.test_classifier_plots import assert_valid_png
 TINY = {
     "cls_spatial_size": [64, 64], "cls_lung_spatial_size": [64, 64], "cls_num_epochs": 1,
     "cls_batch_size": 4, "cls_hidden_dim": 32, "cls_embedding_dim": 8, "num_workers": 0,
+    "ssl_num_epochs": 1, "ssl_batch_size": 4, "ssl_hidden_dim": 16, "ssl_projection_dim": 8,
 }
 
 
@@ -337,10 +338,11 @@ def test_run_training_trains_unet_then_classifier_on_its_lung_maps_then_builds_t
 ) -> None:
     data = tmp_path / "data"
     write_tiny_full_dataset(shared_data, data)
-    unet_out, cls_out = tmp_path / "unet", tmp_path / "cls"
+    unet_out, ssl_out, cls_out = tmp_path / "unet", tmp_path / "ssl", tmp_path / "cls"
     wf = workflow(
         TRAIN, "train", "training", dataset_dir=str(data), output_dir=str(unet_out), cls_output_dir=str(cls_out),
-        cls_index_salt="test-salt", spatial_size=[64, 64], num_epochs=1, batch_size=2, **TINY,
+        ssl_output_dir=str(ssl_out), cls_index_salt="test-salt", spatial_size=[64, 64], num_epochs=1, batch_size=2,
+        **TINY,
     )
     wf.initialize()
     with caplog.at_level(logging.INFO, logger="monai_app.classifier"):
@@ -348,6 +350,8 @@ def test_run_training_trains_unet_then_classifier_on_its_lung_maps_then_builds_t
     wf.finalize()
     assert (unet_out / "lung_unet.pt").is_file() and (cls_out / "classifier.pt").is_file()
     assert f"lung channel: U-Net weights {unet_out / 'lung_unet.pt'}" in caplog.text, "the classifier must use the new U-Net"
+    assert "backbone initialised from backbone.pt" in caplog.text, "the classifier must start from the new backbone"
+    assert (ssl_out / "backbone.pt").is_file()
     assert SimilarityIndex.load(cls_out / "index").items, "the index of the new classifier's embeddings"
 
 

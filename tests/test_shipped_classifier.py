@@ -80,3 +80,16 @@ def test_shipped_index_items_carry_no_patient_id(manifest_rows: list[dict[str, s
     text = (BUNDLE / "models" / "index" / "items.csv").read_text()
     patient_ids = {r["patient_id"] for r in manifest_rows if r["split"] == "train"}
     assert not [p for p in patient_ids if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w.])", text)]
+
+
+def test_shipped_threshold_is_the_one_chosen_on_validation() -> None:
+    import json
+
+    from monai.bundle import ConfigParser
+
+    chosen = json.loads((BUNDLE / "docs" / "evaluation" / "metrics.json").read_text())["threshold"]
+    assert chosen["subset"] == "within_source" and "validation" in chosen["method"]
+    shipped = ConfigParser.load_config_file(BUNDLE / "configs" / "inference.yaml")["cls_threshold"]
+    assert shipped == round(chosen["threshold"], 2)
+    evaluated = ConfigParser.load_config_file(BUNDLE / "configs" / "train.yaml")["cls_threshold"]
+    assert evaluated == shipped, "evaluating_classifier must report at the threshold the node uses"

@@ -65,3 +65,15 @@ def test_a_job_that_keeps_failing_is_set_aside_after_max_attempts(worker_factory
     worker.run_once()
     done = spool.find_job(job.job_id)
     assert done.state is JobState.NOT_ANALYSED and done.detail.startswith("analysis error: gave up")
+
+
+def test_the_threshold_is_the_bundles_unless_the_node_config_sets_one(worker_factory, tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    bundle_threshold = ConfigParser.load_config_file(NodeConfig().bundle / "configs" / "inference.yaml")["cls_threshold"]
+    worker = worker_factory(spool)
+    assert NodeConfig().threshold is None
+    assert worker.settings.threshold == worker.analyser.threshold == bundle_threshold
+    overridden = build_worker(NodeConfig(spool=spool.root, device="cpu", threshold=0.7), spool)
+    assert overridden.settings.threshold == 0.7
