@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from monai_app.clahe import clahe
 from monai_app.cli_values import as_bool
+from monai_app.export import read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def load_backbone_weights(network: nn.Module, weights_file: str | Path | None) -
     if weights_file is None or str(weights_file) in ("", "None", "null"):
         logger.info("backbone: random initial weights (no pretrained backbone given)")
         return False
-    state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    state = read_weights(weights_file, key=None)
     reference = next(network.backbone.parameters())
     network.backbone.load_state_dict({k: v.to(reference.dtype) if v.is_floating_point() else v for k, v in state.items()})
     logger.info("backbone initialised from %s (%d tensors)", Path(weights_file).name, len(state))
@@ -166,9 +167,7 @@ def load_lung_network(
     monai.networks.nets.UNet
         fp32 network with ``requires_grad`` off.
     """
-    state = torch.load(model_file, map_location="cpu", weights_only=True)
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    state = read_weights(model_file)
     net = UNet(
         spatial_dims=2, in_channels=1, out_channels=1, channels=tuple(int(c) for c in channels),
         strides=(2,) * (len(channels) - 1), num_res_units=int(num_res_units),

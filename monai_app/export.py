@@ -1,9 +1,19 @@
-"""Export trained weights compactly (fp16 state dict) and fingerprint them."""
+"""Weights files: export them compactly, read any of their forms, fingerprint them.
+
+Two compact forms are written: an fp16 state dict (``torch.save``), and, for weights that
+ship in the repository, an int8 form: each weight matrix or convolution kernel quantised
+symmetrically per output channel (int8 values and one fp32 scale per channel), the other
+tensors fp16, the whole ``torch.save`` output compressed with xz. :func:`read_weights`
+reads either, and checkpoints holding the state dict under ``"model"``.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import lzma
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -39,9 +49,7 @@ def export_half_precision(
     str
         SHA-256 of the written file.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if key is not None and key in state and isinstance(state[key], dict):
-        state = state[key]
+    state = read_weights(checkpoint, key)
     half = {
         name: tensor.half() if tensor.is_floating_point() else tensor
         for name, tensor in state.items()
@@ -51,4 +59,75 @@ def export_half_precision(
     torch.save(half, output)
     digest = sha256_of(output)
     logger.info("exported %d tensors to %s (sha256 %s)", len(half), output.name, digest)
+    return digest
+
+
+XZ_MAGIC = b"\xfd7zXZ\x00"
+"""First bytes of an xz stream: the int8 form of :func:`export_int8`."""
+INT8_KEYS = ("int8", "scale")
+"""Keys of a quantised tensor's entry in the int8 form."""
+
+
+def quantize_int8(state: Mapping[str, torch.Tensor]) -> dict[str, object]:
+    """The int8 form of a state dict (before compression); see the module docstring.
+
+    Floating tensors of two or more dimensions become ``{"int8": q, "scale": s}`` with
+    ``q * s`` (``s`` broadcast over the output channel, dimension 0) close to the tensor;
+    other floating tensors become fp16, the rest stay as they are.
+    """
+    out: dict[str, object] = {}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and tensor.ndim >= 2:
+            values = tensor.detach().float()
+            scale = values.abs().amax(dim=tuple(range(1, values.ndim)), keepdim=True).clamp_min(1e-12) / 127.0
+            out[name] = {"int8": torch.round(values / scale).to(torch.int8), "scale": scale}
+        else:
+            out[name] = tensor.half() if tensor.is_floating_point() else tensor
+    return out
+
+
+def dequantize_int8(packed: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """The state dict (fp32 for quantised tensors) of an int8 form from :func:`quantize_int8`."""
+    return {
+        name: value["int8"].float() * value["scale"] if isinstance(value, dict) else value
+        for name, value in packed.items()
+    }
+
+
+def read_weights(path: str | Path, key: str | None = "model") -> dict[str, torch.Tensor]:
+    """The state dict in a weights file: fp32/fp16 ``torch.save`` file, checkpoint or int8 form.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file.
+    key : str, optional
+        Entry of a checkpoint that holds the state dict (used when present).
+    """
+    raw = Path(path).read_bytes()
+    if raw.startswith(XZ_MAGIC):
+        packed = torch.load(io.BytesIO(lzma.decompress(raw)), map_location="cpu", weights_only=True)
+        return dequantize_int8(packed)
+    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    if key is not None and key in state and isinstance(state[key], dict):
+        state = state[key]
+    return state
+
+
+def export_int8(weights: str | Path, output: str | Path) -> str:
+    """Write the int8 form of a weights file (any form :func:`read_weights` reads).
+
+    Returns
+    -------
+    str
+        SHA-256 of the written file.
+    """
+    buffer = io.BytesIO()
+    torch.save(quantize_int8(read_weights(weights)), buffer)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(lzma.compress(buffer.getvalue(), preset=9 | lzma.PRESET_EXTREME))
+    digest = sha256_of(output)
+    logger.info("exported the int8 form of %s to %s (%d bytes, sha256 %s)",
+                Path(weights).name, output.name, output.stat().st_size, digest)
     return digest

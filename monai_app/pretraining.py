@@ -24,6 +24,7 @@ from monai.transforms import RandomizableTrait, Transform
 from torch import nn
 
 from monai_app.classifier import BACKBONE_FEATURES, build_backbone
+from monai_app.export import read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +123,7 @@ def export_backbone(checkpoint: str | Path, output: str | Path) -> Path:
     pathlib.Path
         ``output``.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    state = read_weights(checkpoint)
     prefix = "backbone."
     backbone = {k[len(prefix):]: (v.half() if v.is_floating_point() else v)
                 for k, v in state.items() if k.startswith(prefix)}

@@ -27,6 +27,7 @@ from monai.data import DataLoader, Dataset
 
 from monai_app.classifier import CLASS_NAMES, CovidClassifier
 from monai_app.classifier_plots import plot_embedding_tsne, plot_retrieval_example
+from monai_app.export import read_weights
 from monai_app.errors import ChestXrayError
 from monai_app.image_io import is_dicom_file, load_chest_xray
 from monai_app.similarity import (
@@ -108,16 +109,14 @@ def reference_item(entry: Mapping[str, object], salt: str) -> ReferenceItem:
 
 
 def load_classifier_weights(network: CovidClassifier, model_file: str | Path) -> CovidClassifier:
-    """Load fp16 or fp32 weights (state dict, or a checkpoint holding it under ``"model"``).
+    """Load weights in any form :func:`monai_app.export.read_weights` reads (int8, fp16, fp32, checkpoint).
 
     Returns
     -------
     CovidClassifier
         ``network`` itself, in eval mode.
     """
-    state = torch.load(model_file, map_location="cpu", weights_only=True)
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    state = read_weights(model_file)
     network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return network.eval()
 

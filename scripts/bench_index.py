@@ -97,7 +97,7 @@ def sweep(data: dict[str, np.ndarray], metrics: Sequence[str], trees: Sequence[i
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--model-file", type=Path, default=REPO / "bundle" / "models" / "classifier.pt")
+    parser.add_argument("--model-file", type=Path, default=REPO / "bundle" / "models" / "classifier.int8.xz")
     parser.add_argument("--out", type=Path, default=Path("bench-out/index"))
     parser.add_argument("--metrics", default="angular,euclidean")
     parser.add_argument("--trees", default="1,5,10,20,50,100")

@@ -133,3 +133,23 @@ def test_classification_datalist_skips_unknown_labels(shared_data: Path) -> None
     assert {i["source"] for i in items} >= {"ieee8023", "nih_cxr14"}
     with pytest.raises(ValueError, match="split"):
         classification_datalist(shared_data / "manifest.csv", shared_data, "holdout")
+
+
+def test_int8_form_reads_back_close_to_the_weights_and_any_form_loads(tmp_path) -> None:
+    import torch
+
+    from monai_app.export import export_int8, read_weights
+
+    torch.manual_seed(0)
+    state = {"conv.weight": torch.randn(8, 3, 3, 3), "fc.weight": torch.randn(4, 16), "bn.bias": torch.randn(8),
+             "bn.num_batches_tracked": torch.tensor(5)}
+    torch.save({"model": state}, tmp_path / "checkpoint.pt")
+    export_int8(tmp_path / "checkpoint.pt", tmp_path / "weights.int8.xz")
+    back = read_weights(tmp_path / "weights.int8.xz")
+    assert set(back) == set(state) and back["bn.num_batches_tracked"].item() == 5
+    for name in ("conv.weight", "fc.weight"):
+        per_channel_max = state[name].abs().flatten(1).amax(1)
+        error = (back[name] - state[name]).abs().flatten(1).amax(1)
+        assert (error <= per_channel_max / 254 + 1e-6).all(), "at most half a quantisation step per channel"
+    assert torch.allclose(back["bn.bias"].float(), state["bn.bias"], atol=1e-2)
+    assert set(read_weights(tmp_path / "checkpoint.pt")) == set(state)

@@ -7,6 +7,8 @@ exercise exactly what the node runs on real shared images.
 from __future__ import annotations
 
 import csv
+import io
+import lzma
 import re
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from monai_app.export import sha256_of
 from monai_app.similarity import reference_uids
 from tests.bundle_helpers import BUNDLE
 
-WEIGHTS = BUNDLE / "models" / "classifier.pt"
+WEIGHTS = BUNDLE / "models" / "classifier.int8.xz"
 RECORD = BUNDLE / "docs" / "classifier_training_record.md"
 PER_CLASS = 32  # test images per class (the model is weak within source: fewer cannot show it beats chance)
 MAX_P_VALUE = 0.02  # one-sided Mann-Whitney: random weights pass with probability 0.02
@@ -37,10 +39,12 @@ def manifest_rows(shared_data: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_shipped_classifier_is_compact_fp16_and_matches_the_recorded_hash() -> None:
-    assert WEIGHTS.stat().st_size < 60 * 2**20
-    state = torch.load(WEIGHTS, weights_only=True)
-    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
+def test_shipped_classifier_is_compact_int8_and_matches_the_recorded_hash() -> None:
+    assert WEIGHTS.stat().st_size < 20 * 2**20
+    packed = torch.load(io.BytesIO(lzma.decompress(WEIGHTS.read_bytes())), weights_only=True)
+    kernels = [v for v in packed.values() if isinstance(v, dict)]
+    assert kernels and all(v["int8"].dtype == torch.int8 for v in kernels)
+    assert {v.dtype for v in packed.values() if isinstance(v, torch.Tensor) and v.is_floating_point()} == {torch.float16}
     assert sha256_of(WEIGHTS) in re.findall(r"\b[0-9a-f]{64}\b", RECORD.read_text())
 
 
