@@ -49,11 +49,12 @@ def export_half_precision(
     str
         SHA-256 of the written file.
     """
-    state = read_weights(checkpoint, key)
-    half = {
-        name: tensor.half() if tensor.is_floating_point() else tensor
-        for name, tensor in state.items()
-    }
+    return save_half_precision(read_weights(checkpoint, key), output)
+
+
+def save_half_precision(state: Mapping[str, torch.Tensor], output: str | Path) -> str:
+    """Save a state dict with its floating tensors in fp16; return the file's SHA-256."""
+    half = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(half, output)

@@ -24,7 +24,7 @@ from monai.transforms import RandomizableTrait, Transform
 from torch import nn
 
 from monai_app.classifier import BACKBONE_FEATURES, build_backbone
-from monai_app.export import read_weights
+from monai_app.export import read_weights, save_half_precision
 
 logger = logging.getLogger(__name__)
 
@@ -123,15 +123,10 @@ def export_backbone(checkpoint: str | Path, output: str | Path) -> Path:
     pathlib.Path
         ``output``.
     """
-    state = read_weights(checkpoint)
     prefix = "backbone."
-    backbone = {k[len(prefix):]: (v.half() if v.is_floating_point() else v)
-                for k, v in state.items() if k.startswith(prefix)}
+    backbone = {k[len(prefix):]: v for k, v in read_weights(checkpoint).items() if k.startswith(prefix)}
     if not backbone:
         raise ValueError(f"{Path(checkpoint).name} holds no backbone.* tensors")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(backbone, output)
-    logger.info("backbone of %s -> %s (%d tensors)", Path(checkpoint).name, output, len(backbone))
-    return output
+    save_half_precision(backbone, output)
+    return Path(output)
 

@@ -25,7 +25,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
-import torch
 from monai.bundle import ConfigParser
 
 from monai_app.classifier import CLASS_NAMES
@@ -104,7 +103,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = embed_splits(args.dataset_dir.resolve(), args.model_file, args.device, args.out / "embeddings.npz")
     rows = sweep(data, args.metrics.split(","), [int(t) for t in args.trees.split(",")], args.k)
     (args.out / "bench_index.json").write_text(json.dumps(rows, indent=1) + "\n")

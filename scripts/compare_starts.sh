@@ -61,7 +61,7 @@ wanted scratch && (train scratch && evaluate scratch) &
 wanted ssl && (WORKERS=$SSL_WORKERS
  bundle pretraining bundle/configs/train.yaml --ssl_output_dir "$RUN_DIR/ssl_pretraining" \
      --ssl_num_epochs "$SSL_EPOCHS" >"$RUN_DIR/ssl_pretraining.log" 2>&1
- [ -f "$RUN_DIR/ssl_pretraining/backbone.pt" ] || "$PYTHON" -c "import sys, glob; from monai_app.pretraining import export_backbone as e; e(max(glob.glob(sys.argv[1] + '/*checkpoint_epoch=*.pt'), key=lambda p: int(p.split('=')[-1][:-3])), sys.argv[1] + '/backbone.pt')" "$RUN_DIR/ssl_pretraining"
+ [ -f "$RUN_DIR/ssl_pretraining/backbone.pt" ] || "$PYTHON" -c "import sys; from monai_app.handlers import ResumeFromCheckpoint; from monai_app.pretraining import export_backbone; export_backbone(ResumeFromCheckpoint(sys.argv[1], {}).latest(), sys.argv[1] + '/backbone.pt')" "$RUN_DIR/ssl_pretraining"
  train ssl --cls_backbone_init "$RUN_DIR/ssl_pretraining/backbone.pt" && evaluate ssl) &
 wanted nolung && (train nolung --cls_lung_channel false && evaluate nolung --cls_lung_channel false) &
 wait
