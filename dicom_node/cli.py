@@ -90,7 +90,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _serve(config: NodeConfig) -> int:
-    from dicom_node.node import ReceiverNode  # imports pynetdicom: keep `status` fast
+    from dicom_node.app import ReceiverNode  # imports pynetdicom: keep `status` fast
 
     _setup_logging(config.log_level)
     stop = threading.Event()
@@ -138,7 +138,7 @@ def _status(config: NodeConfig, as_json: bool) -> int:
 
 
 def _resend(config: NodeConfig, job_ids: list[str], all_failed: bool) -> int:
-    from dicom_node.outbox import requeue_failed
+    from dicom_node.send.outbox import requeue_failed
 
     requeued = requeue_failed(Spool(config.spool, fsync=config.fsync), None if all_failed else job_ids)
     for job in requeued:

@@ -1,4 +1,4 @@
-"""Segmentation loss that skips ignore pixels (label :data:`monai_app.masks.IGNORE`)."""
+"""Segmentation loss that skips ignore pixels (label :data:`monai_app.data.masks.IGNORE`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from monai_app.masks import IGNORE, LUNG
+from monai_app.data.masks import IGNORE, LUNG
 
 logger = logging.getLogger(__name__)
 

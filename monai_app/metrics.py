@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
 
-from monai_app.masks import IGNORE, LUNG
+from monai_app.data.masks import IGNORE, LUNG
 
 logger = logging.getLogger(__name__)
 

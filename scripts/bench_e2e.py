@@ -192,7 +192,7 @@ def run_pass(mode: str, batch_size: int, files: list[Path], uids: list[str], por
 
 def model_floor(files: list[Path], batch_size: int, device: str) -> dict[str, float]:
     """Files/s of the bundle's preprocessing + classifier alone, in this process."""
-    from monai_app.bundle_inference import BundleAnalyser
+    from monai_app.inference import BundleAnalyser
 
     analyser = BundleAnalyser(REPO / "bundle", device)
     analyser.predict([analyser.prepare(files[0])])  # warm-up

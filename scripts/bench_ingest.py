@@ -38,7 +38,7 @@ from typing import Any
 
 import pydicom
 
-from dicom_node.durable import write_atomically
+from dicom_node.spool.durable import write_atomically
 
 from scripts import dicom_corpus
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from monai_app.data import read_manifest
-from monai_app.raster_image import read_raster_image
+from monai_app.data.manifest import read_manifest
+from monai_app.data.raster_image import read_raster_image
 
 logger = logging.getLogger(__name__)
 

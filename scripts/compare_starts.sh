@@ -44,7 +44,7 @@ train() {  # train <name> <overrides...>
         >"$RUN_DIR/$name.log" 2>&1
     # A run stopped by TIME_LIMIT still has its best checkpoint: export it.
     [ -f "$RUN_DIR/$name/classifier.pt" ] || [ ! -f "$RUN_DIR/$name/classifier_best.pt" ] || \
-        "$PYTHON" -c "import sys; from monai_app.export import export_half_precision as e; e(sys.argv[1], sys.argv[2])" \
+        "$PYTHON" -c "import sys; from monai_app.weights import export_half_precision as e; e(sys.argv[1], sys.argv[2])" \
             "$RUN_DIR/$name/classifier_best.pt" "$RUN_DIR/$name/classifier.pt"
 }
 evaluate() {  # evaluate <name> <overrides...>
@@ -61,7 +61,7 @@ wanted scratch && (train scratch && evaluate scratch) &
 wanted ssl && (WORKERS=$SSL_WORKERS
  bundle pretraining bundle/configs/train.yaml --ssl_output_dir "$RUN_DIR/ssl_pretraining" \
      --ssl_num_epochs "$SSL_EPOCHS" >"$RUN_DIR/ssl_pretraining.log" 2>&1
- [ -f "$RUN_DIR/ssl_pretraining/backbone.pt" ] || "$PYTHON" -c "import sys; from monai_app.handlers import ResumeFromCheckpoint; from monai_app.pretraining import export_backbone; export_backbone(ResumeFromCheckpoint(sys.argv[1], {}).latest(), sys.argv[1] + '/backbone.pt')" "$RUN_DIR/ssl_pretraining"
+ [ -f "$RUN_DIR/ssl_pretraining/backbone.pt" ] || "$PYTHON" -c "import sys; from monai_app.handlers import ResumeFromCheckpoint; from monai_app.networks.contrastive import export_backbone; export_backbone(ResumeFromCheckpoint(sys.argv[1], {}).latest(), sys.argv[1] + '/backbone.pt')" "$RUN_DIR/ssl_pretraining"
  train ssl --cls_backbone_init "$RUN_DIR/ssl_pretraining/backbone.pt" && evaluate ssl) &
 wanted nolung && (train nolung --cls_lung_channel false && evaluate nolung --cls_lung_channel false) &
 wait

@@ -165,8 +165,8 @@ def test_node_can_drop_the_loader_and_feed_a_decoded_array(shared_data: Path) ->
     """As MONAI Deploy's bundle operator does: everything after the loader works on arrays."""
     from monai.transforms import Compose
 
-    from monai_app.dicom_image import read_dicom_image
-    from monai_app.transforms import LoadChestXrayd
+    from monai_app.data.dicom_image import read_dicom_image
+    from monai_app.transforms.dictionary import LoadChestXrayd
 
     path = shared_data / "dicom/fo-dicom/CR-MONO1-10-chest.dcm"
     steps = parser(INFERENCE).get_parsed_content("lung_preprocessing")

@@ -9,16 +9,11 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose, Resized
 
-from monai_app.classifier import (
-    ClassifierInputd,
-    CovidClassifier,
-    LungProbabilityd,
-    RandClahed,
-    balanced_class_weights,
-    load_lung_network,
-)
-from monai_app.data import classification_datalist
-from monai_app.transforms import CropBordersd, LoadChestXrayd, PadToSquared
+from monai_app.transforms.classifier_input import ClassifierInputd, LungProbabilityd, RandClahed
+from monai_app.networks.classifier import CovidClassifier
+from monai_app.networks.lung_unet import load_lung_network
+from monai_app.data.manifest import classification_datalist
+from monai_app.transforms.dictionary import CropBordersd, LoadChestXrayd, PadToSquared
 from tests.bundle_helpers import BUNDLE
 
 LUNG_WEIGHTS = BUNDLE / "models" / "lung_unet.pt"
@@ -120,12 +115,6 @@ def test_rand_clahe_applies_with_its_probability() -> None:
     torch.testing.assert_close(torch.as_tensor(never({"image": image})["image"]), image)
 
 
-def test_balanced_class_weights() -> None:
-    assert balanced_class_weights([{"label": 0}] * 3 + [{"label": 1}]) == [4 / 6, 4 / 2]
-    with pytest.raises(ValueError, match="every class"):
-        balanced_class_weights([{"label": 0}])
-
-
 def test_classification_datalist_skips_unknown_labels(shared_data: Path) -> None:
     items = classification_datalist(shared_data / "manifest.csv", shared_data, ["val", "test"])
     assert {i["label"] for i in items} == {0, 1}
@@ -138,7 +127,7 @@ def test_classification_datalist_skips_unknown_labels(shared_data: Path) -> None
 def test_int8_form_reads_back_close_to_the_weights_and_any_form_loads(tmp_path) -> None:
     import torch
 
-    from monai_app.export import export_int8, read_weights
+    from monai_app.weights import export_int8, read_weights
 
     torch.manual_seed(0)
     state = {"conv.weight": torch.randn(8, 3, 3, 3), "fc.weight": torch.randn(4, 16), "bn.bias": torch.randn(8),

@@ -22,7 +22,7 @@ from tests.bundle_helpers import (
     write_tiny_classification_dataset,
     write_tiny_full_dataset,
 )
-from monai_app.similarity import SimilarityIndex
+from monai_app.retrieval.index import SimilarityIndex
 from tests.test_classifier_plots import assert_valid_png
 
 TINY = {
@@ -110,7 +110,7 @@ def test_ablation_without_the_lung_channel_goes_to_its_own_section(
 
 
 def test_lung_channel_switch_puts_zeros_in_place_of_the_lung_map() -> None:
-    from monai_app.classifier import ClassifierInputd
+    from monai_app.transforms.classifier_input import ClassifierInputd
 
     data = {"image": torch.full((1, 4, 4), 0.5), "lung": torch.ones(1, 4, 4)}
     with_lung = ClassifierInputd("image", use_lung=True)(data)["image"]
@@ -195,7 +195,8 @@ def built_index(tiny_dataset: Path, trained: Path, tmp_path_factory: pytest.Temp
 
 
 def _embeddings_of_training_images(tiny_dataset: Path, trained: Path) -> tuple[list[dict], np.ndarray]:
-    from monai_app.reference_index import compute_embeddings, load_classifier_weights
+    from monai_app.retrieval.reference_set import compute_embeddings
+    from monai_app.networks.classifier import load_classifier_weights
 
     p = parser(TRAIN, dataset_dir=str(tiny_dataset), **TINY)
     datalist = p.get_parsed_content("cls_index_datalist")
@@ -206,7 +207,7 @@ def _embeddings_of_training_images(tiny_dataset: Path, trained: Path) -> tuple[l
 def test_index_has_the_labelled_training_images_with_deterministic_uids(
     tiny_dataset: Path, built_index: Path
 ) -> None:
-    from monai_app.similarity import SimilarityIndex, pseudonymous_patient_key, reference_uids
+    from monai_app.retrieval.index import SimilarityIndex, pseudonymous_patient_key, reference_uids
 
     index = SimilarityIndex.load(built_index)
     datalist = parser(TRAIN, dataset_dir=str(tiny_dataset)).get_parsed_content("cls_index_datalist")
@@ -223,7 +224,7 @@ def test_index_has_the_labelled_training_images_with_deterministic_uids(
 def test_a_training_image_is_its_own_nearest_neighbour_and_queries_are_deterministic(
     tiny_dataset: Path, trained: Path, built_index: Path
 ) -> None:
-    from monai_app.similarity import SimilarityIndex
+    from monai_app.retrieval.index import SimilarityIndex
 
     index = SimilarityIndex.load(built_index)
     datalist, embeddings = _embeddings_of_training_images(tiny_dataset, trained)
@@ -261,7 +262,7 @@ def test_build_index_is_reproducible_and_needs_a_salt(
 def test_dicom_reference_keeps_its_own_uids(shared_data: Path) -> None:
     import pydicom
 
-    from monai_app.reference_index import reference_item
+    from monai_app.retrieval.reference_set import reference_item
 
     path = shared_data / "dicom/fo-dicom/CR-MONO1-10-chest.dcm"
     header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -308,8 +309,8 @@ def test_retrieval_evaluation_writes_its_section(
 def test_retrieval_examples_find_every_indexed_image_in_the_reference_datalist(
     tiny_dataset: Path, built_index: Path
 ) -> None:
-    from monai_app.reference_index import reference_image_paths
-    from monai_app.similarity import SimilarityIndex
+    from monai_app.evaluation.retrieval import reference_image_paths
+    from monai_app.retrieval.index import SimilarityIndex
 
     index = SimilarityIndex.load(built_index)
     datalist = parser(TRAIN, dataset_dir=str(tiny_dataset)).get_parsed_content("cls_index_datalist")
@@ -320,8 +321,8 @@ def test_retrieval_examples_find_every_indexed_image_in_the_reference_datalist(
 
 
 def test_retrieval_vote_counts_neighbour_labels(tiny_dataset: Path, trained: Path, built_index: Path) -> None:
-    from monai_app.reference_index import retrieval_metrics
-    from monai_app.similarity import SimilarityIndex
+    from monai_app.evaluation.retrieval import retrieval_metrics
+    from monai_app.retrieval.index import SimilarityIndex
 
     index = SimilarityIndex.load(built_index)
     datalist, embeddings = _embeddings_of_training_images(tiny_dataset, trained)
@@ -345,7 +346,7 @@ def test_run_training_trains_unet_then_classifier_on_its_lung_maps_then_builds_t
         **TINY,
     )
     wf.initialize()
-    with caplog.at_level(logging.INFO, logger="monai_app.classifier"):
+    with caplog.at_level(logging.INFO, logger="monai_app.networks.classifier"):
         wf.run()
     wf.finalize()
     assert (unet_out / "lung_unet.pt").is_file() and (cls_out / "classifier.pt").is_file()

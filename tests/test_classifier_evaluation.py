@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from monai_app.classifier_evaluation import classification_report, confusion_matrix, summarise_classification
+from monai_app.evaluation.classification import (
+    classification_report,
+    confusion_matrix,
+    summarise_classification,
+)
 
 
 def test_metrics_of_a_known_example() -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_app.classifier_evaluation import curve_subsets, write_classifier_figures
-from monai_app.classifier_plots import (
+from monai_app.evaluation.classification import curve_subsets, write_classifier_figures
+from monai_app.evaluation.plots import (
     plot_embedding_tsne,
     plot_pr_curves,
     plot_retrieval_example,
@@ -17,7 +17,7 @@ from monai_app.classifier_plots import (
     plot_score_histogram,
     tsne_coordinates,
 )
-from monai_app.reference_index import retrieval_example_queries, shortcut_probe
+from monai_app.evaluation.retrieval import retrieval_example_queries, shortcut_probe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

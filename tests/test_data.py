@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_app.data import image_datalist, read_manifest, segmentation_datalist
+from monai_app.data.manifest import image_datalist, read_manifest, segmentation_datalist
 
 
 def test_shared_manifest_gives_train_pairs_from_both_mask_sources(shared_data: Path) -> None:

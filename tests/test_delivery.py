@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from tests.conftest import free_port, shared_data_dir
-from dicom_node.delivery import (
+from dicom_node.send.delivery import (
     DeliveryResult,
     PacsDestination,
     is_delivered,
@@ -20,7 +20,7 @@ from dicom_node.delivery import (
     send_file,
 )
 from dicom_node.errors import ConfigError
-from dicom_node.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
+from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
 from tests.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
 
 CALLING_AE = "CXR_AI"

@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from monai_app.dicom_image import dicom_to_display, percentile_window, read_dicom_image, window_to_unit
+from monai_app.data.dicom_image import dicom_to_display, percentile_window, read_dicom_image, window_to_unit
 from monai_app.errors import UndecodableImageError, UnsupportedImageError
 from tests.dicom_factory import make_dx, save
 from tests.shared_data import shared_data_dir
@@ -170,7 +170,7 @@ def transfer_syntax_corpus(tmp_path_factory: pytest.TempPathFactory) -> list:
 
 
 def test_every_transfer_syntax_the_node_accepts_lands_in_the_same_intensity_space(transfer_syntax_corpus: list) -> None:
-    from dicom_node.scp import TRANSFER_SYNTAXES
+    from dicom_node.receive.scp import TRANSFER_SYNTAXES
 
     assert {f.transfer_syntax_uid for f in transfer_syntax_corpus} == set(TRANSFER_SYNTAXES)
     references = {  # per SOP class: DX attributes may set another display than CR

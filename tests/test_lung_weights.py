@@ -14,8 +14,8 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from monai_app.data import segmentation_datalist
-from monai_app.export import sha256_of
+from monai_app.data.manifest import segmentation_datalist
+from monai_app.weights import sha256_of
 from monai_app.metrics import masked_dice
 from tests.bundle_helpers import BUNDLE, INFERENCE, TRAIN, parser
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from monai_app.losses import MaskedDiceBCELoss
-from monai_app.masks import IGNORE, LUNG
+from monai_app.data.masks import IGNORE, LUNG
 from monai_app.metrics import MaskedDiceMetric, bootstrap_ci, masked_dice
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monai_app.clahe import clahe
-from monai_app.normalisation import Box, content_box, crop_to_box, pad_to_square, square_padding
+from monai_app.transforms.clahe import clahe
+from monai_app.transforms.normalisation import Box, content_box, crop_to_box, pad_to_square, square_padding
 
 
 def _radiograph(rows: int = 100, cols: int = 80) -> np.ndarray:

@@ -15,10 +15,18 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.conftest import shared_data_dir
 from dicom_node.config import PacsDestination
-from dicom_node.delivery import DeliveryResult
-from dicom_node.outbox import Outbox, RetryPolicy, final_state, is_due, record_attempt, requeue_failed, with_destinations
+from dicom_node.send.delivery import DeliveryResult
+from dicom_node.send.outbox import (
+    Outbox,
+    RetryPolicy,
+    final_state,
+    is_due,
+    record_attempt,
+    requeue_failed,
+    with_destinations,
+)
 from dicom_node.spool import DeliveryState, Job, JobState, Spool
-from dicom_node.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
+from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
 from tests.orthanc import ORTHANC_AE_TITLE, OrthancServer
 
 POLICY = RetryPolicy(max_attempts=3, max_age_seconds=3600, initial_delay=10, max_delay=60)

@@ -9,9 +9,10 @@ import pytest
 import torch
 from monai.losses import ContrastiveLoss
 
-from monai_app.classifier import CovidClassifier, load_backbone_weights
-from monai_app.data import split_images
-from monai_app.pretraining import VIEW_KEYS, ContrastiveNetwork, TwoViewsd, export_backbone
+from monai_app.networks.classifier import CovidClassifier, load_backbone_weights
+from monai_app.data.manifest import split_images
+from monai_app.transforms.views import VIEW_KEYS, TwoViewsd
+from monai_app.networks.contrastive import ContrastiveNetwork, export_backbone
 from tests.bundle_helpers import TRAIN, parser, workflow
 from tests.test_classifier_bundle import TINY, tiny_dataset  # noqa: F401 (fixture)
 

@@ -18,7 +18,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
 from tests.conftest import dcmtk, dcmtk_env, echo_ok
-from dicom_node import dimse_status
+from dicom_node.receive import dimse_status
 
 CR = ComputedRadiographyImageStorage
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 from scipy.stats import mannwhitneyu
 
-from monai_app.bundle_inference import BundleAnalyser
-from monai_app.export import sha256_of
-from monai_app.similarity import reference_uids
+from monai_app.inference import BundleAnalyser
+from monai_app.weights import sha256_of
+from monai_app.retrieval.index import reference_uids
 from tests.bundle_helpers import BUNDLE
 
 WEIGHTS = BUNDLE / "models" / "classifier.int8.xz"

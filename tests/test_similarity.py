@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monai_app.similarity import (
+from monai_app.retrieval.index import (
     ReferenceItem,
     SimilarityIndex,
     exact_neighbours,

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.durable import TEMP_PREFIX, write_atomically
+from dicom_node.spool.durable import TEMP_PREFIX, write_atomically
 from dicom_node.spool import Job, JobState, Spool, is_valid_uid
 
 CR = "1.2.840.10008.5.1.4.1.1.1"

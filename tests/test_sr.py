@@ -23,8 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 
 from tests.conftest import shared_data_dir
-from dicom_node import codes
-from dicom_node.sr import (
+from dicom_node.report import codes
+from dicom_node.report.sr import (
     DEFAULT_SERIES_DESCRIPTION,
     AlgorithmInfo,
     Finding,
@@ -352,7 +352,7 @@ def test_patient_and_study_attributes_equal_the_sources() -> None:
 def test_invalid_source_values_are_copied_empty_and_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     source = read_source(CANON_DX)
     birth_date, accession = source.PatientBirthDate, source.AccessionNumber
-    caplog.set_level(logging.WARNING, logger="dicom_node.sr")
+    caplog.set_level(logging.WARNING, logger="dicom_node.report.sr")
 
     report = parsed(build(source))
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from dicom_node.config import NodeConfig, PacsDestination
-from dicom_node.delivery import DeliveryResult, next_retry_delay, send_file
+from dicom_node.send.delivery import DeliveryResult, next_retry_delay, send_file
 from dicom_node.spool import DeliveryState, Job, JobState, Spool
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Outbox:
     calling_ae_title : str
         The node's AE title, as the PACS knows it.
     send : callable
-        :func:`dicom_node.delivery.send_file` or a stand-in with its signature.
+        :func:`dicom_node.send.delivery.send_file` or a stand-in with its signature.
     clock : callable
         Unix time now.
     """

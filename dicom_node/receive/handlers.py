@@ -22,10 +22,10 @@ from pynetdicom import evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
-from dicom_node import dimse_status
+from dicom_node.receive import dimse_status
 from dicom_node.config import NodeConfig
 from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
-from dicom_node.instance_check import read_instance_identity
+from dicom_node.receive.instance_check import read_instance_identity
 from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)

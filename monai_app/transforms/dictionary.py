@@ -17,13 +17,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from monai_app.clahe import clahe
-from monai_app.dicom_image import DEFAULT_PERCENTILES
-from monai_app.image_io import load_chest_xray
-from monai_app.masks import mask_to_label
-from monai_app.normalisation import content_box, crop_to_box, pad_to_square
-from monai_app.raster_image import read_mask
-from monai_app.cli_values import as_bool
+from monai_app.transforms.clahe import clahe
+from monai_app.data.dicom_image import DEFAULT_PERCENTILES
+from monai_app.data.image_io import load_chest_xray
+from monai_app.data.masks import mask_to_label
+from monai_app.transforms.normalisation import content_box, crop_to_box, pad_to_square
+from monai_app.data.raster_image import read_mask
+from monai_app.utils import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class LoadChestXrayd(MapTransform):
 class LoadLungMaskd(MapTransform):
     """Load lung mask PNGs named by ``keys`` as ``(1, rows, columns)`` uint8 labels.
 
-    Stored values are mapped with :func:`monai_app.masks.mask_to_label`
+    Stored values are mapped with :func:`monai_app.data.masks.mask_to_label`
     (0 background, 1 lung, 2 ignore).
     """
 
@@ -92,7 +92,7 @@ class CropBordersd(MapTransform):
     source_key : str
         Key of the image the box is computed on.
     dark_threshold, min_content_fraction, max_crop_fraction : float
-        See :func:`monai_app.normalisation.content_box`.
+        See :func:`monai_app.transforms.normalisation.content_box`.
     allow_missing_keys : bool
         Skip absent keys instead of raising.
     """
@@ -140,7 +140,7 @@ class PadToSquared(MapTransform):
 
 
 class Clahed(MapTransform):
-    """Apply CLAHE (:func:`monai_app.clahe.clahe`) to ``keys`` when ``enabled``.
+    """Apply CLAHE (:func:`monai_app.transforms.clahe.clahe`) to ``keys`` when ``enabled``.
 
     Parameters
     ----------

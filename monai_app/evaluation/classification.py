@@ -6,7 +6,7 @@ confidence intervals come from a bootstrap that resamples *patients* (all images
 patient together). Because the shared data's negatives come mostly from other sources than
 its positives, the report also breaks results down by source (``per_source``) and gives
 the metrics restricted to the sources that have both labels (``within_source``), where a
-source shortcut cannot help. Figures (:mod:`monai_app.classifier_plots`) show the ROC and PR
+source shortcut cannot help. Figures (:mod:`monai_app.evaluation.plots`) show the ROC and PR
 curves of all images and of that within-source subset, and the score histogram.
 """
 
@@ -23,8 +23,8 @@ import torch
 from ignite.engine import Engine
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from monai_app.classifier_plots import plot_pr_curves, plot_roc_curves, plot_score_histogram
-from monai_app.evaluation import PerImageReport, update_metrics_file
+from monai_app.evaluation.plots import plot_pr_curves, plot_roc_curves, plot_score_histogram
+from monai_app.evaluation.segmentation import PerImageReport, update_metrics_file
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from datetime import datetime
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicom_node.applicability import check_header, check_lung_fraction
+from dicom_node.analyse.applicability import check_header, check_lung_fraction
 from dicom_node.spool import Job, JobState, Spool
-from dicom_node.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
-from monai_app.bundle_inference import BundleAnalyser, PreparedImage, Prediction, find_cause
+from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
+from monai_app.inference import BundleAnalyser, PreparedImage, Prediction, find_cause
 from monai_app.errors import UndecodableImageError
-from monai_app.similarity import Neighbour
+from monai_app.retrieval.index import Neighbour
 
 logger = logging.getLogger(__name__)
 

@@ -308,7 +308,7 @@ def plot_retrieval_example(
     Parameters
     ----------
     query_image : numpy.ndarray or None
-        2-D image, intensities in ``[0, 1]`` (:func:`monai_app.image_io.load_chest_xray`);
+        2-D image, intensities in ``[0, 1]`` (:func:`monai_app.data.image_io.load_chest_xray`);
         ``None`` draws an empty panel.
     query_label : str
         True class of the query.

@@ -14,12 +14,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
-from dicom_node.handlers import build_event_handlers
-from dicom_node.outbox import Outbox, RetryPolicy
-from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae
+from dicom_node.receive.handlers import build_event_handlers
+from dicom_node.send.outbox import Outbox, RetryPolicy
+from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae
 from dicom_node.spool import Spool
-from dicom_node.sr import AlgorithmInfo
-from dicom_node.worker import InferenceWorker, WorkerSettings
+from dicom_node.report.sr import AlgorithmInfo
+from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None]
     dicom_node.errors.ConfigError
         The bundle lacks a config, weights or the index, or the device is unusable.
     """
-    from monai_app.bundle_inference import BundleAnalyser  # imports torch and MONAI: only when analysing
+    from monai_app.inference import BundleAnalyser  # imports torch and MONAI: only when analysing
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 import pydicom
 
-from dicom_node.durable import fsync_directory, remove_temp_files, write_atomically
+from dicom_node.spool.durable import fsync_directory, remove_temp_files, write_atomically
 from dicom_node.errors import SpoolError
 
 logger = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_app.dicom_image import DEFAULT_PERCENTILES, read_dicom_image
+from monai_app.data.dicom_image import DEFAULT_PERCENTILES, read_dicom_image
 from monai_app.errors import UndecodableImageError
-from monai_app.raster_image import RASTER_SUFFIXES, read_raster_image
+from monai_app.data.raster_image import RASTER_SUFFIXES, read_raster_image
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def load_chest_xray(
     path : str or pathlib.Path
         Image file.
     percentiles : tuple of float
-        Fallback percentile window for DICOM without VOI (see :mod:`monai_app.dicom_image`).
+        Fallback percentile window for DICOM without VOI (see :mod:`monai_app.data.dicom_image`).
 
     Returns
     -------

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from monai_app.masks import IGNORE
+from monai_app.data.masks import IGNORE
 from monai_app.metrics import bootstrap_ci, masked_dice
 
 logger = logging.getLogger(__name__)

@@ -64,7 +64,7 @@ from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.uid import UID
 from pydicom.valuerep import validate_value
 
-from dicom_node import codes
+from dicom_node.report import codes
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from monai_app.classifier import CovidClassifier
-from monai_app.export import sha256_of
-from monai_app.reference_index import load_classifier_weights
-from monai_app.similarity import Neighbour, SimilarityIndex
+from monai_app.networks.classifier import CovidClassifier
+from monai_app.weights import sha256_of
+from monai_app.networks.classifier import load_classifier_weights
+from monai_app.retrieval.index import Neighbour, SimilarityIndex
 
 logger = logging.getLogger(__name__)
 

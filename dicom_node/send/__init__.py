@@ -1,0 +1,1 @@
+"""Stage 5, send: the durable outbox and C-STORE delivery of the reports to the PACS."""

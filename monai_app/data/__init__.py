@@ -1,0 +1,1 @@
+"""Reading chest X-rays (DICOM, PNG, JPEG) and masks, manifests and datalists, sampling."""

@@ -1,0 +1,1 @@
+"""Image transforms: normalisation, CLAHE, MONAI dictionary transforms of the bundle."""
