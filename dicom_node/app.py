@@ -7,8 +7,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import torch
-
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -131,7 +129,9 @@ def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None]
     dicom_node.errors.ConfigError
         The bundle lacks a config, weights or the index, or the device is unusable.
     """
-    from monai_app.inference import BundleAnalyser  # imports torch and MONAI: only when analysing
+    import torch  # torch and MONAI load only when the node analyses
+
+    from monai_app.inference import BundleAnalyser
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

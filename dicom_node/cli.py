@@ -90,6 +90,9 @@ def _setup_logging(level: str) -> None:
 
 
 def _serve(config: NodeConfig) -> int:
+    from dicom_node.serving_process import keep_evaluation_packages_out
+
+    keep_evaluation_packages_out()  # before anything imports MONAI
     from dicom_node.app import ReceiverNode  # imports pynetdicom: keep `status` fast
 
     _setup_logging(config.log_level)

@@ -142,7 +142,7 @@ class BundleAnalyser:
         Raises
         ------
         monai_app.errors.UndecodableImageError
-            Possibly wrapped by MONAI in a ``RuntimeError``: see :func:`find_cause`.
+            Possibly wrapped by MONAI in a ``RuntimeError``: see :func:`monai_app.errors.find_cause`.
         """
         data = self.preprocessing({"image": str(path)})
         tensor = torch.as_tensor(data["image"]).float()
@@ -171,23 +171,3 @@ class BundleAnalyser:
             return []
         return self.index.query(embedding, k)
 
-
-def find_cause(error: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of ``types`` in ``error``'s chain of causes (MONAI wraps transform
-    errors in ``RuntimeError``), or ``None``.
-
-    >>> try:
-    ...     try:
-    ...         raise ValueError("bad pixels")
-    ...     except ValueError as exc:
-    ...         raise RuntimeError("applying transform") from exc
-    ... except RuntimeError as wrapped:
-    ...     print(repr(find_cause(wrapped, ValueError)))
-    ValueError('bad pixels')
-    """
-    current: BaseException | None = error
-    while current is not None:
-        if isinstance(current, types):
-            return current
-        current = current.__cause__
-    return None

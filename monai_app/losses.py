@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import torch
 from torch import nn
@@ -10,7 +9,6 @@ from torch.nn import functional as F
 
 from monai_app.data.masks import IGNORE, LUNG
 
-logger = logging.getLogger(__name__)
 
 
 class MaskedDiceBCELoss(nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,7 +10,6 @@ from monai.metrics import CumulativeIterationMetric
 
 from monai_app.data.masks import IGNORE, LUNG
 
-logger = logging.getLogger(__name__)
 
 
 def masked_dice(

@@ -65,8 +65,6 @@ def save_half_precision(state: Mapping[str, torch.Tensor], output: str | Path) -
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 """First bytes of an xz stream: the int8 form of :func:`export_int8`."""
-INT8_KEYS = ("int8", "scale")
-"""Keys of a quantised tensor's entry in the int8 form."""
 
 
 def quantize_int8(state: Mapping[str, torch.Tensor]) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""The inference worker: received jobs -> bundle models -> TID 1500 SR in the outbox.
+"""The inference worker: received jobs -> models (through :class:`~dicom_node.analyse.analyser.Analyser`) -> TID 1500 SR in the outbox.
 
 It runs in its own thread, never in a C-STORE handler. Each job is moved to ``processing``
 (durably, with its attempt counted) before any work, so a crash leaves it there and
@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -23,9 +24,8 @@ from pydicom.dataset import Dataset
 from dicom_node.analyse.applicability import check_header, check_lung_fraction
 from dicom_node.spool import Job, JobState, Spool
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
-from monai_app.inference import BundleAnalyser, PreparedImage, Prediction, find_cause
-from monai_app.errors import UndecodableImageError
-from monai_app.retrieval.index import Neighbour
+from dicom_node.analyse.analyser import Analyser, Neighbour, PreparedImage, Prediction
+from monai_app.errors import UndecodableImageError, find_cause
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ class InferenceWorker:
     ----------
     spool : Spool
         The node's spool.
-    analyser : BundleAnalyser
-        The bundle's models and index.
+    analyser : Analyser
+        The models and the similar-study index (in-process: the bundle's).
     algorithm : AlgorithmInfo
         What goes into the reports as the algorithm.
     settings : WorkerSettings
@@ -109,7 +109,7 @@ class InferenceWorker:
     def __init__(
         self,
         spool: Spool,
-        analyser: BundleAnalyser,
+        analyser: Analyser[Any],
         algorithm: AlgorithmInfo,
         settings: WorkerSettings,
         *,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ from monai_app.data.dicom_image import DEFAULT_PERCENTILES, read_dicom_image
 from monai_app.errors import UndecodableImageError
 from monai_app.data.raster_image import RASTER_SUFFIXES, read_raster_image
 
-logger = logging.getLogger(__name__)
 
 
 def is_dicom_file(path: str | Path) -> bool:

@@ -16,11 +16,6 @@ LUNG = 1
 IGNORE = 2
 """Label value of pixels excluded from losses and metrics."""
 
-MASK_LUNG_VALUE = 255
-"""Stored value of lung pixels."""
-MASK_IGNORE_VALUE = 127
-"""Stored value of ignore pixels."""
-
 
 def mask_to_label(mask: np.ndarray) -> np.ndarray:
     """Map stored mask values to labels.

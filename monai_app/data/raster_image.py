@@ -6,7 +6,6 @@ The common intensity space of the project is a 2-D ``float32`` array in ``[0, 1]
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from PIL import Image, UnidentifiedImageError
 
 from monai_app.errors import UndecodableImageError
 
-logger = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 """File name suffixes read by :func:`read_raster_image` (compared in lower case)."""

@@ -7,11 +7,9 @@ of the four nearest tile centres. Clipped counts are redistributed uniformly.
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
 
 
 def _tile_mappings(

@@ -7,7 +7,6 @@ serving node can drop them and feed arrays to the rest of the pipeline.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from monai_app.transforms.normalisation import content_box, crop_to_box, pad_to_
 from monai_app.data.raster_image import read_mask
 from monai_app.utils import as_bool
 
-logger = logging.getLogger(__name__)
 
 
 def _as_numpy(value: object) -> np.ndarray:

@@ -7,12 +7,10 @@ so the same crop and padding can be applied to an image and its mask.
 
 from __future__ import annotations
 
-import logging
 from typing import NamedTuple
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
 
 
 class Box(NamedTuple):

@@ -1,0 +1,64 @@
+"""What each command loads: a serving node never maps evaluation or plotting, ``status`` never torch."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dicom_node.serving_process import EVALUATION_ONLY_PACKAGES
+
+# Runs the real `cxr-node serve` entry point, then reports what the process had loaded.
+RUN_AND_REPORT = """
+import json, sys
+from dicom_node.cli import main
+rc = main(sys.argv[1:])
+print("LOADED " + json.dumps(sorted({m.split(".")[0] for m, v in sys.modules.items() if v is not None})))
+sys.exit(rc)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _loaded(output: str) -> set[str]:
+    line = next(line for line in output.splitlines() if line.startswith("LOADED "))
+    return set(json.loads(line.removeprefix("LOADED ")))
+
+
+def test_a_serving_node_with_its_models_loads_no_evaluation_or_plotting_package(tmp_path: Path) -> None:
+    log = tmp_path / "node.log"
+    args = ["serve", "--bind", "127.0.0.1", "--port", str(_free_port()), "--spool", str(tmp_path / "spool"),
+            "--device", "cpu", "--analysis"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-c", RUN_AND_REPORT, *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "listening:" not in log.read_text(errors="replace"):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    loaded = _loaded(log.read_text(errors="replace"))
+    assert {"torch", "monai", "annoy"} <= loaded, "the models and the index must really be loaded"
+    assert not loaded & set(EVALUATION_ONLY_PACKAGES), sorted(loaded & set(EVALUATION_ONLY_PACKAGES))
+
+
+def test_status_loads_neither_torch_nor_monai(tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_AND_REPORT, "status", "--json", "--spool", str(tmp_path / "spool")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    loaded = _loaded(result.stdout)
+    assert "dicom_node" in loaded
+    assert not loaded & {"torch", "monai", "pynetdicom", "matplotlib", "sklearn"}
