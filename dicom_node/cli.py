@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -82,11 +83,30 @@ def _setup_logging(level: str) -> None:
     # our handlers and worker log what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("highdicom").setLevel(logging.WARNING)
-    # Python warnings and pydicom's log from pydicom/highdicom may quote attribute values (a name):
-    # they never reach the log. The node logs its own, identifier-free, line instead.
+    # Python warnings (pydicom's, highdicom's) may quote attribute values (a name): they reach
+    # the log as their category and origin only, never their text.
     logging.captureWarnings(True)
-    logging.getLogger("py.warnings").setLevel(logging.CRITICAL)
+    logging.getLogger("py.warnings").addFilter(WarningTextWithheld())
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # its validation warnings quote values
+
+
+class WarningTextWithheld(logging.Filter):
+    r"""Rewrites a captured Python warning to its category and origin, dropping its text.
+
+    >>> text = "/x/pydicom/valuerep.py:12: UserWarning: Invalid value 'DOE^JANE'\n"
+    >>> record = logging.LogRecord("py.warnings", logging.WARNING, "", 0, "%s", (text,), None)
+    >>> WarningTextWithheld().filter(record), record.getMessage()
+    (True, 'UserWarning from valuerep.py:12 (text withheld: it may quote attribute values)')
+    """
+
+    _ORIGIN = re.compile(r"(?P<path>[^\n]*?):(?P<line>\d+): (?P<category>\w+):")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.args[0]) if isinstance(record.args, tuple) and record.args else str(record.msg)
+        match = self._ORIGIN.match(text)
+        origin = f"{match['category']} from {Path(match['path']).name}:{match['line']}" if match else "warning"
+        record.msg, record.args = "%s (text withheld: it may quote attribute values)", (origin,)
+        return True
 
 
 def _serve(config: NodeConfig) -> int:

@@ -73,6 +73,30 @@ class MaskedDiceMetric(CumulativeIterationMetric):
         return data.float().mean()
 
 
+def patient_resamples(
+    groups: Sequence[str], n_resamples: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The patient-clustered bootstrap: which cluster each value belongs to, and the draws.
+
+    Clusters (patients) are resampled as a whole, so several images of one patient do not
+    narrow an interval. Both the Dice interval and the classifier's metric intervals use it.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``group_ids`` (cluster index per value, ``(n_values,)``) and ``draws``
+        (``(n_resamples, n_clusters)`` cluster indices, one row per resample).
+
+    >>> ids, draws = patient_resamples(["a", "b", "a"], n_resamples=3)
+    >>> ids.tolist(), draws.shape
+    ([0, 1, 0], (3, 2))
+    """
+    group_ids = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    n_groups = int(group_ids.max()) + 1 if group_ids.size else 0
+    draws = np.random.default_rng(seed).integers(0, n_groups, size=(n_resamples, n_groups))
+    return group_ids, draws
+
+
 def bootstrap_ci(
     values: Sequence[float],
     groups: Sequence[str] | None = None,
@@ -109,14 +133,12 @@ def bootstrap_ci(
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError('Argument "values" must not be empty')
-    group_ids = np.arange(x.size) if groups is None else np.unique(groups, return_inverse=True)[1]
+    group_ids, draws = patient_resamples([str(i) for i in range(x.size)] if groups is None else groups, n_resamples, seed)
     if group_ids.shape[0] != x.size:
         raise ValueError('Arguments "values" and "groups" must have the same length')
-    n_groups = int(group_ids.max()) + 1
+    n_groups = draws.shape[1]
     sums = np.bincount(group_ids, weights=x, minlength=n_groups)
     counts = np.bincount(group_ids, minlength=n_groups).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_groups, size=(n_resamples, n_groups))
     means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])

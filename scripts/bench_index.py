@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from monai.bundle import ConfigParser
 
-from monai_app.networks.classifier import CLASS_NAMES
+from monai_app.labels import CLASS_NAMES
 from monai_app.retrieval.reference_set import compute_embeddings
 from monai_app.networks.classifier import load_classifier_weights
 from monai_app.evaluation.retrieval import retrieval_metrics

@@ -26,6 +26,7 @@ from dicom_node.spool import Job, JobState, Spool
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
 from dicom_node.analyse.analyser import Analyser, Neighbour, PreparedImage, Prediction
 from monai_app.errors import UndecodableImageError, find_cause
+from monai_app.labels import DEFAULT_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class WorkerSettings:
     batch_size: int = 4
     batch_wait_seconds: float = 0.1  # how long the oldest waiting job may wait for a fuller batch
     similar_k: int = 4
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     destinations: tuple[str, ...] = ()
 
 

@@ -65,10 +65,10 @@ from pydicom.uid import UID
 from pydicom.valuerep import validate_value
 
 from dicom_node.report import codes
+from monai_app.labels import CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.5
 DEFAULT_SERIES_DESCRIPTION = "AI chest X-ray: COVID-19 classification"
 # Post-processing series conventionally sort after the acquired ones.
 DEFAULT_SERIES_NUMBER = 9000
@@ -218,8 +218,8 @@ class Finding:
 class KnownLabel(enum.Enum):
     """Ground-truth label of a case in the similarity index (``manifest.csv`` ``label``)."""
 
-    COVID = "covid"
-    NON_COVID = "non_covid"
+    COVID = CLASS_NAMES[POSITIVE_CLASS]
+    NON_COVID = CLASS_NAMES[1 - POSITIVE_CLASS]
 
 
 @dataclass(frozen=True)

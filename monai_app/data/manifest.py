@@ -14,6 +14,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from monai_app.labels import CLASS_LABELS
+
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image_path", "patient_id", "label", "mask_path", "split")
@@ -180,7 +182,7 @@ def split_images(
     return items
 
 
-CLASS_LABELS = {"non_covid": 0, "covid": 1}
+
 """Manifest ``label`` -> classifier class index; other labels (``unknown``) are left out."""
 
 

@@ -23,6 +23,9 @@ import torch
 from ignite.engine import Engine
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from monai_app.data.sampling import sources_with_both_labels
+from monai_app.labels import DEFAULT_THRESHOLD
+from monai_app.metrics import patient_resamples
 from monai_app.evaluation.plots import plot_pr_curves, plot_roc_curves, plot_score_histogram
 from monai_app.evaluation.segmentation import PerImageReport, update_metrics_file
 
@@ -72,7 +75,7 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray, float], float | None]] = {
 when the metric is undefined (e.g. AUC with one class only)."""
 
 
-def confusion_matrix(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> list[list[int]]:
+def confusion_matrix(labels: Sequence[int], scores: Sequence[float], threshold: float = DEFAULT_THRESHOLD) -> list[list[int]]:
     """``[[TN, FP], [FN, TP]]`` (rows: true class 0/1, columns: predicted class 0/1)."""
     y = np.asarray(labels, dtype=int)
     predicted = (np.asarray(scores, dtype=float) >= threshold).astype(int)
@@ -83,7 +86,7 @@ def summarise_classification(
     labels: Sequence[int],
     scores: Sequence[float],
     patients: Sequence[str],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, object]:
@@ -121,10 +124,10 @@ def summarise_classification(
     groups = np.asarray(patients)
     if y.size == 0 or not (y.shape == p.shape == groups.shape):
         raise ValueError('Arguments "labels", "scores" and "patients" must be non-empty and of one length')
-    unique, group_of = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(group_of == g) for g in range(unique.size)]
-    rng = np.random.default_rng(seed)
-    draws = [np.concatenate([members[g] for g in rng.integers(0, unique.size, unique.size)]) for _ in range(n_resamples)]
+    group_of, cluster_draws = patient_resamples(patients, n_resamples, seed)
+    n_patients = cluster_draws.shape[1]
+    members = [np.flatnonzero(group_of == g) for g in range(n_patients)]
+    draws = [np.concatenate([members[g] for g in row]) for row in cluster_draws]
     section: dict[str, object] = {}
     for name, fn in METRICS.items():
         value = fn(y, p, threshold)
@@ -139,14 +142,14 @@ def summarise_classification(
         n=int(y.size),
         n_positive=int(y.sum()),
         n_negative=int(y.size - y.sum()),
-        n_patients=int(unique.size),
+        n_patients=int(n_patients),
         threshold=float(threshold),
     )
     return section
 
 
 def classification_report(
-    rows: Sequence[dict[str, object]], threshold: float = 0.5, n_resamples: int = 2000, seed: int = 0
+    rows: Sequence[dict[str, object]], threshold: float = DEFAULT_THRESHOLD, n_resamples: int = 2000, seed: int = 0
 ) -> dict[str, object]:
     """The ``"classifier"`` section from per-image rows.
 
@@ -174,7 +177,7 @@ def classification_report(
     section = summary(rows)
     sources = sorted({str(r["source"]) for r in rows})
     section["per_source"] = {s: summary([r for r in rows if r["source"] == s]) for s in sources}
-    mixed = [s for s in sources if len({int(r["label"]) for r in rows if r["source"] == s}) == 2]
+    mixed = sources_with_both_labels(rows)
     if mixed:
         section["within_source"] = {"sources": mixed, **summary([r for r in rows if r["source"] in mixed])}
     else:
@@ -220,7 +223,7 @@ def write_classifier_figures(
     rows: Sequence[dict[str, object]],
     within_sources: Sequence[str] | None,
     output_dir: str | Path,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     prefix: str = SECTION,
 ) -> list[Path]:
     """Write the ROC, PR and score-histogram figures (:data:`FIGURES`) into ``output_dir``.
@@ -265,7 +268,7 @@ class ClassificationReport(PerImageReport):
     """
 
     def __init__(
-        self, output_dir: str | Path, threshold: float = 0.5, n_resamples: int = 2000, seed: int = 0,
+        self, output_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, n_resamples: int = 2000, seed: int = 0,
         section: str = SECTION,
     ) -> None:
         self.section = str(section)
@@ -348,7 +351,7 @@ def calibrate_threshold(per_image_csv: str | Path, output: str | Path) -> float:
     """
     with Path(per_image_csv).open(newline="", encoding="utf-8") as handle:
         rows = [{"source": r["source"], "label": int(r["label"]), "score": float(r["score"])} for r in csv.DictReader(handle)]
-    mixed = sorted(s for s in {r["source"] for r in rows} if len({r["label"] for r in rows if r["source"] == s}) == 2)
+    mixed = sources_with_both_labels(rows)
     subset = [r for r in rows if r["source"] in mixed] if mixed else rows
     labels, scores = [r["label"] for r in subset], [r["score"] for r in subset]
     threshold = youden_threshold(labels, scores)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from monai_app.labels import CLASS_NAMES
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -156,7 +158,7 @@ def plot_score_histogram(
     path: str | Path,
     threshold: float = 0.5,
     bins: int = 20,
-    class_names: Sequence[str] = ("non_covid", "covid"),
+    class_names: Sequence[str] = CLASS_NAMES,
 ) -> None:
     """Save overlaid histograms of the covid probability, one per true class, with the threshold.
 

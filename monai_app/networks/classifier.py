@@ -28,8 +28,6 @@ from monai_app.weights import read_weights
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = ("non_covid", "covid")
-"""Output index -> class name of the classifier (index 1 is the positive class)."""
 BACKBONE_FEATURES = 2048
 """Width of the pooled ResNet50 features."""
 

@@ -1,0 +1,54 @@
+"""The receive-time check of a data set, in process: complete, truncated, and under concurrent warnings."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.filereader import _read_file_meta_info
+
+from dicom_node.errors import UnreadableDatasetError
+from dicom_node.receive.instance_check import read_instance_identity
+
+ENCAPSULATED = "pydicom-data/RG1_J2KI.dcm"  # JPEG 2000: Pixel Data in fragments with a delimiter
+
+
+def _dataset_bytes(path: Path) -> tuple[bytes, pydicom.uid.UID]:
+    with open(path, "rb") as f:
+        f.seek(132)
+        meta = _read_file_meta_info(f)
+        return f.read(), meta.TransferSyntaxUID
+
+
+def test_encapsulated_pixel_data_is_complete_only_with_its_delimiter(shared_data: Path) -> None:
+    data, syntax = _dataset_bytes(shared_data / "dicom" / ENCAPSULATED)
+    assert data[-8:] == b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", "the file must end with the sequence delimiter"
+    identity = read_instance_identity(BytesIO(data), syntax)
+    assert identity.sop_instance_uid == str(pydicom.dcmread(shared_data / "dicom" / ENCAPSULATED).SOPInstanceUID)
+    for cut in (8, 100, len(data) // 3):
+        with pytest.raises(UnreadableDatasetError, match="truncated"):
+            read_instance_identity(BytesIO(data[:-cut]), syntax)
+
+
+def test_warnings_raised_in_other_threads_do_not_change_the_verdict(shared_data: Path) -> None:
+    data, syntax = _dataset_bytes(shared_data / "dicom" / ENCAPSULATED)
+    stop = threading.Event()
+
+    def warn_like_pydicom() -> None:  # what another thread (the worker) may emit meanwhile
+        while not stop.is_set():
+            warnings.warn("End of file reached before delimiter (FFFE, E0DD) found", UserWarning, stacklevel=1)
+
+    noise = threading.Thread(target=warn_like_pydicom, daemon=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        noise.start()
+        try:
+            for _ in range(200):
+                read_instance_identity(BytesIO(data), syntax)
+        finally:
+            stop.set()
+            noise.join()
