@@ -146,8 +146,8 @@ def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None]
     identity = analyser.identity
     threshold = analyser.threshold if config.threshold is None else config.threshold
     logger.info(
-        "model: name=%r version=%s sha256=%s %s device=%s threads=%d threshold=%g (%s) loaded_in=%.1fs",
-        identity.name, identity.version, identity.sha256,
+        "model: name=%r version=%s bundle=%s sha256=%s %s device=%s threads=%d threshold=%g (%s) loaded_in=%.1fs",
+        identity.name, identity.version, config.bundle.resolve(), identity.sha256,
         " ".join(f"{name}={digest}" for name, digest in identity.files),
         analyser.device, torch.get_num_threads(), threshold, "bundle" if config.threshold is None else "node config",
         time.monotonic() - started,

@@ -7,6 +7,7 @@ never starts on a half-valid configuration.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 import tomllib
@@ -19,7 +20,18 @@ from dicom_node.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
+
+
+def shipped_bundle() -> Path:
+    """The model bundle this installation ships: package ``cxr_bundle`` (the source tree's
+    ``bundle/`` folder, mapped by pyproject.toml), found without importing anything."""
+    spec = importlib.util.find_spec("cxr_bundle")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "bundle"  # a source tree that was never installed
+
+
+DEFAULT_BUNDLE = shipped_bundle()
 """The repository's MONAI bundle (beside this package)."""
 
 
