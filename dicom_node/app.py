@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.receive.handlers import build_event_handlers
-from dicom_node.send.outbox import Outbox, RetryPolicy
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae
-from dicom_node.spool import Spool
 from dicom_node.report.sr import AlgorithmInfo
-from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
+from dicom_node.send.outbox import Outbox, RetryPolicy
+from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
 

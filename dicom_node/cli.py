@@ -11,6 +11,7 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from dicom_node import __version__
 from dicom_node.config import NodeConfig, default_config_text, load_config
@@ -137,7 +138,7 @@ def _status(config: NodeConfig, as_json: bool) -> int:
     counts = spool.counts()
     failed = [{"job": j.job_id, "detail": j.detail} for j in spool.jobs(JobState.FAILED)]
     not_analysed = Counter(j.detail.split(":", 1)[0] for j in spool.jobs(JobState.NOT_ANALYSED))
-    waiting = [
+    waiting: list[dict[str, Any]] = [
         {"job": j.job_id, "report": str(spool.result_path(j)), "destinations": [d.destination for d in j.deliveries]}
         for j in spool.jobs(JobState.OUTBOX)
     ]

@@ -13,6 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, from_engine
 from PIL import Image
+
 from monai_app.utils import as_bool
 
 logger = logging.getLogger(__name__)

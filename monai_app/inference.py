@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from monai_app.networks.classifier import CovidClassifier
-from monai_app.weights import sha256_of
-from monai_app.networks.classifier import load_classifier_weights
+from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
 from monai_app.retrieval.index import Neighbour, SimilarityIndex
+from monai_app.weights import sha256_of
 
 logger = logging.getLogger(__name__)
 

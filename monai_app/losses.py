@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from monai_app.data.masks import IGNORE, LUNG
-
 
 
 class MaskedDiceBCELoss(nn.Module):

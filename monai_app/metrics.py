@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
 
 from monai_app.data.masks import IGNORE, LUNG
-
 
 
 def masked_dice(
@@ -60,7 +60,7 @@ class MaskedDiceMetric(CumulativeIterationMetric):
         self.threshold = threshold
         self.ignore_label = ignore_label
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         if y is None:
             raise ValueError("MaskedDiceMetric needs labels")
         return masked_dice(y_pred, y, self.threshold, self.ignore_label)[:, None]

@@ -87,10 +87,10 @@ def quantize_int8(state: Mapping[str, torch.Tensor]) -> dict[str, object]:
 
 def dequantize_int8(packed: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """The state dict (fp32 for quantised tensors) of an int8 form from :func:`quantize_int8`."""
-    return {
-        name: value["int8"].float() * value["scale"] if isinstance(value, dict) else value
-        for name, value in packed.items()
-    }
+    state: dict[str, torch.Tensor] = {}
+    for name, value in packed.items():
+        state[name] = value["int8"].float() * value["scale"] if isinstance(value, dict) else torch.as_tensor(value)
+    return state
 
 
 def read_weights(path: str | Path, key: str | None = "model") -> dict[str, torch.Tensor]:

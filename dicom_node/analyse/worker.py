@@ -21,10 +21,10 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicom_node.analyse.analyser import Analyser, Neighbour, Prediction, PreparedImage
 from dicom_node.analyse.applicability import check_header, check_lung_fraction
-from dicom_node.spool import Job, JobState, Spool
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
-from dicom_node.analyse.analyser import Analyser, Neighbour, PreparedImage, Prediction
+from dicom_node.spool import Job, JobState, Spool
 from monai_app.errors import UndecodableImageError, find_cause
 from monai_app.labels import DEFAULT_THRESHOLD
 

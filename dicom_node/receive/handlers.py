@@ -14,17 +14,18 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
-from dicom_node.receive import dimse_status
 from dicom_node.config import NodeConfig
 from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
+from dicom_node.receive import dimse_status
 from dicom_node.receive.instance_check import read_instance_identity
 from dicom_node.spool import Spool
 
@@ -121,7 +122,10 @@ def handle_store(
 def _store(event: Event, spool: Spool, calling_ae: str) -> tuple[int, str, int]:
     """Do the work of :func:`handle_store`; return ``(status, error comment, bytes)``."""
     try:
-        dataset = event.request.DataSet
+        request = cast(C_STORE, event.request)
+        dataset = request.DataSet
+        if dataset is None:
+            return dimse_status.CANNOT_UNDERSTAND, "C-STORE request without a data set", 0
         transfer_syntax = UID(event.context.transfer_syntax)
         size = dataset.seek(0, os.SEEK_END)
         try:
@@ -130,13 +134,13 @@ def _store(event: Event, spool: Spool, calling_ae: str) -> tuple[int, str, int]:
             return dimse_status.CANNOT_UNDERSTAND, str(exc), size
         except MissingIdentifierError as exc:
             return dimse_status.CANNOT_UNDERSTAND_MISSING_UIDS, str(exc), size
-        if identity.sop_class_uid != event.request.AffectedSOPClassUID:
+        if identity.sop_class_uid != request.AffectedSOPClassUID:
             return (
                 dimse_status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "SOP Class UID differs from the C-STORE request",
                 size,
             )
-        if identity.sop_instance_uid != event.request.AffectedSOPInstanceUID:
+        if identity.sop_instance_uid != request.AffectedSOPInstanceUID:
             return (
                 dimse_status.CANNOT_UNDERSTAND_UID_MISMATCH,
                 "SOP Instance UID differs from the C-STORE request",
@@ -175,7 +179,8 @@ def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
     (``require_calling_aet``); both use the standard reason "calling AE title not recognised".
     """
     assoc = event.assoc
-    ae_title = assoc.requestor.primitive.calling_ae_title
+    primitive = assoc.requestor.primitive
+    ae_title = primitive.calling_ae_title if primitive is not None else ""
     if config.allows(ae_title, assoc.requestor.address):
         return
     known_title = any(c.ae_title == ae_title.strip() for c in config.allowed_callers)

@@ -12,8 +12,9 @@ import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
@@ -86,7 +87,7 @@ def _pixel_data_complete(ds: Dataset, stream: BinaryIO, stream_size: int) -> boo
     """
     if "PixelData" not in ds:
         return False
-    raw = ds.get_item(0x7FE00010, keep_deferred=True)
+    raw = cast(RawDataElement | None, ds.get_item(0x7FE00010, keep_deferred=True))
     if raw is None:
         return True
     if raw.length == _UNDEFINED_LENGTH:

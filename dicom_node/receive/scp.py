@@ -6,14 +6,14 @@ context is rejected ("abstract syntax not supported" or "transfer syntaxes not s
 
 from __future__ import annotations
 
-from pynetdicom import AE, _config
-from pynetdicom.sop_class import (
+from pydicom import uid
+from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
-    Verification,
 )
-from pydicom import uid
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
 from dicom_node.config import NodeConfig
 

@@ -539,7 +539,7 @@ def build_report(
 
 def _positive_int_or_one(value: object) -> int:
     try:
-        number = int(value)  # IS values arrive as IS (an int subclass) or str
+        number = int(value)  # type: ignore[call-overload]  # IS values arrive as IS (an int subclass) or str
     except (TypeError, ValueError):
         return 1
     return number if number >= 1 else 1

@@ -19,15 +19,16 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any
 
 import pydicom
 
-from dicom_node.spool.durable import fsync_directory, remove_temp_files, write_atomically
 from dicom_node.errors import SpoolError
+from dicom_node.spool.durable import fsync_directory, remove_temp_files, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class JobState(str, enum.Enum):
 
 def utc_now() -> str:
     """ISO 8601 UTC timestamp used in job records."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def is_valid_uid(uid: str) -> bool:
@@ -207,7 +208,7 @@ class Spool:
                 continue
         return None
 
-    def transition(self, job: Job, to_state: JobState, *, detail: str = "", **changes: object) -> Job:
+    def transition(self, job: Job, to_state: JobState, *, detail: str = "", **changes: Any) -> Job:
         """Move ``job`` to ``to_state`` durably, with other fields ``changes``d; return the new record."""
         with self._lock:
             moved = replace(

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from monai_app.data.dicom_image import DEFAULT_PERCENTILES, read_dicom_image
-from monai_app.errors import UndecodableImageError
 from monai_app.data.raster_image import RASTER_SUFFIXES, read_raster_image
-
+from monai_app.errors import UndecodableImageError
 
 
 def is_dicom_file(path: str | Path) -> bool:

@@ -13,7 +13,6 @@ from PIL import Image, UnidentifiedImageError
 
 from monai_app.errors import UndecodableImageError
 
-
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 """File name suffixes read by :func:`read_raster_image` (compared in lower case)."""
 

@@ -55,9 +55,9 @@ def source_balanced_weights(datalist: Sequence[Mapping[str, object]], min_cell: 
         raise ValueError("the datalist is empty")
     cells = Counter(_cell(item) for item in datalist)
     per_item = {cell: 1.0 / max(count, min_cell) for cell, count in cells.items()}
-    label_mass = Counter()
+    label_mass: dict[int, float] = {}
     for cell, count in cells.items():
-        label_mass[cell[1]] += per_item[cell] * count
+        label_mass[cell[1]] = label_mass.get(cell[1], 0.0) + per_item[cell] * count
     share = 1.0 / len(label_mass)
     weights = [per_item[_cell(item)] * share / label_mass[_cell(item)[1]] for item in datalist]
     for cell in sorted(cells):

@@ -7,9 +7,9 @@ networks (MONAI's :class:`monai.losses.ContrastiveLoss`, NT-Xent, is the loss).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
-from ignite.engine import Engine
 
 from monai_app.transforms.views import VIEW_KEYS
 
@@ -21,7 +21,8 @@ class ContrastiveIteration:
     compares the two batches of projections (``monai.losses.ContrastiveLoss``).
     """
 
-    def __call__(self, engine: Engine, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(self, engine: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # engine: MONAI's SupervisedTrainer (network, optimizer, loss_function, amp, state.device)
         first, second = (torch.as_tensor(batch[k]).to(engine.state.device, non_blocking=True) for k in VIEW_KEYS)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)

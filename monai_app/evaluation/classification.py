@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +25,10 @@ from ignite.engine import Engine
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from monai_app.data.sampling import sources_with_both_labels
-from monai_app.labels import DEFAULT_THRESHOLD
-from monai_app.metrics import patient_resamples
 from monai_app.evaluation.plots import plot_pr_curves, plot_roc_curves, plot_score_histogram
 from monai_app.evaluation.segmentation import PerImageReport, update_metrics_file
+from monai_app.labels import DEFAULT_THRESHOLD
+from monai_app.metrics import patient_resamples
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def summarise_classification(
             if value is not None and len(resampled) >= max(10, n_resamples // 2) else None
         )
     section.update(
-        confusion_matrix=confusion_matrix(y, p, threshold),
+        confusion_matrix=confusion_matrix(y.tolist(), p.tolist(), threshold),
         n=int(y.size),
         n_positive=int(y.sum()),
         n_negative=int(y.size - y.sum()),
@@ -149,7 +150,7 @@ def summarise_classification(
 
 
 def classification_report(
-    rows: Sequence[dict[str, object]], threshold: float = DEFAULT_THRESHOLD, n_resamples: int = 2000, seed: int = 0
+    rows: Sequence[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD, n_resamples: int = 2000, seed: int = 0
 ) -> dict[str, object]:
     """The ``"classifier"`` section from per-image rows.
 
@@ -168,7 +169,7 @@ def classification_report(
         ``within_source`` (pooled over the sources having both labels, with their names
         under ``sources``; ``None`` if no source has both).
     """
-    def summary(selected: Sequence[dict[str, object]]) -> dict[str, object]:
+    def summary(selected: Sequence[dict[str, Any]]) -> dict[str, object]:
         return summarise_classification(
             [int(r["label"]) for r in selected], [float(r["score"]) for r in selected],
             [str(r["patient_id"]) for r in selected], threshold, n_resamples, seed,
@@ -276,10 +277,10 @@ class ClassificationReport(PerImageReport):
         self.threshold = float(threshold)
         self.n_resamples = int(n_resamples)
         self.seed = int(seed)
-        self.rows: list[dict[str, object]] = []
+        self.rows: list[dict[str, Any]] = []
 
     def _collect(self, engine: Engine) -> None:
-        for item, out in zip(engine.state.batch, engine.state.output):
+        for item, out in zip(engine.state.batch, engine.state.output):  # type: ignore[call-overload]  # lists at EPOCH_COMPLETED
             pred = torch.as_tensor(out["pred"]).reshape(-1)
             label = torch.as_tensor(out["label"]).reshape(-1)
             self.rows.append(
@@ -350,7 +351,9 @@ def calibrate_threshold(per_image_csv: str | Path, output: str | Path) -> float:
         The threshold.
     """
     with Path(per_image_csv).open(newline="", encoding="utf-8") as handle:
-        rows = [{"source": r["source"], "label": int(r["label"]), "score": float(r["score"])} for r in csv.DictReader(handle)]
+        rows: list[dict[str, Any]] = [
+            {"source": r["source"], "label": int(r["label"]), "score": float(r["score"])} for r in csv.DictReader(handle)
+        ]
     mixed = sources_with_both_labels(rows)
     subset = [r for r in rows if r["source"] in mixed] if mixed else rows
     labels, scores = [r["label"] for r in subset], [r["score"] for r in subset]

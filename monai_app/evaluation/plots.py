@@ -87,7 +87,7 @@ def _with_both_labels(curves: Curves) -> Iterator[tuple[str, np.ndarray, np.ndar
     """The named subsets that can have a curve (both labels present), checked."""
     for name, (labels, scores) in curves.items():
         y, p = _checked(labels, scores)
-        if has_both_labels(y):
+        if has_both_labels(y.tolist()):
             yield name, y, p
 
 
@@ -111,7 +111,7 @@ def plot_roc_curves(curves: Curves, path: str | Path, title: str = "COVID-19 cla
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    drawn = []
+    drawn: list[str] = []
     for name, y, p in _with_both_labels(curves):
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, drawn_style(len(drawn)), label=f"{name} (n={y.size}, AUC = {roc_auc_score(y, p):.3f})")
@@ -136,7 +136,7 @@ def plot_pr_curves(
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    drawn = []
+    drawn: list[str] = []
     for name, y, p in _with_both_labels(curves):
         precision, recall, _ = precision_recall_curve(y, p)
         style = drawn_style(len(drawn))

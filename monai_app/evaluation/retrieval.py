@@ -11,15 +11,15 @@ import numpy as np
 import pydicom
 import torch
 
+from monai_app.data.image_io import load_chest_xray
+from monai_app.errors import ChestXrayError
+from monai_app.evaluation.plots import plot_embedding_tsne, plot_retrieval_example
 from monai_app.labels import CLASS_NAMES
 from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
-from monai_app.retrieval.reference_set import compute_embeddings, reference_instance_uids
-from monai_app.evaluation.plots import plot_embedding_tsne, plot_retrieval_example
-from monai_app.errors import ChestXrayError
-from monai_app.data.image_io import load_chest_xray
 from monai_app.retrieval.index import (
     SimilarityIndex,
 )
+from monai_app.retrieval.reference_set import compute_embeddings, reference_instance_uids
 
 logger = logging.getLogger(__name__)
 

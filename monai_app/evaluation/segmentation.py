@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,10 +132,10 @@ class SegmentationReport(PerImageReport):
         self.threshold = threshold
         self.n_resamples = n_resamples
         self.seed = seed
-        self.rows: list[dict[str, object]] = []
+        self.rows: list[dict[str, Any]] = []
 
     def _collect(self, engine: Engine) -> None:
-        for item, out in zip(engine.state.batch, engine.state.output):
+        for item, out in zip(engine.state.batch, engine.state.output):  # type: ignore[call-overload]  # lists at EPOCH_COMPLETED
             pred = torch.as_tensor(out["pred"])[None]
             label = torch.as_tensor(out["label"])[None]
             dice = float(masked_dice(pred, label, self.threshold, IGNORE)[0])

@@ -63,8 +63,9 @@ def load_backbone_weights(network: nn.Module, weights_file: str | Path | None) -
         logger.info("backbone: random initial weights (no pretrained backbone given)")
         return False
     state = read_weights(weights_file, key=None)
-    reference = next(network.backbone.parameters())
-    network.backbone.load_state_dict({k: v.to(reference.dtype) if v.is_floating_point() else v for k, v in state.items()})
+    backbone = network.get_submodule("backbone")
+    reference = next(backbone.parameters())
+    backbone.load_state_dict({k: v.to(reference.dtype) if v.is_floating_point() else v for k, v in state.items()})
     logger.info("backbone initialised from %s (%d tensors)", Path(weights_file).name, len(state))
     return True
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -111,7 +111,7 @@ class SimilarityIndex:
             raise ValueError(f'Argument "metric" must be one of {", ".join(METRICS)}.')
         if not np.isfinite(vectors).all():
             raise ValueError('Argument "embeddings" must be finite.')
-        annoy = AnnoyIndex(vectors.shape[1], metric)
+        annoy = AnnoyIndex(vectors.shape[1], metric)  # type: ignore[arg-type]  # checked against METRICS above
         annoy.set_seed(seed)
         for i, vector in enumerate(vectors):
             annoy.add_item(i, vector)
@@ -159,7 +159,8 @@ def exact_neighbours(embeddings: np.ndarray, query: np.ndarray, k: int, metric: 
     q = np.asarray(query, dtype=np.float64).reshape(-1)
     if metric == "angular":
         xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        distances = np.sqrt(np.maximum(2 - 2 * xn @ (q / max(np.linalg.norm(q), 1e-12)), 0))
+        qn = q / np.maximum(np.linalg.norm(q), 1e-12)
+        distances = np.sqrt(np.maximum(2 - 2 * xn @ qn, 0))
     elif metric == "euclidean":
         distances = np.linalg.norm(x - q, axis=1)
     elif metric == "manhattan":

@@ -22,9 +22,9 @@ import pydicom
 import torch
 from monai.data import DataLoader, Dataset
 
+from monai_app.data.image_io import is_dicom_file
 from monai_app.labels import CLASS_NAMES
 from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
-from monai_app.data.image_io import is_dicom_file
 from monai_app.retrieval.index import (
     SECONDARY_CAPTURE,
     ReferenceItem,

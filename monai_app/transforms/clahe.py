@@ -7,9 +7,7 @@ of the four nearest tile centres. Clipped counts are redistributed uniformly.
 
 from __future__ import annotations
 
-
 import numpy as np
-
 
 
 def _tile_mappings(
@@ -18,8 +16,8 @@ def _tile_mappings(
     """Equalisation mapping of every tile: shape ``(grid_rows, grid_cols, n_bins)``."""
     g_rows, g_cols = grid
     t_rows, t_cols = levels.shape[0] // g_rows, levels.shape[1] // g_cols
-    tiles = levels.reshape(g_rows, t_rows, g_cols, t_cols).transpose(0, 2, 1, 3)
-    tiles = tiles.reshape(g_rows * g_cols, t_rows * t_cols)
+    blocks = levels.reshape(g_rows, t_rows, g_cols, t_cols).transpose(0, 2, 1, 3)
+    tiles = blocks.reshape(g_rows * g_cols, t_rows * t_cols)
     offsets = np.arange(g_rows * g_cols)[:, None] * n_bins
     hist = np.bincount((tiles + offsets).ravel(), minlength=g_rows * g_cols * n_bins)
     hist = hist.reshape(g_rows * g_cols, n_bins).astype(np.float64)

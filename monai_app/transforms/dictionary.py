@@ -16,14 +16,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from monai_app.transforms.clahe import clahe
 from monai_app.data.dicom_image import DEFAULT_PERCENTILES
 from monai_app.data.image_io import load_chest_xray
 from monai_app.data.masks import mask_to_label
-from monai_app.transforms.normalisation import content_box, crop_to_box, pad_to_square
 from monai_app.data.raster_image import read_mask
+from monai_app.transforms.clahe import clahe
+from monai_app.transforms.normalisation import content_box, crop_to_box, pad_to_square
 from monai_app.utils import as_bool
-
 
 
 def _as_numpy(value: object) -> np.ndarray:

@@ -12,7 +12,6 @@ from typing import NamedTuple
 import numpy as np
 
 
-
 class Box(NamedTuple):
     """A half-open pixel box ``[top, bottom) x [left, right)``."""
 
