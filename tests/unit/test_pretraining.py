@@ -1,65 +1,25 @@
-"""Self-supervised (SimCLR) pretraining: the bundle's `pretraining` run and the classifier's start from it."""
+"""Self-supervised (SimCLR) pretraining: its images, views, loss and backbone export (the bundle run: tests/integration/test_pretraining_workflow.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from monai.losses import ContrastiveLoss
 
-from monai_app.networks.classifier import CovidClassifier, load_backbone_weights
 from monai_app.data.manifest import split_images
-from monai_app.transforms.views import VIEW_KEYS, TwoViewsd
 from monai_app.networks.contrastive import ContrastiveNetwork, export_backbone
-from tests.bundle_helpers import TRAIN, parser, workflow
-from tests.test_classifier_bundle import TINY, tiny_dataset  # noqa: F401 (fixture)
-
-SSL_TINY = {"ssl_num_epochs": 2}
+from monai_app.transforms.views import VIEW_KEYS, TwoViewsd
 
 
-@pytest.fixture(scope="module")
-def pretrained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ssl_out")
-    wf = workflow(TRAIN, "train", "pretraining", dataset_dir=str(tiny_dataset), ssl_output_dir=str(out), **{**TINY, **SSL_TINY})
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return out
-
-
-def test_pretraining_uses_every_train_and_val_image_and_no_test_image(tiny_dataset: Path) -> None:
-    items = split_images(tiny_dataset / "manifest.csv", tiny_dataset, ["train", "val"])
+def test_pretraining_uses_every_train_and_val_image_and_no_test_image(tiny_classification_dataset: Path) -> None:
+    items = split_images(tiny_classification_dataset / "manifest.csv", tiny_classification_dataset, ["train", "val"])
     assert len(items) == 9 + 6, "labelled and unknown rows of train and val"
-    test_images = {i["image"] for i in split_images(tiny_dataset / "manifest.csv", tiny_dataset, "test")}
+    test_images = {i["image"] for i in split_images(tiny_classification_dataset / "manifest.csv", tiny_classification_dataset, "test")}
     assert test_images and not test_images & {i["image"] for i in items}
     with pytest.raises(ValueError):
-        split_images(tiny_dataset / "manifest.csv", tiny_dataset, ["holdout"])
-
-
-def test_pretraining_runs_and_exports_a_backbone_the_classifier_loads(pretrained: Path) -> None:
-    history = [json.loads(line) for line in (pretrained / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2]
-    assert all(h["train_loss"] > 0 for h in history)
-    backbone = torch.load(pretrained / "backbone.pt", weights_only=True)
-    assert backbone["conv1.weight"].dtype == torch.float16 and backbone["conv1.weight"].shape[1] == 3
-    classifier = CovidClassifier(hidden_dim=32, embedding_dim=8)
-    assert load_backbone_weights(classifier, pretrained / "backbone.pt")
-    assert torch.equal(classifier.backbone.conv1.weight, backbone["conv1.weight"].float())
-    assert not load_backbone_weights(classifier, None) and not load_backbone_weights(classifier, "")
-
-
-def test_classifier_training_starts_from_the_pretrained_backbone(tiny_dataset: Path, pretrained: Path) -> None:
-    config = parser(TRAIN, dataset_dir=str(tiny_dataset), cls_backbone_init=str(pretrained / "backbone.pt"), **TINY)
-    assert config.get_parsed_content("training_classifier#0") is True, "the first step loads the backbone"
-    network = config.get_parsed_content("cls_network")
-    start = torch.load(pretrained / "backbone.pt", weights_only=True)
-    assert torch.equal(network.backbone.conv1.weight.detach().cpu(), start["conv1.weight"].float())
-    kept = parser(TRAIN, dataset_dir=str(tiny_dataset), ssl_output_dir=str(pretrained), **TINY)
-    assert kept.get_parsed_content("cls_backbone_init") == str(pretrained / "backbone.pt"), "default: run pretraining's"
-    scratch = parser(TRAIN, dataset_dir=str(tiny_dataset), ssl_output_dir=str(tiny_dataset / "none"), **TINY)
-    assert scratch.get_parsed_content("training_classifier#0") is False, "without a pretrained backbone: from scratch"
+        split_images(tiny_classification_dataset / "manifest.csv", tiny_classification_dataset, ["holdout"])
 
 
 def test_two_views_of_one_image_differ_and_keep_the_classifier_input_shape() -> None:
