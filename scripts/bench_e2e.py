@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ import pydicom
 
 from scripts import dicom_corpus
 from scripts.bench_ingest import dcmtk_env, free_port, log_tail, machine_facts, stop, wait_ready
-from tests.orthanc import ORTHANC_AE_TITLE, OrthancServer
+from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_AE = "CXR_AI"

@@ -1,23 +1,30 @@
-"""Shared fixtures: the shared data folder, free ports, DCMTK tools, the node as a subprocess."""
+"""Fixtures only (thin wrappers over ``testkit``), and the ``integration`` marker for tests/integration."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.shared_data import ENV_VAR, REPO_ROOT, shared_data_dir
+from testkit.bundle import write_tiny_classification_dataset
+from testkit.peers import NodeProcess
+from testkit.shared_data import ENV_VAR, shared_data_dir
+from testkit.sr import strict_writing_validation
 
 torch.set_num_threads(2)  # the CI machine's cores; more threads only contend
+
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is marked ``integration``; the rest are unit tests."""
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION_DIR):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -34,78 +41,6 @@ def shared_dicom_files(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "dicom").rglob("*.dcm"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dcmtk(tool: str) -> str:
-    """Path of a DCMTK program; the venv's pynetdicom scripts of the same name shadow them."""
-    path = Path("/usr/bin") / tool
-    if not path.exists():
-        pytest.fail(f"DCMTK tool {path} missing: run scripts/setup.sh")
-    return str(path)
-
-
-def dcmtk_env() -> dict[str, str]:
-    # Without TCP_NODELAY, Debian's DCMTK waits ~50 ms per DIMSE message (Nagle).
-    return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def echo_ok(port: int, calling_ae: str = "TESTSCU", timeout: float = 5) -> bool:
-    result = subprocess.run(
-        [dcmtk("echoscu"), "-aet", calling_ae, "-aec", "CXR_AI", "-to", str(int(timeout)), "127.0.0.1", str(port)],
-        env=dcmtk_env(), capture_output=True, timeout=timeout + 5,
-    )
-    return result.returncode == 0
-
-
-class NodeProcess:
-    """``python -m dicom_node serve`` as a subprocess on a free loopback port (``--no-analysis``
-    unless ``extra_args`` hold ``--analysis``)."""
-
-    def __init__(self, spool: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
-        self.spool = spool
-        self.port = free_port()
-        self.log_path = log_path
-        self.extra_args = extra_args
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30) -> NodeProcess:
-        # Receiver tests leave the spool's jobs in `received`; end-to-end tests pass --analysis.
-        analysis = () if "--analysis" in self.extra_args else ("--no-analysis",)
-        args = [
-            sys.executable, "-m", "dicom_node", "serve", "--bind", "127.0.0.1",
-            "--port", str(self.port), "--spool", str(self.spool), *analysis, *self.extra_args,
-        ]
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"node exited with {self.process.returncode}:\n{self.log()}")
-            if "listening:" in self.log():  # logged once the socket listens
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"node did not listen within {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def terminate(self, timeout: float = 30) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator:
     """Factory: ``start_node(spool=None, *extra_args)`` starts a node; all are stopped at teardown."""
@@ -118,25 +53,25 @@ def start_node(tmp_path: Path) -> Iterator:
 
     yield start
     for node in nodes:
-        if node.process and node.process.poll() is None:
-            node.process.kill()
-            node.process.wait(timeout=10)
-
-
-def instance_dataset_bytes(path: Path) -> bytes:
-    """The encoded data set of a DICOM file, without preamble and file meta."""
-    from pydicom.filereader import _read_file_meta_info
-
-    data = path.read_bytes()
-    if data[128:132] != b"DICM":
-        return data  # no preamble and no meta: the file is the bare data set
-    with open(path, "rb") as f:
-        f.seek(132)
-        _read_file_meta_info(f)
-        return f.read()
+        node.kill()
 
 
 @pytest.fixture(scope="session")
 def require_dcmtk() -> None:
     if shutil.which("dcmdump", path="/usr/bin") is None:
         pytest.fail("DCMTK is not installed: run scripts/setup.sh")
+
+
+@pytest.fixture
+def strict_writing() -> Iterator[None]:
+    """Any invalid value highdicom or the builder sets fails the test."""
+    with strict_writing_validation():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_classification_dataset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few real labelled images per split and source at 64x64, with their manifest (one per module)."""
+    root = tmp_path_factory.mktemp("tiny_cls_data")
+    write_tiny_classification_dataset(shared_data, root)
+    return root

@@ -1,4 +1,4 @@
-"""Helpers for running the bundle's configs in tests."""
+"""The bundle in tests: its config paths, parsed configs and workflows, and tiny real data sets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from tests.shared_data import REPO_ROOT
+from testkit.shared_data import REPO_ROOT
 
 BUNDLE = REPO_ROOT / "bundle"
 CONFIGS = BUNDLE / "configs"
@@ -18,6 +18,13 @@ EVALUATE = str(CONFIGS / "evaluate.yaml")
 INFERENCE = str(CONFIGS / "inference.yaml")
 METADATA = str(CONFIGS / "metadata.json")
 CLASSIFIER_PROPERTIES = str(CONFIGS / "classifier_properties.json")
+
+CLASSIFIER_TINY = {
+    "cls_spatial_size": [64, 64], "cls_lung_spatial_size": [64, 64], "cls_num_epochs": 1,
+    "cls_batch_size": 4, "cls_hidden_dim": 32, "cls_embedding_dim": 8, "num_workers": 0,
+    "ssl_num_epochs": 1, "ssl_batch_size": 4, "ssl_hidden_dim": 16, "ssl_projection_dim": 8,
+}
+"""Overrides that make the classifier's and pretraining's runs tiny (with :func:`write_tiny_classification_dataset`)."""
 
 
 def workflow(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import ImplicitVRLittleEndian
 
-from tests.conftest import dcmtk, dcmtk_env
-from scripts import dicom_corpus
+from testkit.peers import dcmtk, dcmtk_env
+from testkit.corpus import build_transfer_syntax_corpus
 
 
 def _send(argv: list[str], port: int, files: list[Path]) -> None:
@@ -22,7 +22,7 @@ def _send(argv: list[str], port: int, files: list[Path]) -> None:
 def test_every_corpus_file_is_stored_in_its_own_transfer_syntax(
     start_node, shared_data: Path, tmp_path: Path
 ) -> None:
-    files = dicom_corpus.build_transfer_syntax_corpus(tmp_path / "corpus", shared=shared_data)
+    files = build_transfer_syntax_corpus(tmp_path / "corpus", shared=shared_data)
     node = start_node()
     implicit = [f.path for f in files if f.transfer_syntax_uid == ImplicitVRLittleEndian]
     others = [f.path for f in files if f.transfer_syntax_uid != ImplicitVRLittleEndian]

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
-from tests.conftest import dcmtk, dcmtk_env, echo_ok
+from testkit.peers import dcmtk, dcmtk_env, echo_ok
 from dicom_node.receive import dimse_status
 
 CR = ComputedRadiographyImageStorage

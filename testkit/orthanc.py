@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port
+from testkit.peers import free_port
 
 ORTHANC_AE_TITLE = "ORTHANC"
 

@@ -22,9 +22,10 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from dicom_node.spool import JobState, Spool
-from tests.conftest import dcmtk, dcmtk_env, echo_ok, free_port
-from tests.dicom_factory import make_dx, save
-from tests.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
+from testkit.peers import dcmtk, dcmtk_env, echo_ok, free_port
+from testkit.dicom_factory import make_dx, save
+from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
+from testkit.shared_data import REPO_ROOT
 
 NODE_AE = "CXR_AI"
 COVID_CODE = "840539006"
@@ -243,7 +244,7 @@ def test_reports_made_while_the_pacs_is_down_arrive_once_it_is_back(
 def test_a_bundle_without_weights_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     (bundle / "models").mkdir(parents=True)
-    (bundle / "configs").symlink_to(Path(__file__).resolve().parents[1] / "bundle" / "configs")
+    (bundle / "configs").symlink_to(REPO_ROOT / "bundle" / "configs")
     result = subprocess.run(
         [sys.executable, "-m", "dicom_node", "serve", "--analysis", "--bundle", str(bundle), "--bind", "127.0.0.1",
          "--port", str(free_port()), "--spool", str(tmp_path / "spool")],

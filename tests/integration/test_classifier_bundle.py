@@ -1,4 +1,7 @@
-"""The classifier's bundle configs run end to end on tiny real data."""
+"""The classifier's bundle workflows (training, evaluation, index, retrieval, the whole run) on tiny real data.
+
+The config checks that need no training are in ``tests/unit/test_classifier_configs.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.bundle_helpers import (
+from monai_app.retrieval.index import SimilarityIndex
+from testkit.bundle import (
     CLASSIFIER_PROPERTIES,
     EVALUATE,
     INFERENCE,
@@ -19,32 +23,18 @@ from tests.bundle_helpers import (
     TRAIN,
     parser,
     workflow,
-    write_tiny_classification_dataset,
     write_tiny_full_dataset,
 )
-from monai_app.retrieval.index import SimilarityIndex
-from tests.test_classifier_plots import assert_valid_png
-
-TINY = {
-    "cls_spatial_size": [64, 64], "cls_lung_spatial_size": [64, 64], "cls_num_epochs": 1,
-    "cls_batch_size": 4, "cls_hidden_dim": 32, "cls_embedding_dim": 8, "num_workers": 0,
-    "ssl_num_epochs": 1, "ssl_batch_size": 4, "ssl_hidden_dim": 16, "ssl_projection_dim": 8,
-}
+from testkit.bundle import CLASSIFIER_TINY as TINY
+from testkit.images import assert_valid_png
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_cls_data")
-    write_tiny_classification_dataset(shared_data, root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Output folder of one epoch of classifier training on the tiny data set."""
     out = tmp_path_factory.mktemp("cls_train_out")
     wf = workflow(
-        TRAIN, "train", "training_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset), cls_output_dir=str(out), **TINY
+        TRAIN, "train", "training_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset), cls_output_dir=str(out), **TINY
     )
     wf.initialize()
     assert wf.check_properties() == []
@@ -64,11 +54,11 @@ def test_classifier_training_runs_one_epoch_and_exports_fp16_weights(trained: Pa
 
 
 def test_classifier_evaluation_writes_metrics_per_source_and_within_source(
-    tiny_dataset: Path, trained: Path, tmp_path: Path
+    tiny_classification_dataset: Path, trained: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "metrics.json").write_text(json.dumps({"segmentation": {"dice_mean": 0.9}}))
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"),
         bootstrap_resamples=50, **TINY,
     )
@@ -93,10 +83,10 @@ def test_classifier_evaluation_writes_metrics_per_source_and_within_source(
 
 
 def test_ablation_without_the_lung_channel_goes_to_its_own_section(
-    tiny_dataset: Path, trained: Path, tmp_path: Path
+    tiny_classification_dataset: Path, trained: Path, tmp_path: Path
 ) -> None:
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_lung_channel="false",  # as the CLI passes it
         cls_report_section="ablation", bootstrap_resamples=50, **TINY,
     )
@@ -107,59 +97,6 @@ def test_ablation_without_the_lung_channel_goes_to_its_own_section(
     assert set(metrics) == {"ablation"} and metrics["ablation"]["n"] == 6
     assert_valid_png(tmp_path / "ablation_roc.png")
     assert (tmp_path / "ablation_per_image.csv").is_file()
-
-
-def test_lung_channel_switch_puts_zeros_in_place_of_the_lung_map() -> None:
-    from monai_app.transforms.classifier_input import ClassifierInputd
-
-    data = {"image": torch.full((1, 4, 4), 0.5), "lung": torch.ones(1, 4, 4)}
-    with_lung = ClassifierInputd("image", use_lung=True)(data)["image"]
-    without = ClassifierInputd("image", use_lung=False)(data)["image"]
-    assert with_lung[1].sum() == 16 and without[1].sum() == 0 and torch.equal(with_lung[0], without[0])
-
-
-def test_classifier_training_never_selects_on_test_rows() -> None:
-    p = parser(TRAIN)
-    assert "test" not in p["cls_train_splits"] and p["cls_val_split"] == "val"
-    assert "within_source_items" in p["cls_val_datalist"], "the checkpoint is chosen within source"
-
-
-def test_augmentations_follow_the_paper() -> None:
-    p = parser(TRAIN)
-    probs = {k: p[k] for k in p.get().keys() if k.startswith("cls_aug_") and k.endswith("_prob")}
-    assert probs == {
-        "cls_aug_brighten_prob": 0.4, "cls_aug_gamma_prob": 0.3, "cls_aug_clahe_prob": 0.4,
-        "cls_aug_rotate_prob": 0.4, "cls_aug_shear_prob": 0.4, "cls_aug_scale_prob": 0.4,
-        "cls_aug_flip_prob": 0.5, "cls_aug_sharpen_prob": 0.2, "cls_aug_blur_prob": 0.2,
-    }
-    assert p["cls_weight_decay"] == 0.01
-    steps = [t.__class__.__name__ for t in p.get_parsed_content("cls_augmentation_transforms", instantiate=True)]
-    assert steps[:7] == ["RandScaleIntensityd", "RandAdjustContrastd", "RandClahed", "RandRotated",
-                         "RandAffined", "RandZoomd", "RandFlipd"]
-
-
-def test_train_and_inference_configs_define_the_same_classifier() -> None:
-    keys = ("cls_spatial_size", "cls_lung_spatial_size", "cls_hidden_dim", "cls_embedding_dim",
-            "cls_dropout", "cls_clahe", "cls_clahe_clip_limit", "lung_channels", "lung_num_res_units")
-    train, infer = parser(TRAIN), parser(INFERENCE)
-    assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
-    assert train["cls_network_def"] == infer["cls_network_def"]
-
-
-def test_train_and_inference_preprocessing_give_the_same_classifier_input(shared_data: Path) -> None:
-    from monai.transforms import Compose
-
-    image_path = str(sorted((shared_data / "images/actualmed").iterdir())[0])
-    small = {"cls_spatial_size": [64, 64]}
-    train = parser(TRAIN, **small)
-    steps = Compose(train.get_parsed_content("cls_deterministic_transforms")
-                    + train.get_parsed_content("cls_input_transforms"))
-    served = parser(INFERENCE, **small).get_parsed_content("cls_preprocessing")
-    trained_item, served_item = steps({"image": image_path}), served({"image": image_path})
-    assert tuple(served_item["image"].shape) == (3, 64, 64)
-    torch.testing.assert_close(torch.as_tensor(trained_item["image"]), torch.as_tensor(served_item["image"]))
-    assert float(served_item["image"][1].max()) > 0.5, "the lung channel must show lungs"
-    assert not served_item["image"][2].any()
 
 
 def test_classifier_metadata_matches_the_network_and_loads_the_trained_weights(trained: Path) -> None:
@@ -181,11 +118,11 @@ def test_classifier_metadata_matches_the_network_and_loads_the_trained_weights(t
 
 
 @pytest.fixture(scope="module")
-def built_index(tiny_dataset: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built_index(tiny_classification_dataset: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Index folder made by the bundle's `build_index` on the tiny training split."""
     out = tmp_path_factory.mktemp("cls_index")
     wf = workflow(
-        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         cls_output_dir=str(trained), cls_index_dir=str(out), cls_index_salt="test-salt", **TINY,
     )
     wf.initialize()
@@ -194,23 +131,23 @@ def built_index(tiny_dataset: Path, trained: Path, tmp_path_factory: pytest.Temp
     return out
 
 
-def _embeddings_of_training_images(tiny_dataset: Path, trained: Path) -> tuple[list[dict], np.ndarray]:
+def _embeddings_of_training_images(tiny_classification_dataset: Path, trained: Path) -> tuple[list[dict], np.ndarray]:
     from monai_app.retrieval.reference_set import compute_embeddings
     from monai_app.networks.classifier import load_classifier_weights
 
-    p = parser(TRAIN, dataset_dir=str(tiny_dataset), **TINY)
+    p = parser(TRAIN, dataset_dir=str(tiny_classification_dataset), **TINY)
     datalist = p.get_parsed_content("cls_index_datalist")
     net = load_classifier_weights(p.get_parsed_content("cls_network_def"), trained / "classifier.pt")
     return datalist, compute_embeddings(net, datalist, p.get_parsed_content("cls_validate#preprocessing"))
 
 
 def test_index_has_the_labelled_training_images_with_deterministic_uids(
-    tiny_dataset: Path, built_index: Path
+    tiny_classification_dataset: Path, built_index: Path
 ) -> None:
     from monai_app.retrieval.index import SimilarityIndex, pseudonymous_patient_key, reference_uids
 
     index = SimilarityIndex.load(built_index)
-    datalist = parser(TRAIN, dataset_dir=str(tiny_dataset)).get_parsed_content("cls_index_datalist")
+    datalist = parser(TRAIN, dataset_dir=str(tiny_classification_dataset)).get_parsed_content("cls_index_datalist")
     assert len(index.items) == len(datalist) == 8  # the `unknown` training row is not indexed
     assert index.dimension == TINY["cls_embedding_dim"] and index.metric == "angular"
     for item, entry in zip(index.items, datalist):
@@ -222,12 +159,12 @@ def test_index_has_the_labelled_training_images_with_deterministic_uids(
 
 
 def test_a_training_image_is_its_own_nearest_neighbour_and_queries_are_deterministic(
-    tiny_dataset: Path, trained: Path, built_index: Path
+    tiny_classification_dataset: Path, trained: Path, built_index: Path
 ) -> None:
     from monai_app.retrieval.index import SimilarityIndex
 
     index = SimilarityIndex.load(built_index)
-    datalist, embeddings = _embeddings_of_training_images(tiny_dataset, trained)
+    datalist, embeddings = _embeddings_of_training_images(tiny_classification_dataset, trained)
     assert len(np.unique(embeddings.round(5), axis=0)) == len(embeddings), "embeddings must tell images apart"
     for position, embedding in enumerate(embeddings):
         found = index.query(embedding, k=4)
@@ -239,10 +176,10 @@ def test_a_training_image_is_its_own_nearest_neighbour_and_queries_are_determini
 
 
 def test_build_index_is_reproducible_and_needs_a_salt(
-    tiny_dataset: Path, trained: Path, built_index: Path, tmp_path: Path
+    tiny_classification_dataset: Path, trained: Path, built_index: Path, tmp_path: Path
 ) -> None:
     wf = workflow(
-        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         cls_output_dir=str(trained), cls_index_dir=str(tmp_path), cls_index_salt="test-salt", **TINY,
     )
     wf.initialize()
@@ -250,7 +187,7 @@ def test_build_index_is_reproducible_and_needs_a_salt(
     for name in ("index.ann", "items.csv", "index.json"):
         assert (tmp_path / name).read_bytes() == (built_index / name).read_bytes()
     unsalted = workflow(
-        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         cls_output_dir=str(trained), cls_index_dir=str(tmp_path / "x"), cls_index_salt="", **TINY,
     )
     unsalted.initialize()
@@ -259,26 +196,12 @@ def test_build_index_is_reproducible_and_needs_a_salt(
     assert "salt" in repr(failure.value.__cause__)
 
 
-def test_dicom_reference_keeps_its_own_uids(shared_data: Path) -> None:
-    import pydicom
-
-    from monai_app.retrieval.reference_set import reference_item
-
-    path = shared_data / "dicom/fo-dicom/CR-MONO1-10-chest.dcm"
-    header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    item = reference_item({"image": str(path), "image_path": "x.dcm", "label": 1, "source": "hospital",
-                           "patient_id": "P1"}, salt="s")
-    assert (item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid, item.sop_class_uid) == (
-        header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID, header.SOPClassUID)
-    assert item.label == "covid" and item.source == "hospital"
-
-
 def test_retrieval_evaluation_writes_its_section(
-    tiny_dataset: Path, trained: Path, built_index: Path, tmp_path: Path
+    tiny_classification_dataset: Path, trained: Path, built_index: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "metrics.json").write_text(json.dumps({"classifier": {"n": 6}}))
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating_retrieval", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_dataset),
+        [TRAIN, EVALUATE], "eval", "evaluating_retrieval", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_index_dir=str(built_index),
         **TINY,
     )
@@ -302,30 +225,30 @@ def test_retrieval_evaluation_writes_its_section(
         assert_valid_png(tmp_path / name)
     assert not list(tmp_path.glob("retrieval_example_3.png"))
     report = (tmp_path / "metrics.json").read_text()
-    with (tiny_dataset / "manifest.csv").open(newline="") as handle:
+    with (tiny_classification_dataset / "manifest.csv").open(newline="") as handle:
         assert not [row for row in csv.DictReader(handle) if row["patient_id"] in report]
 
 
 def test_retrieval_examples_find_every_indexed_image_in_the_reference_datalist(
-    tiny_dataset: Path, built_index: Path
+    tiny_classification_dataset: Path, built_index: Path
 ) -> None:
     from monai_app.evaluation.retrieval import reference_image_paths
     from monai_app.retrieval.index import SimilarityIndex
 
     index = SimilarityIndex.load(built_index)
-    datalist = parser(TRAIN, dataset_dir=str(tiny_dataset)).get_parsed_content("cls_index_datalist")
+    datalist = parser(TRAIN, dataset_dir=str(tiny_classification_dataset)).get_parsed_content("cls_index_datalist")
     paths = reference_image_paths(datalist)
     assert set(paths) == {item.sop_instance_uid for item in index.items}
     assert all(Path(p).is_file() for p in paths.values())
     assert parser([TRAIN, EVALUATE])["retrieval_reference_datalist"] == "@cls_index_datalist"
 
 
-def test_retrieval_vote_counts_neighbour_labels(tiny_dataset: Path, trained: Path, built_index: Path) -> None:
+def test_retrieval_vote_counts_neighbour_labels(tiny_classification_dataset: Path, trained: Path, built_index: Path) -> None:
     from monai_app.evaluation.retrieval import retrieval_metrics
     from monai_app.retrieval.index import SimilarityIndex
 
     index = SimilarityIndex.load(built_index)
-    datalist, embeddings = _embeddings_of_training_images(tiny_dataset, trained)
+    datalist, embeddings = _embeddings_of_training_images(tiny_classification_dataset, trained)
     r = retrieval_metrics(index, embeddings, [d["label"] for d in datalist], k=1, reference_embeddings=embeddings)
     assert r["vote_accuracy"] == 1.0 and r["recall_at_k"] == 1.0  # each image finds itself
     flipped = retrieval_metrics(index, embeddings, [1 - d["label"] for d in datalist], k=1)

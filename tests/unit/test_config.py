@@ -1,9 +1,7 @@
-"""Configuration: defaults, TOML file, overrides, and start-up refusal of bad values."""
+"""Configuration: defaults, TOML file, overrides, and refusal of bad values (the CLI: tests/integration/test_config_cli.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -68,35 +66,6 @@ def test_allow_list_matches_ae_title_and_optional_hosts() -> None:
     assert not config.allows("DX2", "127.0.0.2")
     assert not config.allows("OTHER", "127.0.0.1")
     assert NodeConfig().allows("ANYONE", "127.0.0.1")
-
-
-def test_serve_with_bad_config_stops_with_a_message_naming_the_key(tmp_path: Path) -> None:
-    path = tmp_path / "bad.toml"
-    path.write_text("[network]\ndimse_timeout = -5\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "dicom_node", "serve", "--config", str(path), "--spool", str(tmp_path / "s")],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 2
-    assert '"network.dimse_timeout" must be an integer in 1..3600' in result.stderr
-
-
-def test_bad_port_flag_is_refused(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "dicom_node", "serve", "--port", "0", "--spool", str(tmp_path / "s")],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 2
-    assert '"node.port" must be an integer in 1..65535' in result.stderr
-
-
-def test_config_example_prints_the_commented_defaults() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "dicom_node", "config-example"], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0
-    assert result.stdout == default_config_text()
-    assert "# Application Entity title" in result.stdout
 
 
 def test_inference_settings_from_the_file(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Where the tests find the shared data set (never copied into the repository)."""
+"""Where the tests find the shared data set (never copied into the repository), and the repository root."""
 
 from __future__ import annotations
 

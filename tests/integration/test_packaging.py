@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pydicom
 
-from tests.conftest import dcmtk, dcmtk_env, free_port
-from tests.shared_data import REPO_ROOT
+from testkit.peers import dcmtk, dcmtk_env, free_port
+from testkit.shared_data import REPO_ROOT
 
 SOURCES = ("pyproject.toml", "README.md", "dicom_node", "monai_app", "bundle")
 

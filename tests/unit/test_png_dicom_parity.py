@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.bundle_helpers import INFERENCE, parser
-from tests.dicom_factory import make_dx, save
+from testkit.bundle import INFERENCE, parser
+from testkit.dicom_factory import make_dx, save
 
 
 @pytest.fixture(scope="module")

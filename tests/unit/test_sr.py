@@ -1,106 +1,47 @@
 """The AI report: a TID 1500 Comprehensive 3D SR built with highdicom from real CR/DX images.
 
-Each report is written, checked with dicom3tools' ``dciodvfy`` (no errors; every warning
-must be one of the justified ones below) and DCMTK's ``dsrdump``, round-tripped through
-``dcmread`` and read back with highdicom's TID 1500 parser for the content checks.
+Each report is round-tripped through ``dcmread`` and read back with highdicom's TID 1500
+parser for the content checks. Its validity under dicom3tools' ``dciodvfy`` and DCMTK's
+``dsrdump`` is checked in ``tests/integration/test_sr_validators.py``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import re
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import highdicom as hd
 import pydicom
 import pytest
 from highdicom.sr.utils import find_content_items
-from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 
-from tests.conftest import shared_data_dir
 from dicom_node.report import codes
 from dicom_node.report.sr import (
     DEFAULT_SERIES_DESCRIPTION,
     AlgorithmInfo,
     Finding,
-    KnownLabel,
     SimilarStudy,
     build_report,
     derived_uid,
 )
-
-DICOM_DIR = shared_data_dir() / "dicom"
-CANON_DX = "pylibjpeg-data/DX_chest_Canon_966_fixed.dcm"  # hashed birth date and accession number
-PHILIPS_CR = "pydicom-data/RG1_J2KI.dcm"  # valid patient and study attributes
-FODICOM_CR = "fo-dicom/CR-MONO1-10-chest.dcm"  # no PatientID, StudyDate, StudyID, ...
-SIIM_SC = "torchxrayvision/SIIM-ACR_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-ALL_SOURCES = (CANON_DX, PHILIPS_CR, FODICOM_CR, SIIM_SC)
-
-WEIGHTS_A = "0123456789abcdef" * 4
-WEIGHTS_B = "fedcba9876543210" * 4
-ALGORITHM = AlgorithmInfo(
-    name="cxr_covid_classifier", version="0.3.1", weights_sha256=WEIGHTS_A, manufacturer="CXR AI node project"
-)
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-SIMILAR = (
-    SimilarStudy("1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.1.1", "1.2.826.0.1.3680043.10.1.1.1.1",
-                 SECONDARY_CAPTURE, 0.1234, "covid"),
-    SimilarStudy("1.2.826.0.1.3680043.10.1.2", "1.2.826.0.1.3680043.10.1.2.1", "1.2.826.0.1.3680043.10.1.2.1.1",
-                 SECONDARY_CAPTURE, 0.3125, KnownLabel.NON_COVID),
+from testkit.sr import (
+    ALGORITHM,
+    CANON_DX,
+    DICOM_DIR,
+    FODICOM_CR,
+    PHILIPS_CR,
+    SECONDARY_CAPTURE,
+    SIMILAR,
+    WEIGHTS_A,
+    WEIGHTS_B,
+    build,
+    encode,
+    read_source,
 )
 
-# dciodvfy warnings that are acceptable, and why (see dicom_node/SR_README_section.md).
-JUSTIFIED_WARNINGS = (
-    # Our private scheme, declared in the Coding Scheme Identification Sequence; dciodvfy
-    # only knows the designators of PS3.16 Table 8-1.
-    r"Unrecognized defined term <99CXRAI> for value 1 of attribute <Coding Scheme Designator>",
-    # IHE AIR requires Device UID in the Contributing Equipment item; this dciodvfy
-    # (dicom3tools 2022-06) does not list it there, hence also "Standard Extended".
-    r"Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID",
-    r"Dicom dataset contains attributes not present in standard DICOM IOD - "
-    r"this is a Standard Extended SOP Class",
-    # Copied unchanged from the de-identified sources (empty Type 2 study attributes,
-    # single-component patient and physician names such as "Anonymized").
-    r"Missing attribute or value that would be needed to build DICOMDIR - "
-    r"(Patient ID|Study Date|Study Time|Study ID)",
-    r"Value dubious for this VR - \(0x00(10,0x0010|08,0x0090)\) PN .* - Retired Person Name form",
-)
-
-
-@pytest.fixture(autouse=True)
-def strict_writing() -> Iterator[None]:
-    """Any invalid value highdicom or the builder sets fails the test."""
-    previous = pydicom_config.settings.writing_validation_mode
-    pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
-    yield
-    pydicom_config.settings.writing_validation_mode = previous
-
-
-def read_source(relative: str) -> Dataset:
-    path = DICOM_DIR / relative
-    if not path.is_file():
-        pytest.fail(f"shared DICOM file missing: {path} (set CXR_SHARED_DATA)")
-    return pydicom.dcmread(path, stop_before_pixels=True, force=True)
-
-
-def write(dataset: Dataset, path: Path) -> Path:
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
-def encode(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def build(source: Dataset, probability: float = 0.73, **kwargs) -> hd.sr.Comprehensive3DSR:
-    return build_report(source, Finding(probability), SIMILAR, ALGORITHM, **kwargs)
+pytestmark = pytest.mark.usefixtures("strict_writing")  # any invalid value set fails the test
 
 
 def element_tree(dataset: Dataset) -> list[tuple]:
@@ -126,51 +67,7 @@ def text_values(group: hd.sr.MeasurementsAndQualitativeEvaluations, name: pydico
     return [item.TextValue for item in find_content_items(group[0], name=name)]
 
 
-def dciodvfy_messages(path: Path) -> tuple[list[str], list[str]]:
-    result = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
-
-
-# --- Validity: dciodvfy, dsrdump, round trip -----------------------------------------------
-
-
-@pytest.mark.parametrize("source_file", ALL_SOURCES)
-def test_report_has_no_dciodvfy_errors_and_only_justified_warnings(source_file: str, tmp_path: Path) -> None:
-    path = write(build(read_source(source_file)), tmp_path / "sr.dcm")
-
-    errors, warnings = dciodvfy_messages(path)
-
-    assert errors == []
-    unexplained = [w for w in warnings if not any(re.search(p, w) for p in JUSTIFIED_WARNINGS)]
-    assert unexplained == []
-
-
-def test_dciodvfy_reports_errors_on_a_broken_report(tmp_path: Path) -> None:
-    # The check above can fail: dciodvfy does flag a report without Verification Flag.
-    report = build(read_source(PHILIPS_CR))
-    del report.VerificationFlag
-    errors, _ = dciodvfy_messages(write(report, tmp_path / "broken.dcm"))
-    assert any("<VerificationFlag>" in e for e in errors)
-
-
-def test_dsrdump_renders_the_tree_with_finding_and_similar_cases(tmp_path: Path) -> None:
-    path = write(build(read_source(CANON_DX)), tmp_path / "sr.dcm")
-
-    result = subprocess.run(["/usr/bin/dsrdump", "+Pu", "+Pt", str(path)], capture_output=True, text=True, timeout=60)
-
-    assert result.returncode == 0, result.stderr
-    tree = result.stdout
-    assert "Imaging Measurement Report" in tree
-    assert "Verification Flag   : UNVERIFIED" in tree
-    assert '(840539006,SCT,"COVID-19")' in tree
-    assert re.search(r'NUM:\(,,"Probability"\)="0\.73" \(1,UCUM,"no units"\)', tree)
-    assert '<contains CODE:(,,"COVID-19")=(52101004,SCT,"Present")>' in tree
-    for rank, case in enumerate(SIMILAR, start=1):
-        assert f'"Similar case {rank}"' in tree
-        assert case.sop_instance_uid in tree
-    assert re.search(r'NUM:\(,,"Embedding distance"\)="0\.1234"', tree)
-    assert "TID 1500 (DCMR)" in tree
+# --- Round trip ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("source_file", [CANON_DX, PHILIPS_CR])

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from monai_app.evaluation.classification import curve_subsets, write_classifier_figures
 from monai_app.evaluation.plots import (
@@ -18,22 +17,7 @@ from monai_app.evaluation.plots import (
     tsne_coordinates,
 )
 from monai_app.evaluation.retrieval import retrieval_example_queries, shortcut_probe
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_valid_png(path: Path, min_bytes: int = 8_000) -> None:
-    """``path`` is a PNG that decodes, of non-trivial size, and not a blank canvas."""
-    assert path.is_file(), f"{path.name} was not written"
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
-    assert len(data) >= min_bytes, f"{path.name} has only {len(data)} bytes"
-    with Image.open(path) as image:
-        image.load()
-        assert min(image.size) >= 200
-        grey = np.asarray(image.convert("L"))
-    assert np.unique(grey).size > 16, f"{path.name} looks blank"
-
+from testkit.images import assert_valid_png
 
 def _scores(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

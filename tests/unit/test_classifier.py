@@ -14,7 +14,7 @@ from monai_app.networks.classifier import CovidClassifier
 from monai_app.networks.lung_unet import load_lung_network
 from monai_app.data.manifest import classification_datalist
 from monai_app.transforms.dictionary import CropBordersd, LoadChestXrayd, PadToSquared
-from tests.bundle_helpers import BUNDLE
+from testkit.bundle import BUNDLE
 
 LUNG_WEIGHTS = BUNDLE / "models" / "lung_unet.pt"
 

@@ -13,7 +13,7 @@ import pytest
 
 from pydicom.uid import ImplicitVRLittleEndian
 
-from tests.conftest import dcmtk, dcmtk_env, echo_ok, free_port, instance_dataset_bytes
+from testkit.peers import dcmtk, dcmtk_env, echo_ok, free_port, instance_dataset_bytes
 
 ACCEPTED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1",

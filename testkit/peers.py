@@ -1,0 +1,106 @@
+"""Real peers on loopback: free ports, DCMTK tools, C-ECHO, the node as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from testkit.shared_data import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dcmtk(tool: str) -> str:
+    """Path of a DCMTK program; the venv's pynetdicom scripts of the same name shadow them."""
+    path = Path("/usr/bin") / tool
+    if not path.exists():
+        import pytest  # only tests call this; scripts import this module without pytest
+
+        pytest.fail(f"DCMTK tool {path} missing: run scripts/setup.sh")
+    return str(path)
+
+
+def dcmtk_env() -> dict[str, str]:
+    # Without TCP_NODELAY, Debian's DCMTK waits ~50 ms per DIMSE message (Nagle).
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def echo_ok(port: int, calling_ae: str = "TESTSCU", timeout: float = 5) -> bool:
+    result = subprocess.run(
+        [dcmtk("echoscu"), "-aet", calling_ae, "-aec", "CXR_AI", "-to", str(int(timeout)), "127.0.0.1", str(port)],
+        env=dcmtk_env(), capture_output=True, timeout=timeout + 5,
+    )
+    return result.returncode == 0
+
+
+class NodeProcess:
+    """``python -m dicom_node serve`` as a subprocess on a free loopback port (``--no-analysis``
+    unless ``extra_args`` hold ``--analysis``)."""
+
+    def __init__(self, spool: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.spool = spool
+        self.port = free_port()
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> NodeProcess:
+        # Receiver tests leave the spool's jobs in `received`; end-to-end tests pass --analysis.
+        analysis = () if "--analysis" in self.extra_args else ("--no-analysis",)
+        args = [
+            sys.executable, "-m", "dicom_node", "serve", "--bind", "127.0.0.1",
+            "--port", str(self.port), "--spool", str(self.spool), *analysis, *self.extra_args,
+        ]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"node exited with {self.process.returncode}:\n{self.log()}")
+            if "listening:" in self.log():  # logged once the socket listens
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"node did not listen within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL and reap, if still running (teardown)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def instance_dataset_bytes(path: Path) -> bytes:
+    """The encoded data set of a DICOM file, without preamble and file meta."""
+    from pydicom.filereader import _read_file_meta_info
+
+    data = path.read_bytes()
+    if data[128:132] != b"DICM":
+        return data  # no preamble and no meta: the file is the bare data set
+    with open(path, "rb") as f:
+        f.seek(132)
+        _read_file_meta_info(f)
+        return f.read()

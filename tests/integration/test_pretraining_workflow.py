@@ -1,0 +1,49 @@
+"""Self-supervised (SimCLR) pretraining through the bundle: the `pretraining` run, and the classifier's start from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_app.networks.classifier import CovidClassifier, load_backbone_weights
+from testkit.bundle import CLASSIFIER_TINY as TINY
+from testkit.bundle import TRAIN, parser, workflow
+
+SSL_TINY = {"ssl_num_epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ssl_out")
+    wf = workflow(TRAIN, "train", "pretraining", dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(out), **{**TINY, **SSL_TINY})
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return out
+
+
+def test_pretraining_runs_and_exports_a_backbone_the_classifier_loads(pretrained: Path) -> None:
+    history = [json.loads(line) for line in (pretrained / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["train_loss"] > 0 for h in history)
+    backbone = torch.load(pretrained / "backbone.pt", weights_only=True)
+    assert backbone["conv1.weight"].dtype == torch.float16 and backbone["conv1.weight"].shape[1] == 3
+    classifier = CovidClassifier(hidden_dim=32, embedding_dim=8)
+    assert load_backbone_weights(classifier, pretrained / "backbone.pt")
+    assert torch.equal(classifier.backbone.conv1.weight, backbone["conv1.weight"].float())
+    assert not load_backbone_weights(classifier, None) and not load_backbone_weights(classifier, "")
+
+
+def test_classifier_training_starts_from_the_pretrained_backbone(tiny_classification_dataset: Path, pretrained: Path) -> None:
+    config = parser(TRAIN, dataset_dir=str(tiny_classification_dataset), cls_backbone_init=str(pretrained / "backbone.pt"), **TINY)
+    assert config.get_parsed_content("training_classifier#0") is True, "the first step loads the backbone"
+    network = config.get_parsed_content("cls_network")
+    start = torch.load(pretrained / "backbone.pt", weights_only=True)
+    assert torch.equal(network.backbone.conv1.weight.detach().cpu(), start["conv1.weight"].float())
+    kept = parser(TRAIN, dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(pretrained), **TINY)
+    assert kept.get_parsed_content("cls_backbone_init") == str(pretrained / "backbone.pt"), "default: run pretraining's"
+    scratch = parser(TRAIN, dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(tiny_classification_dataset / "none"), **TINY)
+    assert scratch.get_parsed_content("training_classifier#0") is False, "without a pretrained backbone: from scratch"

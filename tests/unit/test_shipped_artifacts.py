@@ -1,0 +1,66 @@
+"""The shipped model files, read without running them: weight forms, recorded hashes, index items, threshold.
+
+What the shipped models do on real images is checked in ``tests/integration/test_lung_weights.py``
+and ``tests/integration/test_shipped_classifier.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import lzma
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_app.weights import sha256_of
+from testkit.bundle import BUNDLE
+
+LUNG_WEIGHTS = BUNDLE / "models" / "lung_unet.pt"
+LUNG_RECORD = BUNDLE / "docs" / "training_record.md"
+CLASSIFIER_WEIGHTS = BUNDLE / "models" / "classifier.int8.xz"
+CLASSIFIER_RECORD = BUNDLE / "docs" / "classifier_training_record.md"
+
+
+@pytest.fixture(scope="module")
+def manifest_rows(shared_data: Path) -> list[dict[str, str]]:
+    with (shared_data / "manifest.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_shipped_weights_are_compact_fp16_and_match_the_recorded_hash() -> None:
+    assert LUNG_WEIGHTS.stat().st_size < 10 * 2**20
+    state = torch.load(LUNG_WEIGHTS, weights_only=True)
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
+    recorded = re.findall(r"\b[0-9a-f]{64}\b", LUNG_RECORD.read_text())
+    assert sha256_of(LUNG_WEIGHTS) in recorded
+
+
+def test_shipped_classifier_is_compact_int8_and_matches_the_recorded_hash() -> None:
+    assert CLASSIFIER_WEIGHTS.stat().st_size < 20 * 2**20
+    packed = torch.load(io.BytesIO(lzma.decompress(CLASSIFIER_WEIGHTS.read_bytes())), weights_only=True)
+    kernels = [v for v in packed.values() if isinstance(v, dict)]
+    assert kernels and all(v["int8"].dtype == torch.int8 for v in kernels)
+    assert {v.dtype for v in packed.values() if isinstance(v, torch.Tensor) and v.is_floating_point()} == {torch.float16}
+    assert sha256_of(CLASSIFIER_WEIGHTS) in re.findall(r"\b[0-9a-f]{64}\b", CLASSIFIER_RECORD.read_text())
+
+
+def test_shipped_index_items_carry_no_patient_id(manifest_rows: list[dict[str, str]]) -> None:
+    text = (BUNDLE / "models" / "index" / "items.csv").read_text()
+    patient_ids = {r["patient_id"] for r in manifest_rows if r["split"] == "train"}
+    assert not [p for p in patient_ids if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w.])", text)]
+
+
+def test_shipped_threshold_is_the_one_chosen_on_validation() -> None:
+    import json
+
+    from monai.bundle import ConfigParser
+
+    chosen = json.loads((BUNDLE / "docs" / "evaluation" / "metrics.json").read_text())["threshold"]
+    assert chosen["subset"] == "within_source" and "validation" in chosen["method"]
+    shipped = ConfigParser.load_config_file(BUNDLE / "configs" / "inference.yaml")["cls_threshold"]
+    assert shipped == round(chosen["threshold"], 2)
+    evaluated = ConfigParser.load_config_file(BUNDLE / "configs" / "train.yaml")["cls_threshold"]
+    assert evaluated == shipped, "evaluating_classifier must report at the threshold the node uses"
