@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from monai.bundle import ConfigParser
 
-from monai_app.labels import CLASS_NAMES
-from monai_app.retrieval.reference_set import compute_embeddings
-from monai_app.networks.classifier import load_classifier_weights
 from monai_app.evaluation.retrieval import retrieval_metrics
+from monai_app.labels import CLASS_NAMES
+from monai_app.networks.classifier import load_classifier_weights
 from monai_app.retrieval.index import ReferenceItem, SimilarityIndex, exact_neighbours
+from monai_app.retrieval.reference_set import compute_embeddings
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = [str(REPO / "bundle" / "configs" / name) for name in ("train.yaml", "evaluate.yaml")]

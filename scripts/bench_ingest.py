@@ -39,7 +39,6 @@ from typing import Any
 import pydicom
 
 from dicom_node.spool.durable import write_atomically
-
 from scripts import dicom_corpus
 
 REPO = Path(__file__).resolve().parents[1]

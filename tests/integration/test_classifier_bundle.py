@@ -132,8 +132,8 @@ def built_index(tiny_classification_dataset: Path, trained: Path, tmp_path_facto
 
 
 def _embeddings_of_training_images(tiny_classification_dataset: Path, trained: Path) -> tuple[list[dict], np.ndarray]:
-    from monai_app.retrieval.reference_set import compute_embeddings
     from monai_app.networks.classifier import load_classifier_weights
+    from monai_app.retrieval.reference_set import compute_embeddings
 
     p = parser(TRAIN, dataset_dir=str(tiny_classification_dataset), **TINY)
     datalist = p.get_parsed_content("cls_index_datalist")

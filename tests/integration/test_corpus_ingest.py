@@ -8,8 +8,8 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import ImplicitVRLittleEndian
 
-from testkit.peers import dcmtk, dcmtk_env
 from testkit.corpus import build_transfer_syntax_corpus
+from testkit.peers import dcmtk, dcmtk_env
 
 
 def _send(argv: list[str], port: int, files: list[Path]) -> None:

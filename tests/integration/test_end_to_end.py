@@ -22,9 +22,9 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from dicom_node.spool import JobState, Spool
-from testkit.peers import dcmtk, dcmtk_env, echo_ok, free_port
 from testkit.dicom_factory import make_dx, save
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
+from testkit.peers import dcmtk, dcmtk_env, echo_ok, free_port
 from testkit.shared_data import REPO_ROOT
 
 NODE_AE = "CXR_AI"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from pydicom.uid import ImplicitVRLittleEndian
 
 from testkit.peers import dcmtk, dcmtk_env, echo_ok, free_port, instance_dataset_bytes

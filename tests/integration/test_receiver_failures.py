@@ -17,8 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
-from testkit.peers import dcmtk, dcmtk_env, echo_ok
 from dicom_node.receive import dimse_status
+from testkit.peers import dcmtk, dcmtk_env, echo_ok
 
 CR = ComputedRadiographyImageStorage
 

@@ -9,10 +9,10 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose, Resized
 
-from monai_app.transforms.classifier_input import ClassifierInputd, LungProbabilityd, RandClahed
+from monai_app.data.manifest import classification_datalist
 from monai_app.networks.classifier import CovidClassifier
 from monai_app.networks.lung_unet import load_lung_network
-from monai_app.data.manifest import classification_datalist
+from monai_app.transforms.classifier_input import ClassifierInputd, LungProbabilityd, RandClahed
 from monai_app.transforms.dictionary import CropBordersd, LoadChestXrayd, PadToSquared
 from testkit.bundle import BUNDLE
 

@@ -19,6 +19,7 @@ from monai_app.evaluation.plots import (
 from monai_app.evaluation.retrieval import retrieval_example_queries, shortcut_probe
 from testkit.images import assert_valid_png
 
+
 def _scores(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
+from dicom_node.errors import ConfigError
 from dicom_node.send.delivery import (
     PacsDestination,
     is_delivered,
     next_retry_delay,
     send_file,
 )
-from dicom_node.errors import ConfigError
 from testkit.peers import free_port
 
 CALLING_AE = "CXR_AI"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_app.errors import UndecodableImageError
 from monai_app.data.image_io import is_dicom_file, load_chest_xray
 from monai_app.data.masks import IGNORE, LUNG, mask_to_label
 from monai_app.data.raster_image import read_mask
+from monai_app.errors import UndecodableImageError
 
 
 def test_grey_png_is_divided_by_255(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_app.losses import MaskedDiceBCELoss
 from monai_app.data.masks import IGNORE, LUNG
+from monai_app.losses import MaskedDiceBCELoss
 from monai_app.metrics import MaskedDiceMetric, bootstrap_ci, masked_dice
 
 

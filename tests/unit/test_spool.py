@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.spool.durable import TEMP_PREFIX, write_atomically
 from dicom_node.spool import Job, JobState, Spool, is_valid_uid
+from dicom_node.spool.durable import TEMP_PREFIX, write_atomically
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 

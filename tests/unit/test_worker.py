@@ -8,10 +8,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node.config import NodeConfig
-from dicom_node.app import build_worker
-from dicom_node.spool import Job, JobState, Spool
 from dicom_node.analyse.worker import MAX_ATTEMPTS, InferenceWorker
+from dicom_node.app import build_worker
+from dicom_node.config import NodeConfig
+from dicom_node.spool import Job, JobState, Spool
 
 CHESTS = (  # real frontal chest files with file meta, as the receiver spools them
     "pydicom-data/RG1_J2KI.dcm",
