@@ -14,6 +14,7 @@ from tests.bundle_helpers import (
     EVALUATE,
     INFERENCE,
     METADATA,
+    SEGMENTATION,
     TRAIN,
     parser,
     workflow,
@@ -36,7 +37,7 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """Output folder of one epoch of bundle training on the tiny data set."""
     out = tmp_path_factory.mktemp("train_out")
     wf = workflow(
-        TRAIN, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(out), **TINY
+        SEGMENTATION, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(out), **TINY
     )
     wf.initialize()
     assert wf.check_properties() == []
@@ -57,7 +58,7 @@ def test_training_runs_one_epoch_and_exports_fp16_weights(trained: Path) -> None
 
 def test_training_resumes_from_its_checkpoint(tiny_dataset: Path, trained: Path) -> None:
     wf = workflow(
-        TRAIN, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(trained),
+        SEGMENTATION, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(trained),
         **{**TINY, "num_epochs": 2},
     )
     wf.initialize()
@@ -71,7 +72,7 @@ def test_evaluation_writes_segmentation_metrics_on_test_rows(
     tiny_dataset: Path, trained: Path, tmp_path: Path
 ) -> None:
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating", dataset_dir=str(tiny_dataset),
+        EVALUATE, "eval", "evaluating", dataset_dir=str(tiny_dataset),
         output_dir=str(tmp_path), lung_model_file=str(trained / "lung_unet.pt"), **TINY,
     )
     wf.initialize()
@@ -90,7 +91,7 @@ def test_evaluation_keeps_other_sections_of_metrics_json(
 ) -> None:
     (tmp_path / "metrics.json").write_text(json.dumps({"classification": {"auc": 0.5}}))
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating", dataset_dir=str(tiny_dataset),
+        EVALUATE, "eval", "evaluating", dataset_dir=str(tiny_dataset),
         output_dir=str(tmp_path), lung_model_file=str(trained / "lung_unet.pt"), **TINY,
     )
     wf.initialize()
@@ -107,7 +108,7 @@ def test_inference_writes_a_probability_map_per_png_and_dicom_input(
     Image.open(sorted((shared_data / "images/nih_cxr14").iterdir())[0]).save(inputs / "nih.png")
     wf = workflow(
         INFERENCE, "infer", "run", dataset_dir=str(inputs), output_dir=str(tmp_path / "out"),
-        lung_model_file=str(trained / "lung_unet.pt"), spatial_size=[64, 64],
+        model_file=str(trained / "lung_unet.pt"), spatial_size=[64, 64],
     )
     wf.initialize()
     assert wf.check_properties() == []
@@ -122,7 +123,7 @@ def test_metadata_matches_the_network_input_and_output() -> None:
     image, pred = meta["inputs"]["image"], meta["outputs"]["pred"]
     p = parser(INFERENCE)
     assert p["spatial_size"] == image["spatial_shape"] == parser(TRAIN)["spatial_size"]
-    net = p.get_parsed_content("lung_network_def").eval()
+    net = p.get_parsed_content("network_def").eval()
     x = torch.zeros(1, image["num_channels"], *image["spatial_shape"], dtype=getattr(torch, image["dtype"]))
     with torch.no_grad():
         y = net(x)
@@ -134,7 +135,7 @@ def test_train_and_inference_configs_define_the_same_network() -> None:
     keys = ("lung_channels", "lung_num_res_units", "spatial_size", "clahe", "clahe_clip_limit")
     train, infer = parser(TRAIN), parser(INFERENCE)
     assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
-    assert train["lung_network_def"] == infer["lung_network_def"]
+    assert train["network_def"] == infer["network_def"] == "@lung_network_def"
 
 
 def test_train_and_inference_preprocessing_give_the_same_image(
@@ -145,7 +146,7 @@ def test_train_and_inference_preprocessing_give_the_same_image(
     image_path = sorted((shared_data / "images/ieee8023").iterdir())[3]
     Image.new("L", Image.open(image_path).size).save(tmp_path / "mask.png")
     train_steps = Compose(parser(TRAIN).get_parsed_content("lung_deterministic_transforms"))
-    infer_steps = parser(INFERENCE).get_parsed_content("lung_preprocessing")
+    infer_steps = parser(INFERENCE).get_parsed_content("preprocessing")
     trained_item = train_steps({"image": str(image_path), "label": str(tmp_path / "mask.png")})
     served_item = infer_steps({"image": str(image_path)})
     assert tuple(served_item["image"].shape) == (1, 256, 256)
@@ -156,7 +157,7 @@ def test_monai_verify_net_in_out_accepts_the_metadata() -> None:
     from monai.bundle import verify_net_in_out
 
     verify_net_in_out(
-        net_id="lung_network_def", meta_file=METADATA, config_file=INFERENCE,
+        net_id="network_def", meta_file=METADATA, config_file=INFERENCE,
         bundle_root=str(Path(METADATA).parents[1]),
     )
 
@@ -169,7 +170,7 @@ def test_node_can_drop_the_loader_and_feed_a_decoded_array(shared_data: Path) ->
     from monai_app.transforms.dictionary import LoadChestXrayd
 
     path = shared_data / "dicom/fo-dicom/CR-MONO1-10-chest.dcm"
-    steps = parser(INFERENCE).get_parsed_content("lung_preprocessing")
+    steps = parser(INFERENCE).get_parsed_content("preprocessing")
     assert isinstance(steps.transforms[0], LoadChestXrayd)
     without_loader = Compose(steps.transforms[1:])
     fed = without_loader({"image": torch.from_numpy(read_dicom_image(path)[None])})

@@ -20,7 +20,7 @@ from scipy.stats import mannwhitneyu
 from monai_app.inference import BundleAnalyser
 from monai_app.weights import sha256_of
 from monai_app.retrieval.index import reference_uids
-from tests.bundle_helpers import BUNDLE
+from tests.bundle_helpers import BUNDLE, EVALUATE, INFERENCE_CLASSIFIER, parser
 
 WEIGHTS = BUNDLE / "models" / "classifier.int8.xz"
 RECORD = BUNDLE / "docs" / "classifier_training_record.md"
@@ -86,14 +86,14 @@ def test_shipped_index_items_carry_no_patient_id(manifest_rows: list[dict[str, s
     assert not [p for p in patient_ids if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w.])", text)]
 
 
-def test_shipped_threshold_is_the_one_chosen_on_validation() -> None:
+def test_shipped_threshold_is_the_one_chosen_on_validation(analyser: BundleAnalyser) -> None:
     import json
-
-    from monai.bundle import ConfigParser
 
     chosen = json.loads((BUNDLE / "docs" / "evaluation" / "metrics.json").read_text())["threshold"]
     assert chosen["subset"] == "within_source" and "validation" in chosen["method"]
-    shipped = ConfigParser.load_config_file(BUNDLE / "configs" / "inference.yaml")["cls_threshold"]
+
+    shipped = parser(INFERENCE_CLASSIFIER).get_parsed_content("threshold")
     assert shipped == round(chosen["threshold"], 2)
-    evaluated = ConfigParser.load_config_file(BUNDLE / "configs" / "train.yaml")["cls_threshold"]
+    evaluated = parser(EVALUATE).get_parsed_content("cls_threshold")
     assert evaluated == shipped, "evaluating_classifier must report at the threshold the node uses"
+    assert analyser.threshold == shipped, "the node reads the inference config's threshold"
