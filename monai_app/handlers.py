@@ -227,18 +227,18 @@ class BackboneExport:
 
     Parameters
     ----------
-    checkpoint : TrainingCheckpoint
-        The pretraining's checkpoint handler (its newest file is exported).
+    checkpoint_dir : str or pathlib.Path
+        Folder of the pretraining's :class:`TrainingCheckpoint` (its newest file is exported).
     output : str or pathlib.Path
         The fp16 backbone file (:func:`monai_app.networks.contrastive.export_backbone`).
     """
 
-    def __init__(self, checkpoint: TrainingCheckpoint, output: str | Path) -> None:
-        self.checkpoint = checkpoint
+    def __init__(self, checkpoint_dir: str | Path, output: str | Path) -> None:
+        self.checkpoint = TrainingCheckpoint(checkpoint_dir, {})
         self.output = Path(output)
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``engine`` (the trainer), after ``checkpoint`` so the last epoch is saved."""
+        """Register on ``engine`` (the trainer), after the checkpoint handler so the last epoch is saved."""
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
