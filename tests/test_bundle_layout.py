@@ -159,3 +159,20 @@ def test_metadata_lists_the_bundles_packages_and_this_version() -> None:
     assert "highdicom" not in packages
     assert meta["version"] in meta["changelog"] and meta["version"] == "0.6.1"
     ConfigParser.load_config_file(CONFIGS / "metadata.json")  # valid JSON for monai.bundle
+
+
+def test_classifier_inference_runs_and_writes_predictions(shared_data: Path, tmp_path: Path) -> None:
+    import csv
+
+    from tests.bundle_helpers import workflow
+
+    image = sorted((shared_data / "images/nih_cxr14").iterdir())[0]
+    wf = workflow(INFERENCE_CLASSIFIER, "infer", "run", dataset_dir=str(image), output_dir=str(tmp_path))
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    with (tmp_path / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["image"] for r in rows] == [image.name]
+    assert 0.0 <= float(rows[0]["covid_probability"]) <= 1.0
+    assert rows[0]["positive"] == str(int(float(rows[0]["covid_probability"]) >= 0.13))
