@@ -1,14 +1,15 @@
-"""The bundle's inference pieces, loaded by ID from ``configs/inference.yaml`` for the serving node.
+"""The bundle's classifier inference, loaded by ID from ``configs/inference_classifier.yaml`` for the serving node.
 
 Nothing here re-defines a transform or a network: the preprocessing (loader, crop, pad, lung
 channel from the U-Net, resize, CLAHE, channel stacking), the classifier and its
-postprocessing are the bundle's own ``cls_*`` IDs, parsed with MONAI's ``ConfigParser``.
+postprocessing are the bundle's own MONAI standard IDs (``preprocessing``, ``network``,
+``postprocessing``, plus ``model_file``, ``cls_lung_model_file`` and ``threshold``), parsed with
+MONAI's ``ConfigParser`` from ``configs/common.yaml`` with ``inference_classifier.yaml`` stacked on it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,14 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from monai_app.labels import DEFAULT_THRESHOLD
 from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
 from monai_app.retrieval.index import Neighbour, SimilarityIndex
 from monai_app.weights import sha256_of
 
-logger = logging.getLogger(__name__)
 
-INFERENCE_CONFIG = "configs/inference.yaml"
+INFERENCE_CONFIGS = ("configs/common.yaml", "configs/inference_classifier.yaml")
+"""The classifier's inference configs, stacked in this order (as ``--config_file`` lists them)."""
 METADATA = "configs/metadata.json"
 INDEX_DIR = "models/index"
 LUNG_CHANNEL = 1
@@ -50,10 +52,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but PyTorch sees no usable GPU")
     return torch.device(name)
-
-
-DEFAULT_THRESHOLD = 0.5
-"""Decision threshold of a bundle whose inference config names none (``cls_threshold``)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,8 @@ class BundleAnalyser:
     Parameters
     ----------
     bundle_dir : str or pathlib.Path
-        The bundle (``configs/inference.yaml``, ``configs/metadata.json``, ``models/``).
+        The bundle (``configs/common.yaml``, ``configs/inference_classifier.yaml``,
+        ``configs/metadata.json``, ``models/``).
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     load_index : bool
@@ -106,20 +105,20 @@ class BundleAnalyser:
         self.device = resolve_device(device)
         parser = ConfigParser()
         parser.read_meta(self.bundle_dir / METADATA)
-        parser.read_config(self.bundle_dir / INFERENCE_CONFIG)
+        parser.read_config([str(self.bundle_dir / name) for name in INFERENCE_CONFIGS])
         parser["bundle_root"] = str(self.bundle_dir)
         parser["device"] = f"$torch.device('{self.device}')"
-        model_files = [Path(parser.get_parsed_content(key)) for key in ("cls_lung_model_file", "cls_model_file")]
+        model_files = [Path(parser.get_parsed_content(key)) for key in ("cls_lung_model_file", "model_file")]
         for path in model_files:
             if not path.is_file():
                 raise FileNotFoundError(f"the bundle has no weights file {path}")
-        self.preprocessing = parser.get_parsed_content("cls_preprocessing")
-        self.postprocessing = parser.get_parsed_content("cls_postprocessing")
-        network = parser.get_parsed_content("cls_network")
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.postprocessing = parser.get_parsed_content("postprocessing")
+        network = parser.get_parsed_content("network")
         if not isinstance(network, CovidClassifier):
-            raise TypeError(f"cls_network must be a CovidClassifier, got {type(network).__name__}")
+            raise TypeError(f"network must be a CovidClassifier, got {type(network).__name__}")
         self.network = load_classifier_weights(network, model_files[1]).to(self.device)
-        self.threshold = float(parser.get_parsed_content("cls_threshold", default=DEFAULT_THRESHOLD))
+        self.threshold = float(parser.get_parsed_content("threshold", default=DEFAULT_THRESHOLD))
         digests = [sha256_of(path) for path in model_files]
         self.identity = ModelIdentity(
             name=str(parser.get("_meta_#name", "bundle")),
@@ -136,7 +135,7 @@ class BundleAnalyser:
             self.index = SimilarityIndex.load(index_dir)
 
     def prepare(self, path: str | Path) -> PreparedImage:
-        """Load and preprocess one image file (DICOM, PNG or JPEG) with the bundle's ``cls_preprocessing``.
+        """Load and preprocess one image file (DICOM, PNG or JPEG) with the bundle's ``preprocessing``.
 
         Raises
         ------
@@ -150,7 +149,7 @@ class BundleAnalyser:
 
     @torch.inference_mode()
     def predict(self, images: Sequence[PreparedImage]) -> list[Prediction]:
-        """Classify a batch: COVID-19 probability (the bundle's ``cls_postprocessing``) and embedding."""
+        """Classify a batch: COVID-19 probability (the bundle's ``postprocessing``) and embedding."""
         if not images:
             return []
         batch = torch.stack([image.tensor for image in images]).to(self.device)

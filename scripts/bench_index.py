@@ -34,7 +34,10 @@ from monai_app.retrieval.index import ReferenceItem, SimilarityIndex, exact_neig
 from monai_app.retrieval.reference_set import compute_embeddings
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = [str(REPO / "bundle" / "configs" / name) for name in ("train.yaml", "evaluate.yaml")]
+CONFIGS = [  # the evaluation stacking of bundle/docs/README.md
+    str(REPO / "bundle" / "configs" / f"{name}.yaml")
+    for name in ("common", "train_segmentation", "train_classifier", "build_index", "evaluate")
+]
 
 
 def embed_splits(dataset_dir: Path, model_file: Path, device: str, cache: Path) -> dict[str, np.ndarray]:
@@ -47,7 +50,7 @@ def embed_splits(dataset_dir: Path, model_file: Path, device: str, cache: Path) 
     parser.update({"bundle_root": str(REPO / "bundle"), "dataset_dir": str(dataset_dir),
                    "device": f"$torch.device('{device}')"})
     network = load_classifier_weights(parser.get_parsed_content("cls_network"), model_file)
-    transform = parser.get_parsed_content("cls_validate#preprocessing")
+    transform = parser.get_parsed_content("cls_preprocessing")
     reference = parser.get_parsed_content("cls_index_datalist")
     queries = parser.get_parsed_content("cls_validate#dataset#data")  # the test split
     result = {

@@ -28,6 +28,11 @@ TIME_LIMIT=${TIME_LIMIT:-86400}
 EXTRA=${EXTRA:-}
 RUNS=${RUNS:-scratch ssl nolung}
 
+C=bundle/configs
+CLASSIFIER="['$C/common.yaml','$C/train_classifier.yaml']"
+PRETRAIN="['$C/common.yaml','$C/pretrain.yaml']"
+EVALUATE="['$C/common.yaml','$C/train_segmentation.yaml','$C/train_classifier.yaml','$C/build_index.yaml','$C/evaluate.yaml']"
+
 mkdir -p "$RUN_DIR"
 bundle() {  # bundle <run key> <config files> <overrides...>, stopped after TIME_LIMIT seconds
     local key=$1 configs=$2
@@ -39,7 +44,7 @@ bundle() {  # bundle <run key> <config files> <overrides...>, stopped after TIME
 train() {  # train <name> <overrides...>
     local name=$1
     shift
-    bundle training_classifier bundle/configs/train.yaml \
+    bundle training_classifier "$CLASSIFIER" \
         --cls_output_dir "$RUN_DIR/$name" --cls_num_epochs "$CLS_EPOCHS" "$@" \
         >"$RUN_DIR/$name.log" 2>&1
     # A run stopped by TIME_LIMIT still has its best checkpoint: export it.
@@ -51,19 +56,20 @@ evaluate() {  # evaluate <name> <overrides...>
     local name=$1
     shift
     [ -f "$RUN_DIR/$name/classifier.pt" ] || return 0
-    bundle evaluating_classifier "['bundle/configs/train.yaml','bundle/configs/evaluate.yaml']" \
+    bundle evaluating_classifier "$EVALUATE" \
         --output_dir "$RUN_DIR/eval_$name" --cls_model_file "$RUN_DIR/$name/classifier.pt" "$@" \
         >"$RUN_DIR/eval_$name.log" 2>&1
 }
 
 wanted() { [[ " $RUNS " == *" $1 "* ]]; }
-wanted scratch && (train scratch && evaluate scratch) &
+# scratch and nolung name their start: by default training_classifier takes runs/pretraining's backbone if present.
+wanted scratch && (train scratch --cls_backbone_init null && evaluate scratch) &
 wanted ssl && (WORKERS=$SSL_WORKERS
- bundle pretraining bundle/configs/train.yaml --ssl_output_dir "$RUN_DIR/ssl_pretraining" \
+ bundle pretraining "$PRETRAIN" --ssl_output_dir "$RUN_DIR/ssl_pretraining" \
      --ssl_num_epochs "$SSL_EPOCHS" >"$RUN_DIR/ssl_pretraining.log" 2>&1
  [ -f "$RUN_DIR/ssl_pretraining/backbone.pt" ] || "$PYTHON" -c "import sys; from monai_app.handlers import ResumeFromCheckpoint; from monai_app.networks.contrastive import export_backbone; export_backbone(ResumeFromCheckpoint(sys.argv[1], {}).latest(), sys.argv[1] + '/backbone.pt')" "$RUN_DIR/ssl_pretraining"
  train ssl --cls_backbone_init "$RUN_DIR/ssl_pretraining/backbone.pt" && evaluate ssl) &
-wanted nolung && (train nolung --cls_lung_channel false && evaluate nolung --cls_lung_channel false) &
+wanted nolung && (train nolung --cls_backbone_init null --cls_lung_channel false && evaluate nolung --cls_lung_channel false) &
 wait
 
 "$PYTHON" - "$RUN_DIR" <<'EOF'

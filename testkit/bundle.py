@@ -13,9 +13,26 @@ from testkit.shared_data import REPO_ROOT
 
 BUNDLE = REPO_ROOT / "bundle"
 CONFIGS = BUNDLE / "configs"
-TRAIN = str(CONFIGS / "train.yaml")
-EVALUATE = str(CONFIGS / "evaluate.yaml")
-INFERENCE = str(CONFIGS / "inference.yaml")
+
+
+def _stack(*names: str) -> list[str]:
+    """Config files stacked in this order, as ``--config_file "[...]"`` lists them."""
+    return [str(CONFIGS / f"{name}.yaml") for name in names]
+
+
+# One stacking per stage, as bundle/docs/README.md documents the commands.
+COMMON = _stack("common")
+SEGMENTATION = _stack("common", "train_segmentation")
+PRETRAIN = _stack("common", "pretrain")
+CLASSIFIER = _stack("common", "train_classifier")
+BUILD_INDEX = _stack("common", "build_index")
+TRAIN = _stack("common", "train_segmentation", "pretrain", "train_classifier", "build_index", "train")
+"""Every training stage: ``run training`` (and any one stage's run key)."""
+EVALUATE = _stack("common", "train_segmentation", "train_classifier", "build_index", "evaluate")
+"""All evaluations (``evaluating``, ``evaluating_classifier``, ``calibrating_threshold``, ``evaluating_retrieval``)."""
+INFERENCE = _stack("common", "inference")
+INFERENCE_CLASSIFIER = _stack("common", "inference_classifier")
+STAGE_FILES = sorted(CONFIGS.glob("*.yaml"))
 METADATA = str(CONFIGS / "metadata.json")
 CLASSIFIER_PROPERTIES = str(CONFIGS / "classifier_properties.json")
 

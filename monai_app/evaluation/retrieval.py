@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -346,3 +347,30 @@ def evaluate_retrieval(
     write_retrieval_examples(index, queries, datalist, output_dir, k, reference_datalist)
     logger.info("retrieval: %s", section)
     return section
+
+
+@dataclass
+class RetrievalEvaluation:
+    """The bundle's ``evaluating_retrieval`` stage as a component: its arguments are config keys.
+
+    Fields are those of :func:`evaluate_retrieval`.
+    """
+
+    network: CovidClassifier
+    model_file: str | Path
+    datalist: Sequence[Mapping[str, object]]
+    transform: Callable[[dict], dict]
+    index_dir: str | Path
+    metrics_file: str | Path
+    k: int = 4
+    batch_size: int = 16
+    device: str | torch.device = "cpu"
+    reference_datalist: Sequence[Mapping[str, object]] | None = None
+    seed: int = 0
+
+    def run(self) -> dict[str, object]:
+        """Write the ``"retrieval"`` section and its figures (see :func:`evaluate_retrieval`)."""
+        return evaluate_retrieval(
+            self.network, self.model_file, self.datalist, self.transform, self.index_dir, self.metrics_file,
+            int(self.k), int(self.batch_size), self.device, self.reference_datalist, int(self.seed),
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,33 @@ def build_reference_index(
     index.save(Path(output_dir))
     logger.info("indexed %d reference images (%s, %d trees) in %s", len(items), metric, n_trees, output_dir)
     return index
+
+
+@dataclass
+class ReferenceIndexBuild:
+    """The bundle's ``build_index`` stage as a component: its arguments are config keys.
+
+    Fields are those of :func:`build_reference_index`, except ``salt``: ``None`` reads
+    ``$CXR_INDEX_SALT`` when the stage runs (:func:`monai_app.workflows.index_salt`).
+    """
+
+    network: CovidClassifier
+    model_file: str | Path
+    datalist: Sequence[Mapping[str, object]]
+    transform: Callable[[dict], dict]
+    output_dir: str | Path
+    salt: str | None = None
+    metric: str = "angular"
+    n_trees: int = 20
+    seed: int = 0
+    batch_size: int = 16
+    device: str | torch.device = "cpu"
+
+    def run(self) -> SimilarityIndex:
+        """Embed, index and save the reference set (see :func:`build_reference_index`)."""
+        from monai_app.workflows import index_salt  # workflows imports this module
+
+        return build_reference_index(
+            self.network, self.model_file, self.datalist, self.transform, self.output_dir,
+            index_salt(self.salt), self.metric, int(self.n_trees), int(self.seed), int(self.batch_size), self.device,
+        )

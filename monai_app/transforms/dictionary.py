@@ -176,3 +176,34 @@ class Clahed(MapTransform):
             meta = value.meta if isinstance(value, MetaTensor) else {}
             d[key] = MetaTensor(torch.from_numpy(out), meta=dict(meta))
         return d
+
+
+class ClampIntensityd(MapTransform):
+    """Clamp ``keys`` to ``[minv, maxv]`` (after intensity augmentations that can leave [0, 1]).
+
+    Parameters
+    ----------
+    keys : KeysCollection
+        Image keys (tensors).
+    minv, maxv : float
+        Bounds of the clamp.
+    allow_missing_keys : bool
+        Skip absent keys instead of raising.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, minv: float = 0.0, maxv: float = 1.0, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.minv = float(minv)
+        self.maxv = float(maxv)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if isinstance(value, torch.Tensor):  # MetaTensor too: its meta data are kept
+                d[key] = value.clamp(self.minv, self.maxv)
+            else:
+                d[key] = np.clip(value, self.minv, self.maxv)
+        return d

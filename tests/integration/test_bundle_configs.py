@@ -16,7 +16,7 @@ from PIL import Image
 from testkit.bundle import (
     EVALUATE,
     INFERENCE,
-    TRAIN,
+    SEGMENTATION,
     workflow,
     write_tiny_dataset,
 )
@@ -37,7 +37,7 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """Output folder of one epoch of bundle training on the tiny data set."""
     out = tmp_path_factory.mktemp("train_out")
     wf = workflow(
-        TRAIN, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(out), **TINY
+        SEGMENTATION, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(out), **TINY
     )
     wf.initialize()
     assert wf.check_properties() == []
@@ -58,7 +58,7 @@ def test_training_runs_one_epoch_and_exports_fp16_weights(trained: Path) -> None
 
 def test_training_resumes_from_its_checkpoint(tiny_dataset: Path, trained: Path) -> None:
     wf = workflow(
-        TRAIN, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(trained),
+        SEGMENTATION, "train", "training_segmentation", dataset_dir=str(tiny_dataset), output_dir=str(trained),
         **{**TINY, "num_epochs": 2},
     )
     wf.initialize()
@@ -72,7 +72,7 @@ def test_evaluation_writes_segmentation_metrics_on_test_rows(
     tiny_dataset: Path, trained: Path, tmp_path: Path
 ) -> None:
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating", dataset_dir=str(tiny_dataset),
+        EVALUATE, "eval", "evaluating", dataset_dir=str(tiny_dataset),
         output_dir=str(tmp_path), lung_model_file=str(trained / "lung_unet.pt"), **TINY,
     )
     wf.initialize()
@@ -91,7 +91,7 @@ def test_evaluation_keeps_other_sections_of_metrics_json(
 ) -> None:
     (tmp_path / "metrics.json").write_text(json.dumps({"classification": {"auc": 0.5}}))
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating", dataset_dir=str(tiny_dataset),
+        EVALUATE, "eval", "evaluating", dataset_dir=str(tiny_dataset),
         output_dir=str(tmp_path), lung_model_file=str(trained / "lung_unet.pt"), **TINY,
     )
     wf.initialize()
@@ -108,7 +108,7 @@ def test_inference_writes_a_probability_map_per_png_and_dicom_input(
     Image.open(sorted((shared_data / "images/nih_cxr14").iterdir())[0]).save(inputs / "nih.png")
     wf = workflow(
         INFERENCE, "infer", "run", dataset_dir=str(inputs), output_dir=str(tmp_path / "out"),
-        lung_model_file=str(trained / "lung_unet.pt"), spatial_size=[64, 64],
+        model_file=str(trained / "lung_unet.pt"), spatial_size=[64, 64],
     )
     wf.initialize()
     assert wf.check_properties() == []

@@ -17,8 +17,10 @@ import torch
 from monai_app.retrieval.index import SimilarityIndex
 from testkit.bundle import (
     CLASSIFIER_PROPERTIES,
+    BUILD_INDEX,
+    CLASSIFIER,
     EVALUATE,
-    INFERENCE,
+    INFERENCE_CLASSIFIER,
     METADATA,
     TRAIN,
     parser,
@@ -34,7 +36,7 @@ def trained(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPath
     """Output folder of one epoch of classifier training on the tiny data set."""
     out = tmp_path_factory.mktemp("cls_train_out")
     wf = workflow(
-        TRAIN, "train", "training_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset), cls_output_dir=str(out), **TINY
+        CLASSIFIER, "train", "training_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset), cls_output_dir=str(out), **TINY
     )
     wf.initialize()
     assert wf.check_properties() == []
@@ -58,7 +60,7 @@ def test_classifier_evaluation_writes_metrics_per_source_and_within_source(
 ) -> None:
     (tmp_path / "metrics.json").write_text(json.dumps({"segmentation": {"dice_mean": 0.9}}))
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
+        EVALUATE, "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"),
         bootstrap_resamples=50, **TINY,
     )
@@ -86,7 +88,7 @@ def test_ablation_without_the_lung_channel_goes_to_its_own_section(
     tiny_classification_dataset: Path, trained: Path, tmp_path: Path
 ) -> None:
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
+        EVALUATE, "eval", "evaluating_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_lung_channel="false",  # as the CLI passes it
         cls_report_section="ablation", bootstrap_resamples=50, **TINY,
     )
@@ -104,15 +106,15 @@ def test_classifier_metadata_matches_the_network_and_loads_the_trained_weights(t
     image, pred, embedding = meta["inputs"]["image"], meta["outputs"]["pred"], meta["outputs"]["embedding"]
     assert image["num_channels"] == 3 and set(image["channel_def"]) == {"0", "1", "2"}
     assert "lung" in image["channel_def"]["1"] and image["channel_def"]["2"] == "zeros"
-    p = parser(INFERENCE)
+    p = parser(INFERENCE_CLASSIFIER)
     assert p["cls_spatial_size"] == image["spatial_shape"] and p["cls_embedding_dim"] == embedding["num_channels"]
-    net = p.get_parsed_content("cls_network_def").eval()
+    net = p.get_parsed_content("network_def").eval()
     x = torch.rand(1, image["num_channels"], *image["spatial_shape"])
     with torch.no_grad():
         assert tuple(net(x).shape) == (1, pred["num_channels"])
         assert tuple(net.embed(x).shape) == (1, embedding["num_channels"])
-    tiny = parser(INFERENCE, cls_hidden_dim=TINY["cls_hidden_dim"], cls_embedding_dim=TINY["cls_embedding_dim"])
-    small_net = tiny.get_parsed_content("cls_network_def")
+    tiny = parser(INFERENCE_CLASSIFIER, cls_hidden_dim=TINY["cls_hidden_dim"], cls_embedding_dim=TINY["cls_embedding_dim"])
+    small_net = tiny.get_parsed_content("network_def")
     state = torch.load(trained / "classifier.pt", weights_only=True)
     small_net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
@@ -122,7 +124,7 @@ def built_index(tiny_classification_dataset: Path, trained: Path, tmp_path_facto
     """Index folder made by the bundle's `build_index` on the tiny training split."""
     out = tmp_path_factory.mktemp("cls_index")
     wf = workflow(
-        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
+        BUILD_INDEX, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         cls_output_dir=str(trained), cls_index_dir=str(out), cls_index_salt="test-salt", **TINY,
     )
     wf.initialize()
@@ -138,7 +140,7 @@ def _embeddings_of_training_images(tiny_classification_dataset: Path, trained: P
     p = parser(TRAIN, dataset_dir=str(tiny_classification_dataset), **TINY)
     datalist = p.get_parsed_content("cls_index_datalist")
     net = load_classifier_weights(p.get_parsed_content("cls_network_def"), trained / "classifier.pt")
-    return datalist, compute_embeddings(net, datalist, p.get_parsed_content("cls_validate#preprocessing"))
+    return datalist, compute_embeddings(net, datalist, p.get_parsed_content("cls_preprocessing"))
 
 
 def test_index_has_the_labelled_training_images_with_deterministic_uids(
@@ -179,7 +181,7 @@ def test_build_index_is_reproducible_and_needs_a_salt(
     tiny_classification_dataset: Path, trained: Path, built_index: Path, tmp_path: Path
 ) -> None:
     wf = workflow(
-        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
+        BUILD_INDEX, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         cls_output_dir=str(trained), cls_index_dir=str(tmp_path), cls_index_salt="test-salt", **TINY,
     )
     wf.initialize()
@@ -187,13 +189,14 @@ def test_build_index_is_reproducible_and_needs_a_salt(
     for name in ("index.ann", "items.csv", "index.json"):
         assert (tmp_path / name).read_bytes() == (built_index / name).read_bytes()
     unsalted = workflow(
-        TRAIN, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
+        BUILD_INDEX, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         cls_output_dir=str(trained), cls_index_dir=str(tmp_path / "x"), cls_index_salt="", **TINY,
     )
     unsalted.initialize()
     with pytest.raises(RuntimeError) as failure:
         unsalted.run()
     assert "salt" in repr(failure.value.__cause__)
+    assert not (tmp_path / "x").exists()
 
 
 def test_retrieval_evaluation_writes_its_section(
@@ -201,7 +204,7 @@ def test_retrieval_evaluation_writes_its_section(
 ) -> None:
     (tmp_path / "metrics.json").write_text(json.dumps({"classifier": {"n": 6}}))
     wf = workflow(
-        [TRAIN, EVALUATE], "eval", "evaluating_retrieval", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
+        EVALUATE, "eval", "evaluating_retrieval", CLASSIFIER_PROPERTIES, dataset_dir=str(tiny_classification_dataset),
         output_dir=str(tmp_path), cls_model_file=str(trained / "classifier.pt"), cls_index_dir=str(built_index),
         **TINY,
     )
@@ -240,7 +243,7 @@ def test_retrieval_examples_find_every_indexed_image_in_the_reference_datalist(
     paths = reference_image_paths(datalist)
     assert set(paths) == {item.sop_instance_uid for item in index.items}
     assert all(Path(p).is_file() for p in paths.values())
-    assert parser([TRAIN, EVALUATE])["retrieval_reference_datalist"] == "@cls_index_datalist"
+    assert parser(EVALUATE)["retrieval_reference_datalist"] == "@cls_index_datalist"
 
 
 def test_retrieval_vote_counts_neighbour_labels(tiny_classification_dataset: Path, trained: Path, built_index: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from monai_app.networks.classifier import CovidClassifier, load_backbone_weights
 from testkit.bundle import CLASSIFIER_TINY as TINY
-from testkit.bundle import TRAIN, parser, workflow
+from testkit.bundle import CLASSIFIER, PRETRAIN, parser, workflow
 
 SSL_TINY = {"ssl_num_epochs": 2}
 
@@ -18,7 +18,7 @@ SSL_TINY = {"ssl_num_epochs": 2}
 @pytest.fixture(scope="module")
 def pretrained(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ssl_out")
-    wf = workflow(TRAIN, "train", "pretraining", dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(out), **{**TINY, **SSL_TINY})
+    wf = workflow(PRETRAIN, "train", "pretraining", dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(out), **{**TINY, **SSL_TINY})
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -37,13 +37,19 @@ def test_pretraining_runs_and_exports_a_backbone_the_classifier_loads(pretrained
     assert not load_backbone_weights(classifier, None) and not load_backbone_weights(classifier, "")
 
 
-def test_classifier_training_starts_from_the_pretrained_backbone(tiny_classification_dataset: Path, pretrained: Path) -> None:
-    config = parser(TRAIN, dataset_dir=str(tiny_classification_dataset), cls_backbone_init=str(pretrained / "backbone.pt"), **TINY)
-    assert config.get_parsed_content("training_classifier#0") is True, "the first step loads the backbone"
+def test_classifier_training_starts_from_the_pretrained_backbone(
+    tiny_classification_dataset: Path, pretrained: Path, tmp_path: Path
+) -> None:
+    from ignite.engine import Events
+
+    config = parser(CLASSIFIER, dataset_dir=str(tiny_classification_dataset), cls_output_dir=str(tmp_path),
+                    cls_backbone_init=str(pretrained / "backbone.pt"), **TINY)
+    trainer = config.get_parsed_content("cls_train#trainer")
+    trainer.fire_event(Events.STARTED)  # the start is loaded when training starts (before any resume)
     network = config.get_parsed_content("cls_network")
     start = torch.load(pretrained / "backbone.pt", weights_only=True)
     assert torch.equal(network.backbone.conv1.weight.detach().cpu(), start["conv1.weight"].float())
-    kept = parser(TRAIN, dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(pretrained), **TINY)
+    kept = parser(CLASSIFIER, dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(pretrained), **TINY)
     assert kept.get_parsed_content("cls_backbone_init") == str(pretrained / "backbone.pt"), "default: run pretraining's"
-    scratch = parser(TRAIN, dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(tiny_classification_dataset / "none"), **TINY)
-    assert scratch.get_parsed_content("training_classifier#0") is False, "without a pretrained backbone: from scratch"
+    scratch = parser(CLASSIFIER, dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(tiny_classification_dataset / "none"), **TINY)
+    assert scratch.get_parsed_content("cls_backbone_init") is None, "without a pretrained backbone: from scratch"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from testkit.bundle import INFERENCE, TRAIN, parser
+from testkit.bundle import INFERENCE_CLASSIFIER, TRAIN, parser
 
 
 def test_lung_channel_switch_puts_zeros_in_place_of_the_lung_map() -> None:
@@ -44,9 +44,9 @@ def test_augmentations_follow_the_paper() -> None:
 def test_train_and_inference_configs_define_the_same_classifier() -> None:
     keys = ("cls_spatial_size", "cls_lung_spatial_size", "cls_hidden_dim", "cls_embedding_dim",
             "cls_dropout", "cls_clahe", "cls_clahe_clip_limit", "lung_channels", "lung_num_res_units")
-    train, infer = parser(TRAIN), parser(INFERENCE)
+    train, infer = parser(TRAIN), parser(INFERENCE_CLASSIFIER)
     assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
-    assert train["cls_network_def"] == infer["cls_network_def"]
+    assert infer["network_def"] == "@cls_network_def" and infer["preprocessing"] == "@cls_preprocessing"
 
 
 def test_train_and_inference_preprocessing_give_the_same_classifier_input(shared_data: Path) -> None:
@@ -57,7 +57,7 @@ def test_train_and_inference_preprocessing_give_the_same_classifier_input(shared
     train = parser(TRAIN, **small)
     steps = Compose(train.get_parsed_content("cls_deterministic_transforms")
                     + train.get_parsed_content("cls_input_transforms"))
-    served = parser(INFERENCE, **small).get_parsed_content("cls_preprocessing")
+    served = parser(INFERENCE_CLASSIFIER, **small).get_parsed_content("preprocessing")
     trained_item, served_item = steps({"image": image_path}), served({"image": image_path})
     assert tuple(served_item["image"].shape) == (3, 64, 64)
     torch.testing.assert_close(torch.as_tensor(trained_item["image"]), torch.as_tensor(served_item["image"]))

@@ -20,7 +20,7 @@ from testkit.dicom_factory import make_dx, save
 @pytest.fixture(scope="module")
 def preprocessing():
     """The inference config's lung preprocessing, loaded by ID as the node does."""
-    return parser(INFERENCE).get_parsed_content("lung_preprocessing")
+    return parser(INFERENCE).get_parsed_content("preprocessing")
 
 
 @pytest.fixture(scope="module")

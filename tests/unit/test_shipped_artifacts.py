@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from monai_app.weights import sha256_of
-from testkit.bundle import BUNDLE
+from testkit.bundle import BUNDLE, EVALUATE, INFERENCE_CLASSIFIER, parser
 
 LUNG_WEIGHTS = BUNDLE / "models" / "lung_unet.pt"
 LUNG_RECORD = BUNDLE / "docs" / "training_record.md"
@@ -56,11 +56,9 @@ def test_shipped_index_items_carry_no_patient_id(manifest_rows: list[dict[str, s
 def test_shipped_threshold_is_the_one_chosen_on_validation() -> None:
     import json
 
-    from monai.bundle import ConfigParser
-
     chosen = json.loads((BUNDLE / "docs" / "evaluation" / "metrics.json").read_text())["threshold"]
     assert chosen["subset"] == "within_source" and "validation" in chosen["method"]
-    shipped = ConfigParser.load_config_file(BUNDLE / "configs" / "inference.yaml")["cls_threshold"]
+    shipped = parser(INFERENCE_CLASSIFIER).get_parsed_content("threshold")
     assert shipped == round(chosen["threshold"], 2)
-    evaluated = ConfigParser.load_config_file(BUNDLE / "configs" / "train.yaml")["cls_threshold"]
+    evaluated = parser(EVALUATE).get_parsed_content("cls_threshold")
     assert evaluated == shipped, "evaluating_classifier must report at the threshold the node uses"

@@ -68,10 +68,10 @@ def test_a_job_that_keeps_failing_is_set_aside_after_max_attempts(worker_factory
 
 
 def test_the_threshold_is_the_bundles_unless_the_node_config_sets_one(worker_factory, tmp_path: Path) -> None:
-    from monai.bundle import ConfigParser
+    from testkit.bundle import INFERENCE_CLASSIFIER, parser
 
     spool = Spool(tmp_path / "spool", fsync=False)
-    bundle_threshold = ConfigParser.load_config_file(NodeConfig().bundle / "configs" / "inference.yaml")["cls_threshold"]
+    bundle_threshold = parser(INFERENCE_CLASSIFIER).get_parsed_content("threshold")
     worker = worker_factory(spool)
     assert NodeConfig().threshold is None
     assert worker.settings.threshold == worker.analyser.threshold == bundle_threshold
