@@ -23,7 +23,6 @@ from monai_app.networks.classifier import CovidClassifier, load_classifier_weigh
 from monai_app.retrieval.index import Neighbour, SimilarityIndex
 from monai_app.weights import sha256_of
 
-
 INFERENCE_CONFIGS = ("configs/common.yaml", "configs/inference_classifier.yaml")
 """The classifier's inference configs, stacked in this order (as ``--config_file`` lists them)."""
 METADATA = "configs/metadata.json"

@@ -16,9 +16,9 @@ import torch
 
 from monai_app.retrieval.index import SimilarityIndex
 from testkit.bundle import (
-    CLASSIFIER_PROPERTIES,
     BUILD_INDEX,
     CLASSIFIER,
+    CLASSIFIER_PROPERTIES,
     EVALUATE,
     INFERENCE_CLASSIFIER,
     METADATA,

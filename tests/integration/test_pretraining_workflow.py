@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from monai_app.networks.classifier import CovidClassifier, load_backbone_weights
-from testkit.bundle import CLASSIFIER_TINY as TINY
 from testkit.bundle import CLASSIFIER, PRETRAIN, parser, workflow
+from testkit.bundle import CLASSIFIER_TINY as TINY
 
 SSL_TINY = {"ssl_num_epochs": 2}
 
