@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -130,7 +131,8 @@ class ResumeFromCheckpoint:
             logger.info("no checkpoint to resume from; training from scratch")
             return
         logger.info("resuming from %s", path.name)
-        CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location="cpu").attach(
+        # map_location accepts what torch.load does; MONAI's annotation says dict only
+        CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location="cpu").attach(  # type: ignore[arg-type]
             engine
         )
 
@@ -310,7 +312,7 @@ class ProbabilityMapWriter:
 
     def __call__(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for item, out in zip(engine.state.batch, engine.state.output):
+        for item, out in zip(engine.state.batch, engine.state.output):  # type: ignore[call-overload]  # lists after decollation
             source = item[self.image_key].meta.get("filename_or_obj", "image")
             prob = torch.as_tensor(out[self.pred_key]).detach().cpu().numpy()[0]
             png = np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
@@ -337,9 +339,9 @@ class ClassifierWeightsLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from monai_app.networks.classifier import load_classifier_weights
+        from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
 
-        load_classifier_weights(self.network, self.model_file)
+        load_classifier_weights(cast(CovidClassifier, self.network), self.model_file)
 
 
 class PredictionWriter:
@@ -375,7 +377,7 @@ class PredictionWriter:
 
     def __call__(self, engine: Engine) -> None:
         rows = []
-        for item, out in zip(engine.state.batch, engine.state.output):
+        for item, out in zip(engine.state.batch, engine.state.output):  # type: ignore[call-overload]  # lists after decollation
             source = item[self.image_key].meta.get("filename_or_obj", "image")
             probability = float(torch.as_tensor(out[self.pred_key]).detach().cpu()[1])
             rows.append([Path(str(source)).name, f"{probability:.6f}", int(probability >= self.threshold)])

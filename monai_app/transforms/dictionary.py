@@ -205,5 +205,5 @@ class ClampIntensityd(MapTransform):
             if isinstance(value, torch.Tensor):  # MetaTensor too: its meta data are kept
                 d[key] = value.clamp(self.minv, self.maxv)
             else:
-                d[key] = np.clip(value, self.minv, self.maxv)
+                d[key] = np.clip(np.asarray(value), self.minv, self.maxv)
         return d
