@@ -35,7 +35,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pydicom
 
@@ -189,7 +189,16 @@ def run_pass(mode: str, batch_size: int, files: list[Path], uids: list[str], por
                       round(max(latencies), 3))
 
 
-def model_floor(files: list[Path], batch_size: int, device: str) -> dict[str, float]:
+class ModelFloor(TypedDict):
+    """One :func:`model_floor` measurement."""
+
+    batch_size: int
+    seconds: float
+    files_per_second: float
+    device: str
+
+
+def model_floor(files: list[Path], batch_size: int, device: str) -> ModelFloor:
     """Files/s of the bundle's preprocessing + classifier alone, in this process."""
     from monai_app.inference import BundleAnalyser
 

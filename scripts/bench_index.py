@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 from monai.bundle import ConfigParser
@@ -60,7 +61,8 @@ def embed_splits(dataset_dir: Path, model_file: Path, device: str, cache: Path) 
         "query_labels": np.asarray([int(d["label"]) for d in queries]),
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **result)
+    np.savez(cache, reference=result["reference"], reference_labels=result["reference_labels"],
+             queries=result["queries"], query_labels=result["query_labels"])
     return result
 
 
@@ -74,11 +76,25 @@ def exact_search_ms(reference: np.ndarray, queries: np.ndarray, k: int, metric: 
     return times
 
 
-def sweep(data: dict[str, np.ndarray], metrics: Sequence[str], trees: Sequence[int], k: int) -> list[dict[str, object]]:
+class SweepRow(TypedDict):
+    """One (metric, trees) row of :func:`sweep`."""
+
+    metric: str
+    trees: int
+    recall_at_k: float
+    vote_accuracy: float
+    build_s: float
+    size_bytes: int
+    query_ms_mean: float
+    query_ms_p95: float
+    exact_query_ms_median: float
+
+
+def sweep(data: dict[str, np.ndarray], metrics: Sequence[str], trees: Sequence[int], k: int) -> list[SweepRow]:
     """One row per (metric, trees): quality, build time, size, query time; plus the exact-search peer."""
     blank = {f.name: "" for f in fields(ReferenceItem)}  # only the label matters to the vote
     items = [ReferenceItem(**{**blank, "label": CLASS_NAMES[int(label)]}) for label in data["reference_labels"]]
-    rows = []
+    rows: list[SweepRow] = []
     for metric in metrics:
         peer = exact_search_ms(data["reference"], data["queries"], k, metric)
         for n_trees in trees:
@@ -88,7 +104,7 @@ def sweep(data: dict[str, np.ndarray], metrics: Sequence[str], trees: Sequence[i
             with tempfile.TemporaryDirectory() as folder:
                 index.save(Path(folder))
                 size = (Path(folder) / "index.ann").stat().st_size
-            measured = retrieval_metrics(index, data["queries"], data["query_labels"].tolist(), k, data["reference"])
+            measured: dict[str, Any] = retrieval_metrics(index, data["queries"], data["query_labels"].tolist(), k, data["reference"])
             rows.append({
                 "metric": metric, "trees": n_trees, "recall_at_k": measured["recall_at_k"],
                 "vote_accuracy": measured["vote_accuracy"], "build_s": build_s, "size_bytes": size,

@@ -44,7 +44,7 @@ CR_IMAGE_STORAGE = uid.UID("1.2.840.10008.5.1.4.1.1.1")
 DX_FOR_PRESENTATION = uid.UID("1.2.840.10008.5.1.4.1.1.1.1")
 DX_FOR_PROCESSING = uid.UID("1.2.840.10008.5.1.4.1.1.1.1.1")
 SOP_CLASSES: tuple[uid.UID, ...] = (CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING)
-_SOP_SHORT = {CR_IMAGE_STORAGE: "cr", DX_FOR_PRESENTATION: "dxpres", DX_FOR_PROCESSING: "dxproc"}
+_SOP_SHORT: dict[str, str] = {CR_IMAGE_STORAGE: "cr", DX_FOR_PRESENTATION: "dxpres", DX_FOR_PROCESSING: "dxproc"}
 
 # The small real chest radiograph every transfer-syntax file is made from (raw implicit
 # VR LE dataset without preamble or file meta; 16 bits allocated, 10 stored, MONOCHROME1).
@@ -233,7 +233,7 @@ def radiograph_dataset(
     is_dx = sop_class_uid != CR_IMAGE_STORAGE
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPClassUID = uid.UID(sop_class_uid)
     ds.file_meta.MediaStorageSOPInstanceUID = ids.sop_uid
     ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -389,7 +389,7 @@ def build_transfer_syntax_corpus(
                 src = _save(ds, Path(tmp) / f"{short}_{e}.dcm")
                 dst = out_dir / f"{short}_{encoding.transfer_syntax}.dcm"
                 encode(src, dst, encoding)
-                pydicom.dcmread(dst).pixel_array  # fail here, not in a test, if it won't decode
+                _ = pydicom.dcmread(dst).pixel_array  # fail here, not in a test, if it won't decode
                 files.append(CorpusFile(dst, str(sop_class), str(encoding.transfer_syntax),
                                         f"{short} chest 440x440, {encoding.description}"))
     return files

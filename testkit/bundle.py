@@ -36,7 +36,7 @@ STAGE_FILES = sorted(CONFIGS.glob("*.yaml"))
 METADATA = str(CONFIGS / "metadata.json")
 CLASSIFIER_PROPERTIES = str(CONFIGS / "classifier_properties.json")
 
-CLASSIFIER_TINY = {
+CLASSIFIER_TINY: dict[str, Any] = {
     "cls_spatial_size": [64, 64], "cls_lung_spatial_size": [64, 64], "cls_num_epochs": 1,
     "cls_batch_size": 4, "cls_hidden_dim": 32, "cls_embedding_dim": 8, "num_workers": 0,
     "ssl_num_epochs": 1, "ssl_batch_size": 4, "ssl_hidden_dim": 16, "ssl_projection_dim": 8,
@@ -87,8 +87,8 @@ def write_tiny_dataset(shared: Path, target: Path, size: int = 64) -> Path:
     chosen.append(next(r for r in rows if r["split"] == "train" and "lungvae" in r["mask_path"]))
     out_rows = []
     for row in chosen:
-        image = Image.open(shared / row["image_path"]).convert("L").resize((size, size), Image.BILINEAR)
-        mask = Image.open(shared / row["mask_path"]).convert("L").resize((size, size), Image.NEAREST)
+        image = Image.open(shared / row["image_path"]).convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        mask = Image.open(shared / row["mask_path"]).convert("L").resize((size, size), Image.Resampling.NEAREST)
         stem = Path(row["image_path"]).stem
         image_rel = f"images/{stem}.png"
         mask_rel = f"masks/{Path(row['mask_path']).parent.name}/{stem}.png"
@@ -122,7 +122,7 @@ def write_tiny_classification_dataset(shared: Path, target: Path, size: int = 64
         chosen += [r for r in rows if (r["split"], r["source"], r["label"]) == (split, source, label)][:count]
     out_rows = []
     for row in chosen:
-        image = Image.open(shared / row["image_path"]).convert("L").resize((size, size), Image.BILINEAR)
+        image = Image.open(shared / row["image_path"]).convert("L").resize((size, size), Image.Resampling.BILINEAR)
         image_rel = f"images/{row['source']}/{Path(row['image_path']).stem}.png"
         (target / image_rel).parent.mkdir(parents=True, exist_ok=True)
         image.save(target / image_rel)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from testkit.bundle import (
     write_tiny_dataset,
 )
 
-TINY = {"spatial_size": [64, 64], "num_epochs": 1, "batch_size": 2, "num_workers": 0}
+TINY: dict[str, Any] = {"spatial_size": [64, 64], "num_epochs": 1, "batch_size": 2, "num_workers": 0}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -252,7 +253,7 @@ def test_retrieval_vote_counts_neighbour_labels(tiny_classification_dataset: Pat
 
     index = SimilarityIndex.load(built_index)
     datalist, embeddings = _embeddings_of_training_images(tiny_classification_dataset, trained)
-    r = retrieval_metrics(index, embeddings, [d["label"] for d in datalist], k=1, reference_embeddings=embeddings)
+    r: dict[str, Any] = retrieval_metrics(index, embeddings, [d["label"] for d in datalist], k=1, reference_embeddings=embeddings)
     assert r["vote_accuracy"] == 1.0 and r["recall_at_k"] == 1.0  # each image finds itself
     flipped = retrieval_metrics(index, embeddings, [1 - d["label"] for d in datalist], k=1)
     assert flipped["vote_accuracy"] == 0.0

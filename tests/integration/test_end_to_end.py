@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +100,7 @@ def _send(port: int, files: list[Path], tool: str = "storescu") -> None:
     assert result.returncode == 0, result.stderr
 
 
-def _wait_for(predicate, timeout: float, what: str, log: callable) -> None:
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str, log: Callable[[], str]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -119,7 +119,7 @@ def _referenced_images(ds: pydicom.Dataset) -> set[str]:
 
 def _reports_in(orthanc: OrthancServer, sources: set[str]) -> dict[str, pydicom.Dataset]:
     """The SRs stored in Orthanc, by the source image (one of ``sources``) each reports on."""
-    found = {}
+    found: dict[str, pydicom.Dataset] = {}
     for orthanc_id in orthanc.post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SR"}}):
         url = f"http://127.0.0.1:{orthanc.http_port}/instances/{orthanc_id}/file"
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -190,6 +190,7 @@ def test_lateral_non_chest_and_undecodable_images_get_no_finding_and_the_node_go
               REPORT_TIMEOUT, "three jobs not analysed and one report", node.log)
     for reason, path in odd.items():
         job = spool.find_job(_sop_uid(path))
+        assert job is not None, reason
         assert job.state is JobState.NOT_ANALYSED and job.detail.startswith(reason), job.detail
     assert echo_ok(node.port), "the node must stay up"
     status = subprocess.run(

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -17,7 +18,7 @@ from testkit.sr import job_in_outbox
 
 
 @pytest.fixture
-def orthanc(tmp_path: Path):
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
     server = OrthancServer(tmp_path / "orthanc", calling_ae_titles=("CXR_AI",))
     yield server
     server.stop()
@@ -33,13 +34,19 @@ def _node_config(tmp_path: Path, orthanc: OrthancServer) -> Path:
     return path
 
 
-def _wait_for(predicate, timeout: float = 60) -> bool:
+def _wait_for(predicate: Callable[[], bool], timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(0.2)
     return False
+
+
+def _state(spool: Spool, job_id: str) -> JobState:
+    job = spool.find_job(job_id)
+    assert job is not None, f"job {job_id} is not in the spool"
+    return job.state
 
 
 def test_report_waiting_before_a_restart_reaches_orthanc_started_late(start_node, tmp_path: Path, orthanc) -> None:
@@ -50,7 +57,7 @@ def test_report_waiting_before_a_restart_reaches_orthanc_started_late(start_node
     assert _wait_for(lambda: "delivered=False" in node.log(), 30), node.log()  # PACS down: it retries
     orthanc.start()
     assert _wait_for(lambda: orthanc.find_instances(report_uid) != []), node.log()
-    assert _wait_for(lambda: Spool(spool_dir).find_job(job.job_id).state is JobState.SENT)
+    assert _wait_for(lambda: _state(Spool(spool_dir), job.job_id) is JobState.SENT)
     assert len(orthanc.find_instances(report_uid)) == 1
 
 
@@ -65,6 +72,6 @@ def test_status_lists_failed_reports_and_resend_requeues_them(tmp_path: Path) ->
     ]
     resend = subprocess.run([*cli, "resend", "--all", "--spool", str(spool.root)], capture_output=True, text=True)
     assert resend.returncode == 0 and f"requeued {job.job_id}" in resend.stdout
-    assert spool.find_job(job.job_id).state is JobState.OUTBOX
+    assert _state(spool, job.job_id) is JobState.OUTBOX
     unknown = subprocess.run([*cli, "resend", "1.2.3", "--spool", str(spool.root)], capture_output=True, text=True)
     assert unknown.returncode == 1 and "1.2.3 is not a failed job with a report" in unknown.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from monai_app.networks.classifier import CovidClassifier, load_backbone_weights
 from testkit.bundle import CLASSIFIER, PRETRAIN, parser, workflow
 from testkit.bundle import CLASSIFIER_TINY as TINY
 
-SSL_TINY = {"ssl_num_epochs": 2}
+SSL_TINY: dict[str, Any] = {"ssl_num_epochs": 2}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_pretraining_runs_and_exports_a_backbone_the_classifier_loads(pretrained
     assert backbone["conv1.weight"].dtype == torch.float16 and backbone["conv1.weight"].shape[1] == 3
     classifier = CovidClassifier(hidden_dim=32, embedding_dim=8)
     assert load_backbone_weights(classifier, pretrained / "backbone.pt")
-    assert torch.equal(classifier.backbone.conv1.weight, backbone["conv1.weight"].float())
+    assert torch.equal(classifier.get_parameter("backbone.conv1.weight"), backbone["conv1.weight"].float())
     assert not load_backbone_weights(classifier, None) and not load_backbone_weights(classifier, "")
 
 

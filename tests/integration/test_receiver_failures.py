@@ -12,10 +12,16 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
 from dicom_node.receive import dimse_status
 from testkit.peers import dcmtk, dcmtk_env, echo_ok
@@ -56,13 +62,13 @@ def _send_raw_file(port: int, path: Path, sop_class: str = CR, calling_ae: str =
 
 def _raw_file(tmp_path: Path, dataset_bytes: bytes, sop_instance_uid: str, sop_class: str = CR) -> Path:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     path = tmp_path / f"{sop_instance_uid}.raw.dcm"
     with open(path, "wb") as f:
         f.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(f, meta)
+        write_file_meta_info(DicomFileLike(f), meta)
         f.write(dataset_bytes)
     return path
 
@@ -208,7 +214,7 @@ def test_sigterm_mid_batch_exits_cleanly_and_keeps_every_acknowledged_instance(
     instances = node.spool / "instances"
     assert acknowledged
     for uid in acknowledged:
-        pydicom.dcmread(instances / f"{uid}.dcm").PixelData
+        assert pydicom.dcmread(instances / f"{uid}.dcm").PixelData
     assert not list(instances.glob(".tmp-*"))
     assert "stopped" in node.log()
 
@@ -227,7 +233,7 @@ def test_kill_9_mid_batch_loses_no_instance_that_was_answered_success(
         assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(tmp_path / "batch" / "000.dcm").PixelData
     assert not list(instances.glob(".tmp-*")), "a temp file survived recovery"
     for stored in instances.glob("*.dcm"):  # nothing half-written under a final name
-        pydicom.dcmread(stored).PixelData
+        assert pydicom.dcmread(stored).PixelData
     counts = restarted.spool.joinpath("jobs", "received")
     assert len(list(counts.glob("*.json"))) == len(list(instances.glob("*.dcm")))
 

@@ -142,6 +142,7 @@ def test_clamp_transform_is_the_old_lambda_clamp() -> None:
     torch.manual_seed(0)
     x = MetaTensor(torch.randn(1, 8, 8) * 2, meta={"filename_or_obj": "x.png"})
     out = ClampIntensityd("image")({"image": x})["image"]
+    assert isinstance(out, MetaTensor)
     assert torch.equal(out.as_tensor(), x.as_tensor().clamp(0.0, 1.0))
     assert out.meta["filename_or_obj"] == "x.png"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.data import CacheDataset
+from monai.data import CacheDataset, MetaTensor
 from monai.transforms import Compose, Resized
 
 from monai_app.data.manifest import classification_datalist
@@ -72,13 +72,15 @@ def test_lung_channel_is_the_unet_sigmoid_output(shared_data: Path) -> None:
         Resized(keys="image", spatial_size=(256, 256), mode="area"),
     ])({"image": str(path)})
     out = LungProbabilityd(keys="image", model_file=LUNG_WEIGHTS)(prepared)
+    lung = out["lung"]
+    assert isinstance(lung, MetaTensor)
     net = load_lung_network(LUNG_WEIGHTS)
     assert not any(p.requires_grad for p in net.parameters()) and not net.training
     with torch.no_grad():
         expected = torch.sigmoid(net(prepared["image"].as_tensor()[None].float()))[0]
-    assert out["lung"].shape == (1, 256, 256)
-    torch.testing.assert_close(out["lung"].as_tensor(), expected)
-    lung_fraction = float((out["lung"] > 0.5).float().mean())
+    assert lung.shape == (1, 256, 256)
+    torch.testing.assert_close(lung.as_tensor(), expected)
+    lung_fraction = float((lung > 0.5).float().mean())
     assert 0.1 < lung_fraction < 0.7, "the shipped U-Net must find lungs on a real chest X-ray"
 
 
@@ -86,9 +88,11 @@ def test_classifier_input_stacks_image_lung_and_zeros() -> None:
     image, lung = torch.rand(1, 8, 8), torch.rand(1, 8, 8)
     out = ClassifierInputd(keys="image")({"image": image, "lung": lung, "label": 1})
     assert "lung" not in out and out["label"] == 1
-    torch.testing.assert_close(out["image"][0], image[0])
-    torch.testing.assert_close(out["image"][1], lung[0])
-    assert out["image"].shape == (3, 8, 8) and not out["image"][2].any()
+    stacked = out["image"]
+    assert isinstance(stacked, torch.Tensor)
+    torch.testing.assert_close(stacked[0], image[0])
+    torch.testing.assert_close(stacked[1], lung[0])
+    assert stacked.shape == (3, 8, 8) and not stacked[2].any()
     with pytest.raises(ValueError, match="lung map"):
         ClassifierInputd(keys="image")({"image": image, "lung": torch.rand(1, 4, 4)})
 

@@ -5,6 +5,7 @@ The workflows themselves run in ``tests/integration/test_classifier_bundle.py``.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 
 import torch
@@ -15,9 +16,10 @@ from testkit.bundle import INFERENCE_CLASSIFIER, TRAIN, parser
 def test_lung_channel_switch_puts_zeros_in_place_of_the_lung_map() -> None:
     from monai_app.transforms.classifier_input import ClassifierInputd
 
-    data = {"image": torch.full((1, 4, 4), 0.5), "lung": torch.ones(1, 4, 4)}
+    data: dict[Hashable, object] = {"image": torch.full((1, 4, 4), 0.5), "lung": torch.ones(1, 4, 4)}
     with_lung = ClassifierInputd("image", use_lung=True)(data)["image"]
     without = ClassifierInputd("image", use_lung=False)(data)["image"]
+    assert isinstance(with_lung, torch.Tensor) and isinstance(without, torch.Tensor)
     assert with_lung[1].sum() == 16 and without[1].sum() == 0 and torch.equal(with_lung[0], without[0])
 
 

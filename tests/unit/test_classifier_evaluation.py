@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from monai_app.evaluation.classification import (
@@ -14,7 +16,7 @@ from monai_app.evaluation.classification import (
 def test_metrics_of_a_known_example() -> None:
     labels = [1, 1, 1, 0, 0, 0, 0]
     scores = [0.9, 0.6, 0.4, 0.7, 0.2, 0.1, 0.3]
-    s = summarise_classification(labels, scores, [str(i) for i in range(7)], n_resamples=200)
+    s: dict[str, Any] = summarise_classification(labels, scores, [str(i) for i in range(7)], n_resamples=200)
     assert s["confusion_matrix"] == [[3, 1], [1, 2]]
     assert s["accuracy"] == pytest.approx(5 / 7)
     assert s["sensitivity"] == pytest.approx(2 / 3) and s["specificity"] == pytest.approx(3 / 4)
@@ -27,8 +29,8 @@ def test_metrics_of_a_known_example() -> None:
 
 def test_bootstrap_resamples_patients_not_images() -> None:
     labels, scores = [1, 1, 0, 0] * 4, [0.9, 0.4, 0.6, 0.1] * 4
-    by_image = summarise_classification(labels, scores, [str(i) for i in range(16)], n_resamples=500)
-    by_patient = summarise_classification(labels, scores, [str(i // 4) for i in range(16)], n_resamples=500)
+    by_image: dict[str, Any] = summarise_classification(labels, scores, [str(i) for i in range(16)], n_resamples=500)
+    by_patient: dict[str, Any] = summarise_classification(labels, scores, [str(i // 4) for i in range(16)], n_resamples=500)
     assert by_patient["accuracy"] == by_image["accuracy"] == 0.5
     assert by_patient["n_patients"] == 4
     # every patient has the same four images: resampling patients cannot move the accuracy
@@ -44,7 +46,7 @@ def test_report_per_source_and_within_source() -> None:
         {"label": 1, "score": 0.4, "patient_id": "m1", "source": "actualmed"},
         {"label": 0, "score": 0.6, "patient_id": "m2", "source": "actualmed"},
     ]
-    r = classification_report(rows, n_resamples=50)
+    r: dict[str, Any] = classification_report(rows, n_resamples=50)
     assert set(r["per_source"]) == {"actualmed", "ieee8023", "nih_cxr14"}
     assert r["per_source"]["ieee8023"]["roc_auc"] is None and r["per_source"]["ieee8023"]["sensitivity"] == 1.0
     assert r["within_source"]["sources"] == ["actualmed"]

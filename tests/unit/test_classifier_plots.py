@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,20 +21,21 @@ from monai_app.evaluation.retrieval import retrieval_example_queries, shortcut_p
 from testkit.images import assert_valid_png
 
 
-def _scores(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _scores(n: int = 200, seed: int = 0) -> tuple[list[int], list[float]]:
+    """Labels and scores as lists, as :func:`curve_subsets` hands them to the plots."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    return y, np.clip(0.3 * y + 0.35 + 0.2 * rng.normal(size=n), 0, 1)
+    return y.tolist(), np.clip(0.3 * y + 0.35 + 0.2 * rng.normal(size=n), 0, 1).tolist()
 
 
 def test_roc_and_pr_curves_draw_the_subsets_with_both_labels(tmp_path: Path) -> None:
     y, p = _scores()
-    curves = {"all images": (y, p), "within source": (y[:50], p[:50]), "one label": (np.ones(5, int), p[:5])}
+    curves = {"all images": (y, p), "within source": (y[:50], p[:50]), "one label": ([1] * 5, p[:5])}
     assert plot_roc_curves(curves, tmp_path / "roc.png") == ["all images", "within source"]
     assert plot_pr_curves(curves, tmp_path / "pr.png") == ["all images", "within source"]
     assert_valid_png(tmp_path / "roc.png")
     assert_valid_png(tmp_path / "pr.png")
-    assert plot_roc_curves({"one label": (np.zeros(4, int), p[:4])}, tmp_path / "none.png") == []
+    assert plot_roc_curves({"one label": ([0] * 4, p[:4])}, tmp_path / "none.png") == []
     assert_valid_png(tmp_path / "none.png", min_bytes=4_000)  # still a figure, with a note
     with pytest.raises(ValueError, match="one length"):
         plot_roc_curves({"bad": (y, p[:-1])}, tmp_path / "bad.png")
@@ -114,7 +116,7 @@ def test_shortcut_probe_finds_embeddings_separable_by_source() -> None:
     rng = np.random.default_rng(2)
     centres = 10.0 * np.eye(3, 16)
     x = np.stack([centres[int(s[-1])] for s in sources]) + 0.1 * rng.normal(size=(60, 16))
-    probe = shortcut_probe(x, sources, patients)
+    probe: dict[str, Any] = shortcut_probe(x, sources, patients)
     assert probe["accuracy"] == 1.0 and probe["balanced_accuracy"] == 1.0
     assert probe["n_splits"] == 5 and probe["n_groups"] == 30 and probe["n_classes"] == 3 and probe["note"] is None
     counts = np.unique(sources, return_counts=True)[1]
@@ -125,7 +127,7 @@ def test_shortcut_probe_finds_embeddings_separable_by_source() -> None:
 def test_shortcut_probe_on_random_embeddings_stays_near_the_baseline() -> None:
     sources, patients = _sources_and_patients(300, 3, seed=3)
     x = np.random.default_rng(4).normal(size=(300, 16))
-    probe = shortcut_probe(x, sources, patients)
+    probe: dict[str, Any] = shortcut_probe(x, sources, patients)
     assert abs(probe["accuracy"] - probe["majority_baseline_accuracy"]) < 0.12
     assert abs(probe["balanced_accuracy"] - 1 / 3) < 0.12
 
@@ -137,18 +139,18 @@ def test_shortcut_probe_never_puts_a_patient_on_both_sides() -> None:
     rng = np.random.default_rng(6)
     per_patient = rng.normal(size=(100, 64))
     x = np.repeat(per_patient, 2, axis=0)
-    probe = shortcut_probe(x, sources, patients)
+    probe: dict[str, Any] = shortcut_probe(x, sources, patients)
     assert probe["balanced_accuracy"] < 0.65
 
 
 def test_shortcut_probe_falls_back_with_a_reason() -> None:
     x = np.random.default_rng(0).normal(size=(4, 3))
-    one_source = shortcut_probe(x, ["a"] * 4, ["p1", "p2", "p3", "p4"])
+    one_source: dict[str, Any] = shortcut_probe(x, ["a"] * 4, ["p1", "p2", "p3", "p4"])
     assert one_source["accuracy"] is None and "one source" in one_source["note"]
     assert one_source["majority_baseline_accuracy"] == 1.0
-    one_patient = shortcut_probe(x, ["a", "b", "a", "b"], ["p"] * 4)
+    one_patient: dict[str, Any] = shortcut_probe(x, ["a", "b", "a", "b"], ["p"] * 4)
     assert one_patient["accuracy"] is None and "patient" in one_patient["note"]
-    tiny = shortcut_probe(x, ["a", "a", "a", "b"], ["p1", "p2", "p3", "p4"])  # a fold fitted on one source
+    tiny: dict[str, Any] = shortcut_probe(x, ["a", "a", "a", "b"], ["p1", "p2", "p3", "p4"])  # a fold fitted on one source
     assert tiny["n_splits"] == 4 and 0.0 <= tiny["accuracy"] <= 1.0
     with pytest.raises(ValueError, match="one length"):
         shortcut_probe(x, ["a"] * 3, ["p"] * 4)

@@ -49,6 +49,7 @@ def test_loss_ignores_logits_at_ignore_pixels() -> None:
     loss_fn = MaskedDiceBCELoss()
     loss = loss_fn(logits, label)
     loss.backward()
+    assert logits.grad is not None
     assert torch.all(logits.grad[..., 0, :] == 0)
     changed = logits.detach().clone()
     changed[..., 0, :] = 50.0
@@ -63,17 +64,17 @@ def test_loss_is_lower_for_a_better_prediction() -> None:
 
 def test_bootstrap_ci_brackets_the_mean_and_is_reproducible() -> None:
     values = np.random.default_rng(0).normal(0.9, 0.05, 200)
-    low, high = bootstrap_ci(values, seed=1)
+    low, high = bootstrap_ci(values.tolist(), seed=1)
     assert low < values.mean() < high
-    assert (low, high) == bootstrap_ci(values, seed=1)
+    assert (low, high) == bootstrap_ci(values.tolist(), seed=1)
     assert high - low < 0.03
 
 
 def test_bootstrap_ci_is_wider_when_images_cluster_by_patient() -> None:
     rng = np.random.default_rng(0)
     patient_means = rng.normal(0.9, 0.05, 20)
-    values = np.repeat(patient_means, 10) + rng.normal(0, 0.001, 200)
-    groups = np.repeat([f"p{i}" for i in range(20)], 10)
+    values = (np.repeat(patient_means, 10) + rng.normal(0, 0.001, 200)).tolist()
+    groups = np.repeat([f"p{i}" for i in range(20)], 10).tolist()
     naive = np.subtract(*bootstrap_ci(values)[::-1])
     clustered = np.subtract(*bootstrap_ci(values, groups)[::-1])
     assert clustered > 2 * naive

@@ -42,15 +42,19 @@ def test_job_is_sent_only_when_every_destination_has_it() -> None:
     half = (DeliveryState("a", delivered=True), DeliveryState("b"))
     assert final_state(half, ready_since=0, now=1, policy=POLICY) is None
     both = (DeliveryState("a", delivered=True), DeliveryState("b", delivered=True))
-    assert final_state(both, ready_since=0, now=1, policy=POLICY)[0] is JobState.SENT
+    sent = final_state(both, ready_since=0, now=1, policy=POLICY)
+    assert sent is not None and sent[0] is JobState.SENT
 
 
 def test_job_fails_after_max_attempts_or_max_age() -> None:
     tired = (DeliveryState("a", attempts=3, last_error="refused"),)
-    state, why = final_state(tired, ready_since=0, now=1, policy=POLICY)
+    gave_up = final_state(tired, ready_since=0, now=1, policy=POLICY)
+    assert gave_up is not None
+    state, why = gave_up
     assert state is JobState.FAILED and "gave up after 3 attempts (refused)" in why
     old = (DeliveryState("a", attempts=1),)
-    assert final_state(old, ready_since=0, now=3601, policy=POLICY)[0] is JobState.FAILED
+    expired = final_state(old, ready_since=0, now=3601, policy=POLICY)
+    assert expired is not None and expired[0] is JobState.FAILED
 
 
 def test_without_destinations_the_report_stays_in_the_outbox() -> None:
@@ -64,7 +68,8 @@ class ScriptedSend:
     """Answers each send from a list of results and records when it was called."""
 
     def __init__(self, results: list[DeliveryResult], clock: list[float]) -> None:
-        self.results, self.clock, self.calls = list(results), clock, []
+        self.results, self.clock = list(results), clock
+        self.calls: list[tuple[str, float]] = []
 
     def __call__(self, path: Path, destination: PacsDestination, **_: object) -> DeliveryResult:
         assert path.is_file()
@@ -88,6 +93,7 @@ def test_outbox_retries_on_schedule_and_marks_the_job_sent(tmp_path: Path) -> No
     clock[0] += 1
     assert outbox.run_once() == 1
     done = Spool(tmp_path).find_job(job.job_id)  # read back from disk
+    assert done is not None
     assert done.state is JobState.SENT and done.deliveries[0].attempts == 2
 
 
@@ -100,6 +106,7 @@ def test_outbox_gives_up_after_max_attempts_and_resend_requeues(tmp_path: Path) 
         outbox.run_once()
         clock[0] += 60
     failed = spool.find_job(job.job_id)
+    assert failed is not None
     assert failed.state is JobState.FAILED and "backup: gave up after 3 attempts" in failed.detail
     (requeued,) = requeue_failed(spool)
     assert requeued.state is JobState.OUTBOX

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,14 @@ def test_two_views_of_one_image_differ_and_keep_the_classifier_input_shape() -> 
 
     torch.manual_seed(0)
     views = TwoViewsd(Compose([RandGaussianNoised(keys="image", prob=1.0, std=0.1)]))
-    sample = {"image": torch.zeros(3, 16, 16)}
+    sample: dict[Hashable, object] = {"image": torch.zeros(3, 16, 16)}
     out = views(sample)
     assert set(out) == set(VIEW_KEYS)
-    assert out["view_1"].shape == out["view_2"].shape == (3, 16, 16)
-    assert not torch.equal(out["view_1"], out["view_2"])
-    assert torch.equal(sample["image"], torch.zeros(3, 16, 16)), "the cached sample must stay untouched"
+    view_1, view_2, cached = out["view_1"], out["view_2"], sample["image"]
+    assert isinstance(view_1, torch.Tensor) and isinstance(view_2, torch.Tensor) and isinstance(cached, torch.Tensor)
+    assert view_1.shape == view_2.shape == (3, 16, 16)
+    assert not torch.equal(view_1, view_2)
+    assert torch.equal(cached, torch.zeros(3, 16, 16)), "the cached sample must stay untouched"
 
 
 def test_contrastive_loss_is_lower_for_matching_views_than_for_shuffled_ones() -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicom_node.spool import Job, JobState, Spool, is_valid_uid
 from dicom_node.spool.durable import TEMP_PREFIX, write_atomically
 
-CR = "1.2.840.10008.5.1.4.1.1.1"
+CR = UID("1.2.840.10008.5.1.4.1.1.1")
 
 
 def _store(spool: Spool, uid: str, payload: bytes = b"data") -> tuple[Job, bool]:
@@ -63,7 +63,9 @@ def test_transition_moves_the_record_and_keeps_history(tmp_path: Path) -> None:
     job, _ = _store(spool, "1.2.3")
     moved = spool.transition(job, JobState.PROCESSING)
     assert not (spool.state_dir(JobState.RECEIVED) / "1.2.3.json").exists()
-    assert [h[0] for h in spool.find_job("1.2.3").history] == ["received", "processing"]
+    found = spool.find_job("1.2.3")
+    assert found is not None
+    assert [h[0] for h in found.history] == ["received", "processing"]
     assert list(spool.jobs(JobState.PROCESSING)) == [moved]
 
 
@@ -74,7 +76,8 @@ def test_recover_requeues_interrupted_jobs_and_clears_temp_files(tmp_path: Path)
     (spool.instances_dir / f"{TEMP_PREFIX}abc-1.2.4.dcm").write_bytes(b"half")
     report = Spool(tmp_path).recover()
     assert report["requeued"] == 1 and report["temp_files_removed"] == 1
-    assert spool.find_job("1.2.3").state is JobState.RECEIVED
+    found = spool.find_job("1.2.3")
+    assert found is not None and found.state is JobState.RECEIVED
     assert spool.counts()["instances"] == 1
 
 
@@ -84,7 +87,8 @@ def test_recover_keeps_the_later_state_of_a_job_caught_mid_transition(tmp_path: 
     # A crash after writing the new state's record but before unlinking the old one.
     (spool.state_dir(JobState.OUTBOX) / "1.2.3.json").write_bytes(replace(job, state=JobState.OUTBOX).to_json())
     assert Spool(tmp_path).recover()["duplicates_removed"] == 1
-    assert spool.counts()["received"] == 0 and spool.find_job("1.2.3").state is JobState.OUTBOX
+    found = spool.find_job("1.2.3")
+    assert spool.counts()["received"] == 0 and found is not None and found.state is JobState.OUTBOX
 
 
 def test_recover_gives_an_orphan_instance_a_job(tmp_path: Path) -> None:
@@ -93,10 +97,11 @@ def test_recover_gives_an_orphan_instance_a_job(tmp_path: Path) -> None:
     ds.SOPClassUID, ds.SOPInstanceUID = CR, "1.2.9"
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = CR, "1.2.9"
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = CR, UID("1.2.9")
     ds.save_as(spool.instance_path("1.2.9"), enforce_file_format=True)
     assert spool.recover()["orphans_enqueued"] == 1
     job = spool.find_job("1.2.9")
+    assert job is not None
     assert job.state is JobState.RECEIVED and job.sop_class_uid == CR
 
 

@@ -16,6 +16,7 @@ import pytest
 from highdicom.sr.utils import find_content_items
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.sr.coding import Code
 
 from dicom_node.report import codes
 from dicom_node.report.sr import (
@@ -63,7 +64,14 @@ def parsed(report: Dataset) -> hd.sr.Comprehensive3DSR:
     return hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(encode(report))))
 
 
-def text_values(group: hd.sr.MeasurementsAndQualitativeEvaluations, name: pydicom.sr.coding.Code) -> list[str]:
+def measurement_report(report: hd.sr.Comprehensive3DSR) -> hd.sr.MeasurementReport:
+    """The parsed TID 1500 content (highdicom types ``content`` as a plain ContentSequence)."""
+    content = report.content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    return content
+
+
+def text_values(group: hd.sr.MeasurementsAndQualitativeEvaluations, name: Code) -> list[str]:
     return [item.TextValue for item in find_content_items(group[0], name=name)]
 
 
@@ -90,7 +98,7 @@ def test_finding_group_carries_probability_threshold_evaluation_and_source_image
     source = read_source(PHILIPS_CR)
     report = parsed(build_report(source, Finding(0.73, threshold=0.6), SIMILAR, ALGORITHM))
 
-    [group] = report.content.get_image_measurement_groups(finding_type=codes.COVID_19)
+    [group] = measurement_report(report).get_image_measurement_groups(finding_type=codes.COVID_19)
 
     assert group.tracking_identifier == "COVID-19 classification"
     assert [site.value for site in group.finding_sites] == [codes.LUNG]
@@ -113,7 +121,7 @@ def test_finding_group_carries_probability_threshold_evaluation_and_source_image
 def test_finding_is_present_from_the_threshold_up(probability: float, threshold: float, expected) -> None:
     report = parsed(build_report(read_source(PHILIPS_CR), Finding(probability, threshold), [], ALGORITHM))
 
-    [group] = report.content.get_image_measurement_groups(finding_type=codes.COVID_19)
+    [group] = measurement_report(report).get_image_measurement_groups(finding_type=codes.COVID_19)
 
     [evaluation] = group.get_qualitative_evaluations(name=codes.COVID_19)
     assert evaluation.value == expected
@@ -122,17 +130,17 @@ def test_finding_is_present_from_the_threshold_up(probability: float, threshold:
 def test_algorithm_identification_names_algorithm_version_and_threshold() -> None:
     report = parsed(build_report(read_source(PHILIPS_CR), Finding(0.2, 0.35), SIMILAR, ALGORITHM))
 
-    for group in report.content.get_image_measurement_groups():
+    for group in measurement_report(report).get_image_measurement_groups():
         assert text_values(group, pydicom_codes.DCM.AlgorithmName) == ["cxr_covid_classifier"]
         assert text_values(group, pydicom_codes.DCM.AlgorithmVersion) == ["0.3.1"]
-    [finding_group] = report.content.get_image_measurement_groups(finding_type=codes.COVID_19)
+    [finding_group] = measurement_report(report).get_image_measurement_groups(finding_type=codes.COVID_19)
     assert text_values(finding_group, pydicom_codes.DCM.AlgorithmParameters) == ["threshold=0.35"]
 
 
 def test_each_similar_case_is_a_group_with_image_distance_and_known_label() -> None:
     report = parsed(build(read_source(CANON_DX)))
 
-    groups = report.content.get_image_measurement_groups(finding_type=codes.SIMILAR_CASE)
+    groups = measurement_report(report).get_image_measurement_groups(finding_type=codes.SIMILAR_CASE)
 
     assert [g.tracking_identifier for g in groups] == ["Similar case 1", "Similar case 2"]
     expected_labels = [codes.PRESENT, codes.ABSENT]
@@ -163,7 +171,7 @@ def test_evidence_lists_source_in_study_and_similar_images_with_their_study_and_
 def test_report_without_similar_cases_has_only_the_finding_group() -> None:
     report = parsed(build_report(read_source(PHILIPS_CR), Finding(0.1), [], ALGORITHM))
 
-    assert len(report.content.get_image_measurement_groups()) == 1
+    assert len(measurement_report(report).get_image_measurement_groups()) == 1
     assert "PertinentOtherEvidenceSequence" not in report
 
 
@@ -208,9 +216,10 @@ def test_contributing_equipment_describes_the_algorithm_as_ihe_air_requires() ->
 def test_observer_is_the_algorithm_as_a_device() -> None:
     report = parsed(build(read_source(PHILIPS_CR)))
 
-    [observer] = report.content.get_observer_contexts(observer_type=codes.DEVICE_OBSERVER)
+    [observer] = measurement_report(report).get_observer_contexts(observer_type=codes.DEVICE_OBSERVER)
 
     attributes = observer.observer_identifying_attributes
+    assert isinstance(attributes, hd.sr.DeviceObserverIdentifyingAttributes)
     assert attributes.uid == ALGORITHM.device_uid
     assert attributes.name == "cxr_covid_classifier"
 
@@ -333,14 +342,14 @@ def test_derived_uid_separates_its_parts() -> None:
         (lambda: Finding(-0.01), ValueError, 'Argument "probability" must be in \\[0, 1\\]'),
         (lambda: Finding(float("nan")), ValueError, 'Argument "probability" must be in \\[0, 1\\]'),
         (lambda: Finding(True), TypeError, 'Argument "probability" must be a number'),
-        (lambda: Finding("0.5"), TypeError, 'Argument "probability" must be a number'),
+        (lambda: Finding("0.5"), TypeError, 'Argument "probability" must be a number'),  # type: ignore[arg-type]  # wrong type on purpose
         (lambda: Finding(0.5, threshold=1.01), ValueError, 'Argument "threshold" must be in \\[0, 1\\]'),
         (lambda: AlgorithmInfo("n", "1", "ABC", "m"), ValueError, 'Argument "weights_sha256"'),
         (lambda: AlgorithmInfo("n", "1", WEIGHTS_A.upper(), "m"), ValueError, 'Argument "weights_sha256"'),
         (lambda: AlgorithmInfo("", "1", WEIGHTS_A, "m"), ValueError, 'Argument "name"'),
         (lambda: AlgorithmInfo("n", "x" * 65, WEIGHTS_A, "m"), ValueError, 'Argument "version"'),
         (lambda: AlgorithmInfo("n", "1", WEIGHTS_A, "a\\b"), ValueError, 'Argument "manufacturer"'),
-        (lambda: AlgorithmInfo("n", 1, WEIGHTS_A, "m"), TypeError, 'Argument "version"'),
+        (lambda: AlgorithmInfo("n", 1, WEIGHTS_A, "m"), TypeError, 'Argument "version"'),  # type: ignore[arg-type]  # wrong type on purpose
         (lambda: SimilarStudy("1.2", "1.2.3", "not a uid", SECONDARY_CAPTURE, 0.1, "covid"), ValueError,
          'Argument "sop_instance_uid" must be a valid UID'),
         (lambda: SimilarStudy("1.2", "1.2.3", "1.2.3.4", SECONDARY_CAPTURE, -0.1, "covid"), ValueError,

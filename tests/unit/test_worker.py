@@ -50,6 +50,7 @@ def test_waiting_jobs_are_analysed_in_one_batch_into_reports(worker_factory, tmp
     assert worker.run_once() == len(jobs)
     for job in jobs:
         done = spool.find_job(job.job_id)
+        assert done is not None
         assert done.state is JobState.OUTBOX and done.deliveries == ()
         report = pydicom.dcmread(spool.result_path(done))
         assert report.Modality == "SR" and report.StudyInstanceUID == pydicom.dcmread(
@@ -64,6 +65,7 @@ def test_a_job_that_keeps_failing_is_set_aside_after_max_attempts(worker_factory
     worker = worker_factory(spool, batch_size=1)
     worker.run_once()
     done = spool.find_job(job.job_id)
+    assert done is not None
     assert done.state is JobState.NOT_ANALYSED and done.detail.startswith("analysis error: gave up")
 
 
