@@ -208,7 +208,7 @@ def reference_image_paths(datalist: Sequence[Mapping[str, object]]) -> dict[str,
     """SOP Instance UID -> image file of each entry of a reference datalist.
 
     The index's items table holds UIDs, not file paths; this maps the items of an index built
-    from ``datalist`` (:func:`build_reference_index`) back to their images. Entries whose UIDs
+    from ``datalist`` (:func:`~monai_app.retrieval.reference_set.build_reference_index`) back to their images. Entries whose UIDs
     cannot be read are left out.
     """
     paths = {}
@@ -309,11 +309,11 @@ def evaluate_retrieval(
     Parameters
     ----------
     network, model_file, transform, batch_size, device
-        As for :func:`build_reference_index` (the same weights as the index).
+        As for :func:`~monai_app.retrieval.reference_set.build_reference_index` (the same weights as the index).
     datalist : Sequence of Mapping
         Labelled query images (the evaluation split), with ``source`` and ``patient_id``.
     index_dir : str or pathlib.Path
-        Folder written by :func:`build_reference_index`.
+        Folder written by :func:`~monai_app.retrieval.reference_set.build_reference_index`.
     metrics_file : str or pathlib.Path
         ``metrics.json``; its other sections are kept. The figures go beside it:
         ``embeddings_tsne.png`` (the evaluation embeddings, colour = label, marker = source)
