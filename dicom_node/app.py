@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
@@ -15,9 +17,12 @@ from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.receive.handlers import build_event_handlers
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae
+from dicom_node.receive.tls_server import start_tls_server
 from dicom_node.report.sr import AlgorithmInfo
+from dicom_node.send.delivery import client_context
 from dicom_node.send.outbox import Outbox, RetryPolicy
 from dicom_node.spool import Spool
+from dicom_node.tls import build_server_context, quiet_pynetdicom_tls_errors
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +40,14 @@ class ReceiverNode:
         self.config = config
         self.spool = Spool(config.spool, fsync=config.fsync)
         self.ae: AE = build_ae(config)
+        # TLS files are read now, before the models load: a bad one stops start-up (exit 2).
+        self.tls_context = build_tls_context(config)
+        for destination in config.destinations:
+            if destination.tls:
+                client_context(destination)
+        quiet_pynetdicom_tls_errors()
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
         self.outbox = Outbox(
             self.spool, config.destinations, RetryPolicy.from_config(config), config.ae_title,
             timeout=config.acse_timeout,
@@ -63,20 +75,28 @@ class ReceiverNode:
                 target=self.outbox.run, args=(self._stop_outbox,), name="outbox", daemon=True
             )
             self._outbox_thread.start()
-        self._server = self.ae.start_server(
-            (self.config.bind, self.config.port),
-            block=False,
-            evt_handlers=build_event_handlers(
-                self.config, self.spool, on_stored=self.worker.wake.set if self.worker else None
-            ),
+        handlers = build_event_handlers(
+            self.config, self.spool, on_stored=self.worker.wake.set if self.worker else None
         )
+        if self.config.plaintext_port is not None:
+            self._server = self.ae.start_server(
+                (self.config.bind, self.config.plaintext_port), block=False, evt_handlers=handlers,
+            )
+        if self.tls_context is not None:
+            self._tls_server = start_tls_server(
+                self.ae, (self.config.bind, self.config.tls_port), self.tls_context, handlers
+            )
         logger.info(
-            "listening: ae_title=%s bind=%s port=%d spool=%s fsync=%s sop_classes=%d transfer_syntaxes=%d "
-            "allowed_callers=%s destinations=%s",
-            self.config.ae_title, self.config.bind, self.config.port, self.config.spool.resolve(),
-            self.config.fsync, len(STORAGE_SOP_CLASSES), len(TRANSFER_SYNTAXES),
+            "listening: ae_title=%s bind=%s port=%s tls_port=%s mutual_tls=%s spool=%s fsync=%s sop_classes=%d "
+            "transfer_syntaxes=%d allowed_callers=%s destinations=%s",
+            self.config.ae_title, self.config.bind, self.config.plaintext_port or "off",
+            self.config.tls_port if self.config.tls_enabled else "off",
+            "on" if self.config.tls_enabled and self.config.tls_ca_file else "off",
+            self.config.spool.resolve(), self.config.fsync, len(STORAGE_SOP_CLASSES), len(TRANSFER_SYNTAXES),
             ",".join(c.ae_title for c in self.config.allowed_callers) or "any",
-            ",".join(f"{d.name}({d.ae_title}@{d.host}:{d.port})" for d in self.config.destinations) or "none",
+            ",".join(
+                f"{d.name}({d.ae_title}@{d.host}:{d.port}{' tls' if d.tls else ''})" for d in self.config.destinations
+            ) or "none",
         )
 
     def stop(self) -> None:
@@ -85,14 +105,20 @@ class ReceiverNode:
         Instances are written with temp file + rename, so an aborted transfer leaves no
         file that looks complete; the modality did not get Success and will resend.
         """
-        if self._server is None:
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        if not servers:
             return
-        server, self._server = self._server, None
-        server.shutdown()  # no new associations; established ones go on
+        self._server = self._tls_server = None
+        for server in servers:
+            server.shutdown()  # no new associations; established ones go on
+
+        def active() -> list[Any]:
+            return [a for server in servers for a in server.active_associations]
+
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
-        while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
+        while any(a.is_established for a in active()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        remaining = server.active_associations  # incl. connections that never sent a request
+        remaining = active()  # incl. connections that never sent a request
         in_flight = sum(a.is_established for a in remaining)
         if in_flight:
             logger.warning("shutdown: aborting %d association(s) still in flight", in_flight)
@@ -119,6 +145,19 @@ class ReceiverNode:
                 pass
         finally:
             self.stop()
+
+
+def build_tls_context(config: NodeConfig) -> ssl.SSLContext | None:
+    """The TLS listener's context, ``None`` when ``tls.enabled`` is false.
+
+    Raises
+    ------
+    dicom_node.errors.ConfigError
+        A TLS file is missing, unreadable or invalid; the message names its key.
+    """
+    if not config.tls_enabled or config.tls_certificate is None or config.tls_private_key is None:
+        return None
+    return build_server_context(config.tls_certificate, config.tls_private_key, config.tls_ca_file)
 
 
 def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None] | None = None) -> InferenceWorker:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.errors import ConfigError
+from dicom_node.tls import Subject, parse_subject
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
@@ -70,6 +71,17 @@ def check_directory_path(key: str, value: object) -> Path:
     return Path(value)
 
 
+def check_file_path(key: str, value: object) -> Path:
+    """A non-empty path; whether the file exists and parses is checked when the node starts."""
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise ConfigError(f'"{key}" must be a file path, got {value!r}')
+    return Path(value)
+
+
+def check_optional_file_path(key: str, value: object) -> Path | None:
+    return None if value is None else check_file_path(key, value)
+
+
 def check_unit_interval(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigError(f'"{key}" must be a number in 0..1, got {value!r}')
@@ -114,6 +126,16 @@ class PacsDestination:
         Host name or IP address.
     port : int
         TCP port, 1-65535.
+    tls : bool
+        Associate over DICOM TLS (TLS 1.2+); the PACS's certificate is always verified.
+    tls_ca_file : pathlib.Path or None
+        PEM CA certificates the PACS's certificate must chain to; ``None``: the system's.
+    tls_certificate, tls_private_key : pathlib.Path or None
+        The node's client certificate and unencrypted key, for a PACS that requires one.
+    tls_server_name : str or None
+        Name the PACS's certificate must carry; ``None``: ``host``.
+    tls_check_hostname : bool
+        Check that name (``false`` only for a PACS whose certificate names neither).
 
     Raises
     ------
@@ -125,6 +147,12 @@ class PacsDestination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_server_name: str | None = None
+    tls_check_hostname: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -135,19 +163,57 @@ class PacsDestination:
         object.__setattr__(self, "ae_title", check_ae_title(f"{prefix}.ae_title", self.ae_title))
         object.__setattr__(self, "host", check_host(f"{prefix}.host", self.host))
         check_int(f"{prefix}.port", self.port, 1, 65535)
+        check_bool(f"{prefix}.tls", self.tls)
+        check_bool(f"{prefix}.tls_check_hostname", self.tls_check_hostname)
+        for key in ("tls_ca_file", "tls_certificate", "tls_private_key"):
+            object.__setattr__(self, key, check_optional_file_path(f"{prefix}.{key}", getattr(self, key)))
+        if self.tls_server_name is not None:
+            object.__setattr__(self, "tls_server_name", check_host(f"{prefix}.tls_server_name", self.tls_server_name))
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            missing = "tls_private_key" if self.tls_private_key is None else "tls_certificate"
+            raise ConfigError(f'"{prefix}.{missing}" is needed too: a client certificate comes with its key')
+        used = [k for k in ("tls_ca_file", "tls_certificate", "tls_server_name") if getattr(self, k) is not None]
+        if used and not self.tls:
+            # A TLS setting on a plaintext destination is a forgotten `tls = true`, not a no-op.
+            raise ConfigError(f'"{prefix}.{used[0]}" is set but "{prefix}.tls" is false')
+
+    @property
+    def server_name(self) -> str:
+        """The name the PACS's certificate is checked against."""
+        return self.tls_server_name or self.host
 
 
 @dataclass(frozen=True)
 class AllowedCaller:
-    """A calling AE title the node accepts, optionally only from some IP addresses."""
+    """A calling AE title the node accepts, optionally only from some IP addresses and,
+    over mutual TLS, only with a client certificate whose subject is listed.
+
+    ``certificate_subjects`` are parsed by :func:`dicom_node.tls.parse_subject`; with any,
+    a caller without a verified client certificate (plaintext, or no ``tls.ca_file``) is
+    refused.
+    """
 
     ae_title: str
     hosts: tuple[str, ...] = ()
+    certificate_subjects: tuple[Subject, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title("allowed_callers.ae_title", self.ae_title))
         hosts = tuple(check_ip("allowed_callers.hosts", h) for h in self.hosts)
         object.__setattr__(self, "hosts", hosts)
+        subjects = tuple(
+            s if isinstance(s, tuple) else parse_subject("allowed_callers.certificate_subject", s)
+            for s in self.certificate_subjects
+        )
+        object.__setattr__(self, "certificate_subjects", subjects)
+
+    def refusal(self, host: str, subject: Subject | None) -> str | None:
+        """Why this entry does not admit a caller from ``host`` with ``subject``; ``None`` if it does."""
+        if self.hosts and host not in self.hosts:
+            return "host not allowed"
+        if self.certificate_subjects and subject not in self.certificate_subjects:
+            return "no client certificate" if subject is None else "certificate subject not allowed"
+        return None
 
 
 @dataclass(frozen=True)
@@ -180,6 +246,12 @@ class NodeConfig:
     similar_k: int = 4
     threshold: float | None = None
     num_threads: int = 0
+    tls_enabled: bool = False
+    tls_port: int = 2762
+    tls_only: bool = False
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title("node.ae_title", self.ae_title))
@@ -211,19 +283,54 @@ class NodeConfig:
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise ConfigError(f'"destinations.name" must be unique, got {names}')
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        check_bool("tls.enabled", self.tls_enabled)
+        check_int("tls.port", self.tls_port, 1, 65535)
+        check_bool("tls.only", self.tls_only)
+        for key in ("certificate", "private_key", "ca_file"):
+            object.__setattr__(self, f"tls_{key}", check_optional_file_path(f"tls.{key}", getattr(self, f"tls_{key}")))
+        if self.tls_enabled:
+            for key in ("certificate", "private_key"):
+                if getattr(self, f"tls_{key}") is None:
+                    raise ConfigError(f'"tls.{key}" is needed with tls.enabled = true')
+            if not self.tls_only and self.tls_port == self.port:
+                raise ConfigError(
+                    f'"tls.port" must differ from node.port ({self.port}), or set tls.only = true'
+                )
+        elif self.tls_only:
+            raise ConfigError('"tls.only" needs tls.enabled = true (else the node would not listen at all)')
+        if any(c.certificate_subjects for c in self.allowed_callers) and not (
+            self.tls_enabled and self.tls_ca_file is not None
+        ):
+            # Without mutual TLS no caller has a verified certificate: the entry would lock it out.
+            raise ConfigError(
+                '"allowed_callers.certificate_subject" needs mutual TLS: tls.enabled = true and tls.ca_file'
+            )
+
+    @property
+    def plaintext_port(self) -> int | None:
+        """The port without TLS, ``None`` when ``tls.only`` switches it off."""
+        return None if self.tls_only else self.port
 
     def with_overrides(self, **overrides: Any) -> NodeConfig:
         """Return a copy with the non-``None`` overrides applied (command-line flags)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
-    def allows(self, ae_title: str, host: str) -> bool:
-        """Return whether a calling AE title from ``host`` may associate."""
+    def allows(self, ae_title: str, host: str, subject: Subject | None = None) -> bool:
+        """Return whether a calling AE title from ``host`` (client certificate ``subject``) may associate."""
+        return self.refusal(ae_title, host, subject) is None
+
+    def refusal(self, ae_title: str, host: str, subject: Subject | None = None) -> str | None:
+        """Why a caller is refused (``None``: it is allowed); any matching entry admits it."""
         if not self.allowed_callers:
-            return True
-        for caller in self.allowed_callers:
-            if caller.ae_title == ae_title.strip():
-                return not caller.hosts or host in caller.hosts
-        return False
+            return None
+        entries = [c for c in self.allowed_callers if c.ae_title == ae_title.strip()]
+        if not entries:
+            return "calling AE title not listed"
+        reasons = [c.refusal(host, subject) for c in entries]
+        return None if None in reasons else reasons[0]
 
 
 # TOML table -> (key -> NodeConfig field). Anything else is a typo and stops start-up.
@@ -245,6 +352,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "inference": {
         k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads")
     },
+    "tls": {k: f"tls_{k}" for k in ("enabled", "port", "only", "certificate", "private_key", "ca_file")},
 }
 _TABLE_ARRAYS = ("allowed_callers", "destinations")
 
@@ -279,14 +387,26 @@ def _parse_allowed_callers(content: object) -> tuple[AllowedCaller, ...]:
     for entry in content:
         if not isinstance(entry, Mapping) or "ae_title" not in entry:
             raise ConfigError('each [[allowed_callers]] entry needs "ae_title"')
-        unknown = set(entry) - {"ae_title", "hosts"}
+        unknown = set(entry) - {"ae_title", "hosts", "certificate_subject"}
         if unknown:
-            raise ConfigError(f'unknown key "allowed_callers.{sorted(unknown)[0]}" (known: ae_title, hosts)')
+            raise ConfigError(
+                f'unknown key "allowed_callers.{sorted(unknown)[0]}" (known: ae_title, hosts, certificate_subject)'
+            )
         hosts = entry.get("hosts", [])
         if not isinstance(hosts, list):
             raise ConfigError('"allowed_callers.hosts" must be an array of IP addresses')
-        callers.append(AllowedCaller(entry["ae_title"], tuple(hosts)))
+        subjects = entry.get("certificate_subject", [])
+        if isinstance(subjects, str):
+            subjects = [subjects]  # one subject, or an array of them
+        if not isinstance(subjects, list):
+            raise ConfigError('"allowed_callers.certificate_subject" must be a distinguished name or an array of them')
+        callers.append(AllowedCaller(entry["ae_title"], tuple(hosts), tuple(subjects)))
     return tuple(callers)
+
+
+_DESTINATION_TLS_KEYS = (
+    "tls", "tls_ca_file", "tls_certificate", "tls_private_key", "tls_server_name", "tls_check_hostname",
+)
 
 
 def _parse_destinations(content: object) -> tuple[PacsDestination, ...]:
@@ -296,14 +416,16 @@ def _parse_destinations(content: object) -> tuple[PacsDestination, ...]:
     for entry in content:
         if not isinstance(entry, Mapping):
             raise ConfigError("each [[destinations]] entry must be a table")
-        known = ("name", "ae_title", "host", "port")
+        required = ("name", "ae_title", "host", "port")
+        known = (*required, *_DESTINATION_TLS_KEYS)
         unknown = set(entry) - set(known)
         if unknown:
             raise ConfigError(f'unknown key "destinations.{sorted(unknown)[0]}" (known: {", ".join(known)})')
-        missing = [k for k in known if k not in entry]
+        missing = [k for k in required if k not in entry]
         if missing:
             raise ConfigError(f'[[destinations]] entry lacks "destinations.{missing[0]}"')
-        destinations.append(PacsDestination(entry["name"], entry["ae_title"], entry["host"], entry["port"]))
+        tls = {k: entry[k] for k in _DESTINATION_TLS_KEYS if k in entry}
+        destinations.append(PacsDestination(entry["name"], entry["ae_title"], entry["host"], entry["port"], **tls))
     return tuple(destinations)
 
 

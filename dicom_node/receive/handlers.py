@@ -28,6 +28,7 @@ from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
 from dicom_node.receive import dimse_status
 from dicom_node.receive.instance_check import read_instance_identity
 from dicom_node.spool import Spool
+from dicom_node.tls import Subject, describe_tls, format_subject, peer_subject
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,12 @@ class AssociationLog:
 
     def on_association_accepted(self, event: Event) -> None:
         requestor = event.assoc.requestor
+        sock = _raw_socket(event.assoc)
+        subject = peer_subject(sock)
         logger.info(
-            "association accepted: calling_ae=%s peer=%s:%s",
-            requestor.ae_title, requestor.address, requestor.port,
+            "association accepted: calling_ae=%s peer=%s:%s %s%s",
+            requestor.ae_title, requestor.address, requestor.port, describe_tls(sock),
+            f" certificate_subject={_escape_controls(format_subject(subject))}" if subject else "",
         )
 
     def on_association_rejected(self, event: Event) -> None:
@@ -172,8 +176,20 @@ def _store(event: Event, spool: Spool, calling_ae: str) -> tuple[int, str, int]:
         return dimse_status.PROCESSING_FAILURE, "unexpected node error", 0
 
 
+def _raw_socket(assoc: Any) -> Any:
+    """The association's socket (an :class:`ssl.SSLSocket` on the TLS port), or ``None``."""
+    dul_socket = getattr(getattr(assoc, "dul", None), "socket", None)
+    return getattr(dul_socket, "socket", None)
+
+
+def _escape_controls(text: str) -> str:
+    # A certificate's subject is the peer's text: no control character may reach the log.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
-    """EVT_REQUESTED: reject a listed AE title calling from a host not listed for it.
+    """EVT_REQUESTED: reject a listed AE title calling from a host, or with a client
+    certificate subject, not listed for it.
 
     AE titles that are not listed at all are rejected by pynetdicom itself
     (``require_calling_aet``); both use the standard reason "calling AE title not recognised".
@@ -181,12 +197,17 @@ def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
     assoc = event.assoc
     primitive = assoc.requestor.primitive
     ae_title = primitive.calling_ae_title if primitive is not None else ""
-    if config.allows(ae_title, assoc.requestor.address):
+    subject: Subject | None = peer_subject(_raw_socket(assoc))
+    why = config.refusal(ae_title, assoc.requestor.address, subject)
+    if why is None:
         return
     known_title = any(c.ae_title == ae_title.strip() for c in config.allowed_callers)
     if not known_title:
         return  # pynetdicom rejects it during negotiation and fires EVT_REJECTED
-    logger.warning("association rejected: calling_ae=%s peer=%s (host not allowed)", ae_title, assoc.requestor.address)
+    logger.warning(
+        "association rejected: calling_ae=%s peer=%s (%s)%s", ae_title, assoc.requestor.address, why,
+        f" certificate_subject={_escape_controls(format_subject(subject))}" if subject else "",
+    )
     # Rejected permanent, by the service user, calling AE title not recognised (PS3.8 9.3.4).
     assoc.acse.send_reject(0x01, 0x01, 0x03)
     assoc.is_rejected = True

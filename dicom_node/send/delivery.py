@@ -23,8 +23,11 @@ from pynetdicom import AE
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicom_node.config import PacsDestination
+from dicom_node.errors import ConfigError
+from dicom_node.tls import ClientTLSContext, KeyNames, build_client_context, handshake_failure_reason
 
 logger = logging.getLogger(__name__)
+
 
 def next_retry_delay(attempts: int, *, initial: float, maximum: float) -> float:
     """Seconds to wait before the next try, after ``attempts`` failed ones.
@@ -102,6 +105,25 @@ class DeliveryResult:
     error: str | None = None
 
 
+def client_context(destination: PacsDestination) -> ClientTLSContext:
+    """The TLS context for a destination with ``tls = true``, from its files as they are now.
+
+    Built for every send, so renewed certificates are picked up without a restart; the
+    node also builds it once at start-up to stop on a bad file.
+
+    Raises
+    ------
+    dicom_node.errors.ConfigError
+        A TLS file is missing, unreadable or invalid; the message names its key.
+    """
+    prefix = f"pacs.{destination.name}"
+    return build_client_context(
+        destination.tls_ca_file, destination.tls_certificate, destination.tls_private_key,
+        check_hostname=destination.tls_check_hostname,
+        keys=KeyNames(f"{prefix}.tls_certificate", f"{prefix}.tls_private_key", f"{prefix}.tls_ca_file"),
+    )
+
+
 def send_file(
     path: Path | str,
     destination: PacsDestination,
@@ -114,7 +136,9 @@ def send_file(
     """C-STORE one DICOM file to ``destination``; never raises.
 
     The file is sent in its own transfer syntax, which is the only one proposed, so
-    the bytes the PACS receives are the bytes on disk.
+    the bytes the PACS receives are the bytes on disk. With ``destination.tls`` the
+    association runs over TLS (:func:`client_context`); a failed handshake is one
+    "not delivered" line with its reason.
 
     Parameters
     ----------
@@ -146,11 +170,20 @@ def send_file(
     ae.network_timeout = network_timeout
     ae.connection_timeout = network_timeout
     ae.add_requested_context(sop_class_uid, transfer_syntax)
+    context: ClientTLSContext | None = None
+    if destination.tls:
+        try:
+            context = client_context(destination)
+        except ConfigError as exc:  # a file changed since start-up
+            return _failed(path, destination, f"TLS configuration: {exc}")
+    tls_args = (context, destination.server_name) if context is not None else None
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     except (OSError, RuntimeError, ValueError) as exc:
         return _failed(path, destination, f"association failed: {type(exc).__name__}: {exc}")
     if not assoc.is_established:
+        if context is not None and context.last_error is not None:
+            return _failed(path, destination, f"TLS handshake failed: {handshake_failure_reason(context.last_error)}")
         reason = "rejected" if assoc.is_rejected else "aborted or no answer"
         return _failed(path, destination, f"association {reason}")
     try:
