@@ -16,6 +16,9 @@ import logging
 import re
 import socket
 import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -156,23 +159,48 @@ def build_server_context(
 
 
 class ClientTLSContext(ssl.SSLContext):
-    """Client context that remembers why its last handshake failed.
+    """Client context that remembers why its connection failed, and in which threads.
 
-    pynetdicom reports a failed TLS connection only as "no association"; keeping the
-    :class:`ssl.SSLError` here lets the outbox log the real reason in its one line.
+    pynetdicom reports a failed TLS connection only as "no association", with a traceback
+    from whichever of its threads saw the :class:`ssl.SSLError`. Keeping the error here lets
+    the outbox log the real reason in its one line, and :func:`quiet_failed_tls` drop
+    pynetdicom's records about it. A TLS 1.3 server refuses a missing client certificate
+    only after the handshake, so reads are watched as well as the connect.
     """
 
     last_error: ssl.SSLError | None = None
 
+    def record_failure(self, exc: ssl.SSLError) -> None:
+        if self.last_error is None:
+            self.last_error = exc
+        self.failed_threads.add(threading.get_ident())
+
+    @property
+    def failed_threads(self) -> set[int]:
+        threads: set[int] | None = self.__dict__.get("_failed_threads")
+        if threads is None:
+            threads = self.__dict__["_failed_threads"] = set()
+        return threads
+
 
 class _RecordingSSLSocket(ssl.SSLSocket):
+    def _record(self, exc: ssl.SSLError) -> None:
+        context = self.context
+        if isinstance(context, ClientTLSContext):
+            context.record_failure(exc)
+
     def connect(self, addr: Any) -> None:
         try:
             super().connect(addr)
         except ssl.SSLError as exc:
-            context = self.context
-            if isinstance(context, ClientTLSContext):
-                context.last_error = exc
+            self._record(exc)
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            self._record(exc)
             raise
 
 
@@ -344,6 +372,10 @@ def handshake_failure_reason(exc: BaseException) -> str:
         verify = getattr(exc, "verify_message", None)
         if isinstance(exc, ssl.SSLCertVerificationError) and verify:
             return f"{reason}: {verify}"
+        if reason == "TLSV1_ALERT_UNKNOWN_CA":
+            return f"{reason}: the peer does not trust this side's certificate (its CA is not in the peer's list)"
+        if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
+            return f"{reason}: the peer requires a client certificate"
         if isinstance(exc, ssl.SSLEOFError):
             return "connection closed during the TLS handshake"
         return str(reason)
@@ -352,27 +384,61 @@ def handshake_failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
 
 
-class QuietTLSErrors(logging.Filter):
-    """Drops pynetdicom's tracebacks and duplicate lines for a failed TLS connection.
+# pynetdicom's loggers that report socket errors (a logger's filters see only its own records).
+_PYNETDICOM_LOGGERS = ("pynetdicom.transport", "pynetdicom.dul", "pynetdicom.acse", "pynetdicom.association")
 
-    pynetdicom logs a refused TLS connection as three ERROR records, one with a traceback;
-    the node logs the failure itself, with its reason, in one line. For a plain TCP error
-    pynetdicom's "TCP Initialisation Error: [Errno ...]" line, which has the reason, stays.
+
+class SocketErrorsWithoutTraceback(logging.Filter):
+    """Keeps pynetdicom's line for a socket or TLS error but drops its traceback.
+
+    pynetdicom logs such errors with ``LOGGER.exception``: a dozen lines of its internals
+    for what is a network event. The message (``[SSL: ...] ...``, ``[Errno 104] ...``) stays.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
-            return False
-        message = record.getMessage()
-        # The first line says nothing the node's own "not delivered" line does not.
-        return not (
-            message.startswith("TCP Initialisation Error: [SSL")
-            or message == "Association request failed: unable to connect to remote"
-        )
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def quiet_pynetdicom_tls_errors() -> None:
-    """Install :class:`QuietTLSErrors` on pynetdicom's transport logger (idempotent)."""
-    transport_logger = logging.getLogger("pynetdicom.transport")
-    if not any(isinstance(f, QuietTLSErrors) for f in transport_logger.filters):
-        transport_logger.addFilter(QuietTLSErrors())
+    """Install :class:`SocketErrorsWithoutTraceback` on pynetdicom's loggers (idempotent)."""
+    for name in _PYNETDICOM_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, SocketErrorsWithoutTraceback) for f in target.filters):
+            target.addFilter(SocketErrorsWithoutTraceback())
+
+
+class _FailedTLSRecords(logging.Filter):
+    def __init__(self, context: ClientTLSContext, caller: int) -> None:
+        super().__init__()
+        self.context = context
+        self.caller = caller
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.context.last_error is None:
+            return True
+        return not (record.thread in self.context.failed_threads or record.thread == self.caller)
+
+
+@contextmanager
+def quiet_failed_tls(context: ClientTLSContext | None) -> Iterator[None]:
+    """While associating with ``context``: once its TLS connection failed, drop pynetdicom's
+    records about it (the caller logs the failure, with its reason, in one line).
+
+    Only records from the threads that saw the error and from the calling thread are
+    dropped, so other associations' log lines are untouched.
+    """
+    if context is None:
+        yield
+        return
+    quiet = _FailedTLSRecords(context, threading.get_ident())
+    targets = [logging.getLogger(name) for name in _PYNETDICOM_LOGGERS]
+    for target in targets:
+        target.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(quiet)

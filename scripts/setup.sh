@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # DCMTK (storescu, dcmdump, dsrdump), dicom3tools (dciodvfy) and Orthanc (the test PACS).
-apt_packages=(dcmtk dicom3tools orthanc curl)
+apt_packages=(dcmtk dicom3tools orthanc curl openssl)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

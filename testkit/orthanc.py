@@ -2,6 +2,7 @@
 
 Started as a plain process with its own config and database in a temporary folder,
 accepting C-STORE only from the calling AE titles it is given, and stopped by PID.
+With :class:`OrthancTLS` its DICOM port speaks DICOM TLS only (``DicomTlsEnabled``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,27 @@ def orthanc_binary() -> str | None:
     )
 
 
+@dataclass(frozen=True)
+class OrthancTLS:
+    """Orthanc's DICOM TLS settings (PEM files).
+
+    ``trusted_certificates`` is required by Orthanc even when no client certificate is;
+    ``remote_certificate_required`` makes it mutual TLS.
+    """
+
+    certificate: Path
+    private_key: Path
+    trusted_certificates: Path
+    remote_certificate_required: bool = True
+
+
 class OrthancServer:
     """Orthanc listening on ``127.0.0.1:dicom_port`` (AE ``ORTHANC``) and ``http_port``."""
 
-    def __init__(self, workdir: Path, calling_ae_titles: tuple[str, ...]) -> None:
+    def __init__(self, workdir: Path, calling_ae_titles: tuple[str, ...], tls: OrthancTLS | None = None) -> None:
         self.workdir = workdir
         self.calling_ae_titles = calling_ae_titles
+        self.tls = tls
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -64,6 +81,14 @@ class OrthancServer:
             "SaveJobs": False,
             "ExecuteLuaEnabled": False,
         }
+        if self.tls is not None:
+            config |= {
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(self.tls.certificate),
+                "DicomTlsPrivateKey": str(self.tls.private_key),
+                "DicomTlsTrustedCertificates": str(self.tls.trusted_certificates),
+                "DicomTlsRemoteCertificateRequired": self.tls.remote_certificate_required,
+            }
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         log = open(self.workdir / "orthanc.log", "ab")

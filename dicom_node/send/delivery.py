@@ -24,7 +24,13 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicom_node.config import PacsDestination
 from dicom_node.errors import ConfigError
-from dicom_node.tls import ClientTLSContext, KeyNames, build_client_context, handshake_failure_reason
+from dicom_node.tls import (
+    ClientTLSContext,
+    KeyNames,
+    build_client_context,
+    handshake_failure_reason,
+    quiet_failed_tls,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +184,8 @@ def send_file(
             return _failed(path, destination, f"TLS configuration: {exc}")
     tls_args = (context, destination.server_name) if context is not None else None
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
+        with quiet_failed_tls(context):
+            assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     except (OSError, RuntimeError, ValueError) as exc:
         return _failed(path, destination, f"association failed: {type(exc).__name__}: {exc}")
     if not assoc.is_established:
