@@ -15,7 +15,7 @@ from pathlib import Path
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 CLIENT_SUBJECT = "/O=Test Hospital/CN=CR-ROOM-1"
-"""Subject of :attr:`TestPKI.client_cert` in OpenSSL's form; RFC 4514: ``CN=CR-ROOM-1,O=Test Hospital``."""
+"""Subject of :attr:`ThrowawayPKI.client_cert` in OpenSSL's form; RFC 4514: ``CN=CR-ROOM-1,O=Test Hospital``."""
 OTHER_SUBJECT = "/O=Test Hospital/CN=OTHER-ROOM"
 
 
@@ -28,7 +28,7 @@ class KeyPair:
 
 
 @dataclass(frozen=True)
-class TestPKI:
+class ThrowawayPKI:
     """Everything a TLS test needs, under one folder."""
 
     ca: Path
@@ -72,12 +72,12 @@ def _make_leaf(folder: Path, name: str, subject: str, ca: tuple[Path, Path], san
     return KeyPair(cert, key)
 
 
-def make_test_pki(folder: Path) -> TestPKI:
+def make_test_pki(folder: Path) -> ThrowawayPKI:
     """Create the CA, server and client certificates in ``folder`` (about 2 s)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca = _make_ca(folder, "test-ca")
     rogue = _make_ca(folder, "rogue-ca")
-    return TestPKI(
+    return ThrowawayPKI(
         ca=ca[0],
         server=_make_leaf(folder, "server", "/O=Test Hospital/CN=localhost", ca, "DNS:localhost,IP:127.0.0.1"),
         client=_make_leaf(folder, "client", CLIENT_SUBJECT, ca, "DNS:cr-room-1"),
