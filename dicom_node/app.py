@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 
 from pynetdicom import AE
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.receive.handlers import build_event_handlers
-from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae
+from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae, connection_limits
+from dicom_node.receive.server import EdgeAssociationServer, bind_edge_server, serve_edge_server
 from dicom_node.report.sr import AlgorithmInfo
 from dicom_node.send.outbox import Outbox, RetryPolicy
 from dicom_node.spool import Spool
@@ -35,7 +35,7 @@ class ReceiverNode:
         self.config = config
         self.spool = Spool(config.spool, fsync=config.fsync)
         self.ae: AE = build_ae(config)
-        self._server: ThreadedAssociationServer | None = None
+        self._server: EdgeAssociationServer | None = None
         self.outbox = Outbox(
             self.spool, config.destinations, RetryPolicy.from_config(config), config.ae_title,
             timeout=config.acse_timeout,
@@ -47,60 +47,76 @@ class ReceiverNode:
         self._worker_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Recover the spool, load the models, start worker and outbox, then listen.
+        """Bind the port, recover the spool, load the models, start worker and outbox, then
+        accept associations.
 
-        Returns once the port accepts associations.
+        The port is bound first, so a port in use stops the node before the models load
+        (:class:`~dicom_node.errors.ConfigError` naming address and port). Returns once the
+        port accepts associations.
         """
-        self.spool.recover()
-        if self.config.analysis:
-            self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set)
-            self._worker_thread = threading.Thread(
-                target=self.worker.run, args=(self._stop_worker,), name="inference", daemon=True
-            )
-            self._worker_thread.start()
+        server = self._bind()
+        try:
+            self.spool.recover()
+            if self.config.analysis:
+                self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set)
+                self._worker_thread = threading.Thread(
+                    target=self.worker.run, args=(self._stop_worker,), name="inference", daemon=True
+                )
+                self._worker_thread.start()
+        except BaseException:
+            server.server_close()
+            raise
         if self.config.destinations:
             self._outbox_thread = threading.Thread(
                 target=self.outbox.run, args=(self._stop_outbox,), name="outbox", daemon=True
             )
             self._outbox_thread.start()
-        self._server = self.ae.start_server(
-            (self.config.bind, self.config.port),
-            block=False,
-            evt_handlers=build_event_handlers(
-                self.config, self.spool, on_stored=self.worker.wake.set if self.worker else None
-            ),
-        )
+        self._server = server
+        serve_edge_server(self.ae, server)
         logger.info(
             "listening: ae_title=%s bind=%s port=%d spool=%s fsync=%s sop_classes=%d transfer_syntaxes=%d "
-            "allowed_callers=%s destinations=%s",
+            "allowed_callers=%s destinations=%s max_associations=%d per_host=%d association_request_timeout=%ds",
             self.config.ae_title, self.config.bind, self.config.port, self.config.spool.resolve(),
             self.config.fsync, len(STORAGE_SOP_CLASSES), len(TRANSFER_SYNTAXES),
             ",".join(c.ae_title for c in self.config.allowed_callers) or "any",
             ",".join(f"{d.name}({d.ae_title}@{d.host}:{d.port})" for d in self.config.destinations) or "none",
+            self.config.max_associations, self.config.max_associations_per_host,
+            self.config.association_request_timeout,
         )
+
+    def _bind(self) -> EdgeAssociationServer:
+        """Bind and listen (connections wait in the backlog until the node accepts)."""
+        address = (self.config.bind, self.config.port)
+        evt_handlers = build_event_handlers(
+            self.config, self.spool, on_stored=lambda: self.worker.wake.set() if self.worker else None
+        )
+        try:
+            return bind_edge_server(self.ae, address, connection_limits(self.config), evt_handlers)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {self.config.bind}:{self.config.port} (node.bind, node.port): "
+                f"{exc.strerror or exc}"
+            ) from None
 
     def stop(self) -> None:
         """Stop listening, let associations in flight finish within the grace period, abort the rest.
 
+        Connections that never completed an association, and peers that stall, are closed
+        at once: the node exits within the grace period plus a few seconds whatever they do.
         Instances are written with temp file + rename, so an aborted transfer leaves no
         file that looks complete; the modality did not get Success and will resend.
         """
         if self._server is None:
             return
         server, self._server = self._server, None
-        server.shutdown()  # no new associations; established ones go on
+        server.shutdown()  # no new connections; established associations go on
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
-        while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
+        while server.established_count() and time.monotonic() < deadline:
             time.sleep(0.05)
-        remaining = server.active_associations  # incl. connections that never sent a request
-        in_flight = sum(a.is_established for a in remaining)
+        in_flight = server.established_count()
         if in_flight:
             logger.warning("shutdown: aborting %d association(s) still in flight", in_flight)
-        for assoc in remaining:
-            assoc.abort()
-        for assoc in remaining:
-            assoc.join(timeout=5)  # let a handler that is mid-write finish its rename
-        self.ae.shutdown()
+        server.close_connections()  # A-ABORT, then every transport closed; bounded
         if self.worker is not None and self._worker_thread is not None:
             self._stop_worker.set()
             self.worker.wake.set()
