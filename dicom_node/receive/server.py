@@ -52,8 +52,6 @@ logger = logging.getLogger(__name__)
 MODE_ACCEPTOR = "acceptor"
 # Largest A-ASSOCIATE-RQ / A-RELEASE / A-ABORT PDU the node reads (they are a few KiB).
 MAX_CONTROL_PDU = 1024 * 1024
-# pynetdicom lines let through per connection; the rest are counted in one summary line.
-PYNETDICOM_LINES_PER_CONNECTION = 2
 # A host whose connections are refused gets one log line per this many seconds.
 REJECTION_LOG_INTERVAL = 10.0
 # Seconds a refused connection stays half-open so the peer reads the A-ASSOCIATE-RJ, and
@@ -98,9 +96,9 @@ class Connection:
     request_deadline: float
     assoc: EdgeAssociation | None = None
     has_slot: bool = False  # counted against max_associations
-    quiet: bool = False  # the node logged why it ends: pynetdicom's lines add nothing
-    lines_logged: int = 0
-    lines_suppressed: int = 0
+    quiet: bool = False  # the node logged why it ends: pynetdicom's messages add nothing
+    problems: int = 0  # pynetdicom's messages about it, held back
+    first_problem: str = ""
     closed: bool = False
 
     @property
@@ -143,9 +141,10 @@ class _RateLimitedLog:
 
 class PynetdicomLineLimit(logging.Filter):
     """On pynetdicom's loggers: every record on one line (an exception as its type name only:
-    its text may quote received values), and per server connection at most
-    :data:`PYNETDICOM_LINES_PER_CONNECTION` lines, tagged with the peer; the rest are counted
-    and summed up in one line when the connection ends."""
+    its text may quote received values). What pynetdicom says about a connection of the
+    server is held back and counted: when the connection ends, one line gives the count and
+    the first message, unless the node already logged why it ended. At DEBUG level every
+    message passes, tagged with the peer."""
 
     def __init__(self, server: EdgeAssociationServer) -> None:
         super().__init__()
@@ -159,12 +158,13 @@ class PynetdicomLineLimit(logging.Filter):
         conn = self._server.connection_of_thread(threading.current_thread())
         if conn is None:
             return True
-        if conn.quiet or conn.lines_logged >= PYNETDICOM_LINES_PER_CONNECTION:
-            conn.lines_suppressed += 1
-            return False
-        conn.lines_logged += 1
-        record.msg, record.args = "%s (peer=%s)", (record.getMessage(), conn.peer)
-        return True
+        if logger.isEnabledFor(logging.DEBUG):
+            record.msg, record.args = "%s (peer=%s)", (record.getMessage(), conn.peer)
+            return True
+        if not conn.first_problem:
+            conn.first_problem = record.getMessage()
+        conn.problems += 1
+        return False
 
 
 class EdgeAssociationSocket(AssociationSocket):
@@ -180,6 +180,7 @@ class EdgeAssociationSocket(AssociationSocket):
         self._conn = conn
         self._limits = limits
         self._at_header = True
+        self.mid_pdu = False  # a PDU has started and is not complete
         conn.sock.settimeout(limits.network_timeout)  # sends too: a peer that never reads
 
     def recv(self, nr_bytes: int) -> bytearray:
@@ -190,6 +191,7 @@ class EdgeAssociationSocket(AssociationSocket):
         if before_request:
             deadline = min(deadline, conn.request_deadline)
         data = bytearray()
+        self.mid_pdu = True
         try:
             while len(data) < nr_bytes:
                 remaining = deadline - time.monotonic()
@@ -203,10 +205,7 @@ class EdgeAssociationSocket(AssociationSocket):
         except TimeoutError:
             assoc = cast(EdgeAssociation, self.assoc)
             if before_request:
-                reason = (
-                    f"no complete A-ASSOCIATE-RQ within {self._limits.association_request_timeout:g} s "
-                    "(network.association_request_timeout)"
-                )
+                reason = assoc.server._no_request_reason()
             else:
                 reason = f"PDU stalled for {self._limits.network_timeout:g} s (network.network_timeout)"
             assoc.server.connection_failed(conn, reason, wake=before_request)
@@ -220,6 +219,7 @@ class EdgeAssociationSocket(AssociationSocket):
             self._check_header(bytes(data))
         elif not self._at_header:
             self._at_header = True
+        self.mid_pdu = not self._at_header
         return data
 
     def _check_header(self, header: bytes) -> None:
@@ -293,6 +293,20 @@ class EdgeAssociation(Association):
         # uses it too; the request deadline is the shorter one.
         self.acse_timeout = min(ae.acse_timeout or 30, server.limits.association_request_timeout)
         self._started_at = time.monotonic()
+
+    def _abort_blocking(self, block: bool = True) -> None:
+        """pynetdicom's abort (``abort`` points here or at the non-blocking variant, which
+        calls this), with the reason for the log when pynetdicom aborts on its own."""
+        if not self.abort_reason and self.dul.idle_timer_expired():
+            sock = self.dul.socket
+            stalled = isinstance(sock, EdgeAssociationSocket) and sock.mid_pdu
+            timeout = self.server.limits.network_timeout
+            self.abort_reason = (
+                f"PDU stalled for {timeout:g} s" if stalled else f"nothing received for {timeout:g} s"
+            ) + " (network.network_timeout)"
+        if self.connection is not None and self.abort_reason:
+            self.connection.quiet = True  # the aborted-association line says why
+        super()._abort_blocking(block)
 
     def run_reactor(self) -> None:
         try:
@@ -369,9 +383,9 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         self._lock = threading.Lock()
         self._registry = _Registry()
         self._rejection_log = _RateLimitedLog(REJECTION_LOG_INTERVAL)
+        self._log_filter = PynetdicomLineLimit(self)
         kwargs["request_handler"] = EdgeRequestHandler
         super().__init__(*args, **kwargs)
-        self._log_filter = PynetdicomLineLimit(self)
         for logger_ in _pynetdicom_loggers():
             logger_.addFilter(self._log_filter)
 
@@ -467,6 +481,12 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         if wake and assoc is not None:
             assoc.dul.to_user_queue.put(cast(Any, None))  # read as "no request in time"
 
+    def _no_request_reason(self) -> str:
+        return (
+            f"no complete A-ASSOCIATE-RQ within {self.limits.association_request_timeout:g} s "
+            "(network.association_request_timeout)"
+        )
+
     def log_connection_closed(self, conn: Connection, reason: str) -> None:
         conn.quiet = True
         self._rejection_log.warning(
@@ -480,16 +500,19 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             return
         # pynetdicom's kill() returns once its DUL is idle, but a DUL blocked in recv() on a
         # socket it already gave up on would stay; cut it and stop it.
+        if conn.quiet:
+            pass
+        elif conn.problems:
+            self.log_connection_closed(
+                conn, f"{ascii(conn.first_problem)} ({conn.problems} message(s) from pynetdicom)"
+            )
+        elif not conn.requested and time.monotonic() >= conn.request_deadline - 0.5:
+            self.log_connection_closed(conn, self._no_request_reason())  # an idle socket
         conn.cut()
         assoc.dul.kill_dul()
         with self._lock:
             self._registry.by_socket.pop(conn.sock, None)
         self._forget(conn)
-        if conn.lines_suppressed and not conn.quiet:
-            logger.warning(
-                "connection closed: peer=%s (%d more pynetdicom messages about it not logged)",
-                conn.peer, conn.lines_suppressed,
-            )
 
     def _forget(self, conn: Connection) -> None:
         with self._lock:
@@ -524,11 +547,7 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             self._registry.lingering = [s for s in self._registry.lingering if s.close_at > now]
         for conn in overdue:
             if not conn.quiet:
-                self.log_connection_closed(
-                    conn,
-                    f"no complete A-ASSOCIATE-RQ within {self.limits.association_request_timeout:g} s "
-                    "(network.association_request_timeout)",
-                )
+                self.log_connection_closed(conn, self._no_request_reason())
             conn.cut()
         for lingering in due:
             lingering.sock.close()
@@ -559,6 +578,8 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         for conn in conns:
             conn.quiet = True
             conn.cut()
+            if conn.assoc is not None and not conn.requested:
+                conn.assoc.dul.to_user_queue.put(cast(Any, None))  # stop waiting for a request
         deadline = time.monotonic() + join_wait
         for conn in conns:
             if conn.assoc is not None:
