@@ -96,6 +96,7 @@ class Connection:
     request_deadline: float
     assoc: EdgeAssociation | None = None
     has_slot: bool = False  # counted against max_associations
+    request_received: bool = False  # a complete A-ASSOCIATE-RQ PDU was read
     quiet: bool = False  # the node logged why it ends: pynetdicom's messages add nothing
     problems: int = 0  # pynetdicom's messages about it, held back
     first_problem: str = ""
@@ -108,7 +109,7 @@ class Connection:
     @property
     def requested(self) -> bool:
         """Whether a complete A-ASSOCIATE-RQ arrived."""
-        return self.assoc is not None and self.assoc.requestor.primitive is not None
+        return self.request_received or (self.assoc is not None and self.assoc.requestor.primitive is not None)
 
     def cut(self) -> None:
         """Close the transport now (wakes a ``recv`` blocked in another thread)."""
@@ -180,6 +181,7 @@ class EdgeAssociationSocket(AssociationSocket):
         self._conn = conn
         self._limits = limits
         self._at_header = True
+        self._pdu_type = 0
         self.mid_pdu = False  # a PDU has started and is not complete
         conn.sock.settimeout(limits.network_timeout)  # sends too: a peer that never reads
 
@@ -219,6 +221,8 @@ class EdgeAssociationSocket(AssociationSocket):
             self._check_header(bytes(data))
         elif not self._at_header:
             self._at_header = True
+            if self._pdu_type == 0x01 and len(data) == nr_bytes:
+                conn.request_received = True
         self.mid_pdu = not self._at_header
         return data
 
@@ -227,6 +231,7 @@ class EdgeAssociationSocket(AssociationSocket):
         if pdu_type not in _PDU_TYPES:
             return  # pynetdicom aborts without reading a body: the next read is a header
         self._at_header = False
+        self._pdu_type = pdu_type
         limit = self._limits.maximum_pdu_size if pdu_type == 0x04 else MAX_CONTROL_PDU
         if limit and length > limit:
             conn = self._conn
