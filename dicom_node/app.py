@@ -7,17 +7,15 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from pynetdicom import AE
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.receive.handlers import build_event_handlers
-from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae
-from dicom_node.receive.tls_server import start_tls_server
+from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae, connection_limits
+from dicom_node.receive.server import EdgeAssociationServer, SlotPool, bind_edge_server, serve_edge_server
 from dicom_node.report.sr import AlgorithmInfo
 from dicom_node.send.delivery import client_context
 from dicom_node.send.outbox import Outbox, RetryPolicy
@@ -46,8 +44,7 @@ class ReceiverNode:
             if destination.tls:
                 client_context(destination)
         quiet_pynetdicom_tls_errors()
-        self._server: ThreadedAssociationServer | None = None
-        self._tls_server: ThreadedAssociationServer | None = None
+        self._servers: list[EdgeAssociationServer] = []
         self.outbox = Outbox(
             self.spool, config.destinations, RetryPolicy.from_config(config), config.ae_title,
             timeout=config.acse_timeout,
@@ -59,36 +56,38 @@ class ReceiverNode:
         self._worker_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Recover the spool, load the models, start worker and outbox, then listen.
+        """Bind the ports, recover the spool, load the models, start worker and outbox, then
+        accept associations.
 
-        Returns once the port accepts associations.
+        The ports are bound first, so a port in use stops the node before the models load
+        (:class:`~dicom_node.errors.ConfigError` naming address and port). Returns once the
+        ports accept associations.
         """
-        self.spool.recover()
-        if self.config.analysis:
-            self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set)
-            self._worker_thread = threading.Thread(
-                target=self.worker.run, args=(self._stop_worker,), name="inference", daemon=True
-            )
-            self._worker_thread.start()
+        servers = self._bind()
+        try:
+            self.spool.recover()
+            if self.config.analysis:
+                self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set)
+                self._worker_thread = threading.Thread(
+                    target=self.worker.run, args=(self._stop_worker,), name="inference", daemon=True
+                )
+                self._worker_thread.start()
+        except BaseException:
+            for server in servers:
+                server.server_close()
+            raise
         if self.config.destinations:
             self._outbox_thread = threading.Thread(
                 target=self.outbox.run, args=(self._stop_outbox,), name="outbox", daemon=True
             )
             self._outbox_thread.start()
-        handlers = build_event_handlers(
-            self.config, self.spool, on_stored=self.worker.wake.set if self.worker else None
-        )
-        if self.config.plaintext_port is not None:
-            self._server = self.ae.start_server(
-                (self.config.bind, self.config.plaintext_port), block=False, evt_handlers=handlers,
-            )
-        if self.tls_context is not None:
-            self._tls_server = start_tls_server(
-                self.ae, (self.config.bind, self.config.tls_port), self.tls_context, handlers
-            )
+        self._servers = servers
+        for server in servers:
+            serve_edge_server(self.ae, server)
         logger.info(
             "listening: ae_title=%s bind=%s port=%s tls_port=%s mutual_tls=%s spool=%s fsync=%s sop_classes=%d "
-            "transfer_syntaxes=%d allowed_callers=%s destinations=%s",
+            "transfer_syntaxes=%d allowed_callers=%s destinations=%s max_associations=%d per_host=%d "
+            "association_request_timeout=%ds",
             self.config.ae_title, self.config.bind, self.config.plaintext_port or "off",
             self.config.tls_port if self.config.tls_enabled else "off",
             "on" if self.config.tls_enabled and self.config.tls_ca_file else "off",
@@ -97,36 +96,62 @@ class ReceiverNode:
             ",".join(
                 f"{d.name}({d.ae_title}@{d.host}:{d.port}{' tls' if d.tls else ''})" for d in self.config.destinations
             ) or "none",
+            self.config.max_associations, self.config.max_associations_per_host,
+            self.config.association_request_timeout,
         )
+
+    def _bind(self) -> list[EdgeAssociationServer]:
+        """Bind and listen on the plaintext and the TLS port (connections wait in the backlog
+        until the node accepts). Both listeners share one ``max_associations`` pool."""
+        evt_handlers = build_event_handlers(
+            self.config, self.spool, on_stored=lambda: self.worker.wake.set() if self.worker else None
+        )
+        limits = connection_limits(self.config)
+        slots = SlotPool(limits.max_associations)
+        listeners: list[tuple[int, str, ssl.SSLContext | None]] = []
+        if self.config.plaintext_port is not None:
+            listeners.append((self.config.plaintext_port, "node.bind, node.port", None))
+        if self.tls_context is not None:
+            listeners.append((self.config.tls_port, "node.bind, tls.port", self.tls_context))
+        servers: list[EdgeAssociationServer] = []
+        for port, keys, context in listeners:
+            try:
+                servers.append(bind_edge_server(
+                    self.ae, (self.config.bind, port), limits, evt_handlers, slots=slots, ssl_context=context
+                ))
+            except OSError as exc:
+                for server in servers:
+                    server.server_close()
+                raise ConfigError(
+                    f"cannot listen on {self.config.bind}:{port} ({keys}): {exc.strerror or exc}"
+                ) from None
+        return servers
 
     def stop(self) -> None:
         """Stop listening, let associations in flight finish within the grace period, abort the rest.
 
+        Connections that never completed an association, and peers that stall, are closed
+        at once: the node exits within the grace period plus a few seconds whatever they do.
         Instances are written with temp file + rename, so an aborted transfer leaves no
         file that looks complete; the modality did not get Success and will resend.
         """
-        servers = [s for s in (self._server, self._tls_server) if s is not None]
-        if not servers:
+        if not self._servers:
             return
-        self._server = self._tls_server = None
+        servers, self._servers = self._servers, []
         for server in servers:
-            server.shutdown()  # no new associations; established ones go on
+            server.shutdown()  # no new connections; established associations go on
 
-        def active() -> list[Any]:
-            return [a for server in servers for a in server.active_associations]
+        def established() -> int:
+            return sum(server.established_count() for server in servers)
 
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
-        while any(a.is_established for a in active()) and time.monotonic() < deadline:
+        while established() and time.monotonic() < deadline:
             time.sleep(0.05)
-        remaining = active()  # incl. connections that never sent a request
-        in_flight = sum(a.is_established for a in remaining)
+        in_flight = established()
         if in_flight:
             logger.warning("shutdown: aborting %d association(s) still in flight", in_flight)
-        for assoc in remaining:
-            assoc.abort()
-        for assoc in remaining:
-            assoc.join(timeout=5)  # let a handler that is mid-write finish its rename
-        self.ae.shutdown()
+        for server in servers:
+            server.close_connections()  # A-ABORT, then every transport closed; bounded
         if self.worker is not None and self._worker_thread is not None:
             self._stop_worker.set()
             self.worker.wake.set()
@@ -145,19 +170,6 @@ class ReceiverNode:
                 pass
         finally:
             self.stop()
-
-
-def build_tls_context(config: NodeConfig) -> ssl.SSLContext | None:
-    """The TLS listener's context, ``None`` when ``tls.enabled`` is false.
-
-    Raises
-    ------
-    dicom_node.errors.ConfigError
-        A TLS file is missing, unreadable or invalid; the message names its key.
-    """
-    if not config.tls_enabled or config.tls_certificate is None or config.tls_private_key is None:
-        return None
-    return build_server_context(config.tls_certificate, config.tls_private_key, config.tls_ca_file)
 
 
 def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None] | None = None) -> InferenceWorker:
@@ -201,3 +213,16 @@ def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None]
         destinations=tuple(d.name for d in config.destinations),
     )
     return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result)
+
+
+def build_tls_context(config: NodeConfig) -> ssl.SSLContext | None:
+    """The TLS listener's context, ``None`` when ``tls.enabled`` is false.
+
+    Raises
+    ------
+    dicom_node.errors.ConfigError
+        A TLS file is missing, unreadable or invalid; the message names its key.
+    """
+    if not config.tls_enabled or config.tls_certificate is None or config.tls_private_key is None:
+        return None
+    return build_server_context(config.tls_certificate, config.tls_private_key, config.tls_ca_file)

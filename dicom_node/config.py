@@ -230,6 +230,8 @@ class NodeConfig:
     network_timeout: int = 60
     maximum_pdu_size: int = 131072
     max_associations: int = 16
+    max_associations_per_host: int = 4
+    association_request_timeout: int = 10
     shutdown_grace_seconds: int = 10
     fsync: bool = True
     allowed_callers: tuple[AllowedCaller, ...] = field(default_factory=tuple)
@@ -264,6 +266,8 @@ class NodeConfig:
             check_int(f"network.{key}", getattr(self, key), 1, 3600)
         check_int("network.maximum_pdu_size", self.maximum_pdu_size, 0, 2**32 - 1)
         check_int("network.max_associations", self.max_associations, 1, 256)
+        check_int("network.max_associations_per_host", self.max_associations_per_host, 1, 256)
+        check_int("network.association_request_timeout", self.association_request_timeout, 1, 3600)
         check_int("network.shutdown_grace_seconds", self.shutdown_grace_seconds, 0, 600)
         check_bool("storage.fsync", self.fsync)
         check_int("delivery.max_attempts", self.max_attempts, 1, 10000)
@@ -344,6 +348,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
             "network_timeout",
             "maximum_pdu_size",
             "max_associations",
+            "max_associations_per_host",
+            "association_request_timeout",
             "shutdown_grace_seconds",
         )
     },

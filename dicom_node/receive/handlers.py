@@ -27,6 +27,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
 from dicom_node.receive import dimse_status
 from dicom_node.receive.instance_check import read_instance_identity
+from dicom_node.receive.server import escape_field
 from dicom_node.spool import Spool
 from dicom_node.tls import Subject, describe_tls, format_subject, peer_subject
 
@@ -66,31 +67,60 @@ class AssociationLog:
         subject = peer_subject(sock)
         logger.info(
             "association accepted: calling_ae=%s peer=%s:%s %s%s",
-            requestor.ae_title, requestor.address, requestor.port, describe_tls(sock),
+            escape_field(requestor.ae_title), requestor.address, requestor.port, describe_tls(sock),
             f" certificate_subject={_escape_controls(format_subject(subject))}" if subject else "",
         )
 
     def on_association_rejected(self, event: Event) -> None:
-        requestor = event.assoc.requestor
+        assoc = event.assoc
+        requestor = assoc.requestor
         logger.warning(
-            "association rejected: calling_ae=%s called_ae=%s peer=%s",
-            requestor.ae_title, requestor.primitive.called_ae_title if requestor.primitive else "",
-            requestor.address,
+            "association rejected: calling_ae=%s called_ae=%s peer=%s:%s reason=%s",
+            escape_field(requestor.primitive.calling_ae_title if requestor.primitive else ""),
+            escape_field(requestor.primitive.called_ae_title if requestor.primitive else ""),
+            requestor.address, requestor.port, rejection_reason(assoc),
         )
 
     def on_association_released(self, event: Event) -> None:
         stored, failed = self._pop(event.assoc)
         logger.info(
             "association released: calling_ae=%s stored=%d failed=%d",
-            event.assoc.requestor.ae_title, stored, failed,
+            escape_field(event.assoc.requestor.ae_title), stored, failed,
         )
 
     def on_association_aborted(self, event: Event) -> None:
         stored, failed = self._pop(event.assoc)
+        reason = getattr(event.assoc, "abort_reason", "")  # set by receive.server when the node aborts
         logger.warning(
-            "association aborted: calling_ae=%s stored=%d failed=%d",
-            event.assoc.requestor.ae_title, stored, failed,
+            "association aborted: calling_ae=%s peer=%s:%s stored=%d failed=%d%s",
+            escape_field(event.assoc.requestor.ae_title), event.assoc.requestor.address,
+            event.assoc.requestor.port, stored, failed, f" reason={reason}" if reason else "",
         )
+
+
+# A-ASSOCIATE-RJ (source, reason) -> why, in the log (PS3.8 9.3.4).
+_REJECT_REASONS = {
+    (0x01, 0x01): "no reason given",
+    (0x01, 0x02): "application context name not supported",
+    (0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x07): "called AE title not recognised",
+    (0x02, 0x01): "no reason given (ACSE)",
+    (0x02, 0x02): "protocol version not supported",
+    (0x03, 0x01): "temporary congestion",
+    (0x03, 0x02): "local limit exceeded",
+}
+
+
+def rejection_reason(assoc: Any) -> str:
+    """Why the node rejected ``assoc``: the server's own words for its limits, else the
+    A-ASSOCIATE-RJ reason it sent."""
+    reason = getattr(assoc, "reject_reason", "")
+    if reason:
+        return str(reason)
+    primitive = assoc.acceptor.primitive
+    if primitive is None or primitive.result_source is None:
+        return "unknown"
+    return _REJECT_REASONS.get((primitive.result_source, primitive.diagnostic), f"diagnostic {primitive.diagnostic}")
 
 
 def handle_echo(event: Event) -> int:
@@ -205,7 +235,9 @@ def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
     if not known_title:
         return  # pynetdicom rejects it during negotiation and fires EVT_REJECTED
     logger.warning(
-        "association rejected: calling_ae=%s peer=%s (%s)%s", ae_title, assoc.requestor.address, why,
+        "association rejected: calling_ae=%s called_ae=%s peer=%s:%s reason=%s%s",
+        escape_field(ae_title), escape_field(primitive.called_ae_title if primitive is not None else ""),
+        assoc.requestor.address, assoc.requestor.port, why,
         f" certificate_subject={_escape_controls(format_subject(subject))}" if subject else "",
     )
     # Rejected permanent, by the service user, calling AE title not recognised (PS3.8 9.3.4).

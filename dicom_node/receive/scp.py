@@ -16,6 +16,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
 from dicom_node.config import NodeConfig
+from dicom_node.receive.server import ConnectionLimits
 
 # The chest radiographs a portable X-ray machine sends.
 STORAGE_SOP_CLASSES: tuple[str, ...] = (
@@ -59,8 +60,19 @@ def build_ae(config: NodeConfig) -> AE:
     ae.dimse_timeout = config.dimse_timeout
     ae.network_timeout = config.network_timeout
     ae.maximum_pdu_size = config.maximum_pdu_size
-    ae.maximum_associations = config.max_associations
+    # max_associations and the per-host limit are enforced by receive.server
     ae.add_supported_context(Verification, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
     return ae
+
+
+def connection_limits(config: NodeConfig) -> ConnectionLimits:
+    """The connection policy of :mod:`dicom_node.receive.server` from the config."""
+    return ConnectionLimits(
+        association_request_timeout=config.association_request_timeout,
+        network_timeout=config.network_timeout,
+        max_associations=config.max_associations,
+        max_associations_per_host=config.max_associations_per_host,
+        maximum_pdu_size=config.maximum_pdu_size,
+    )

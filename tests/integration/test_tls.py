@@ -113,8 +113,8 @@ def test_certificate_subject_allow_list(start_node, tmp_path, pki) -> None:
     # The listed AE title over plaintext has no certificate at all: refused too.
     assert "Calling AE Title Not Recognized" in _dcmtk("echoscu", node.port)
     log = node.log()
-    assert "(certificate subject not allowed) certificate_subject=CN=OTHER-ROOM,O=Test Hospital" in log
-    assert "(no client certificate)" in log
+    assert "reason=certificate subject not allowed certificate_subject=CN=OTHER-ROOM,O=Test Hospital" in log
+    assert "reason=no client certificate" in log
     _no_traceback(node)
 
 
