@@ -23,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicom_node.config import PacsDestination
+from dicom_node.log_safety import describe_exception
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def send_file(
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     except (OSError, RuntimeError, ValueError) as exc:
-        return _failed(path, destination, f"association failed: {type(exc).__name__}: {exc}")
+        return _failed(path, destination, f"association failed: {describe_exception(exc)}")
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted or no answer"
         return _failed(path, destination, f"association {reason}")
@@ -157,7 +158,7 @@ def send_file(
         response = assoc.send_c_store(path)
     except (OSError, RuntimeError, ValueError, AttributeError) as exc:
         assoc.abort()
-        return _failed(path, destination, f"C-STORE failed: {type(exc).__name__}: {exc}")
+        return _failed(path, destination, f"C-STORE failed: {describe_exception(exc)}")
     assoc.release()
 
     code = response.get("Status")
