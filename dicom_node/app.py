@@ -14,6 +14,7 @@ from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.receive.handlers import build_event_handlers
+from dicom_node.receive.incoming import IncomingFiles
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae
 from dicom_node.report.sr import AlgorithmInfo
 from dicom_node.send.outbox import Outbox, RetryPolicy
@@ -35,6 +36,9 @@ class ReceiverNode:
         self.config = config
         self.spool = Spool(config.spool, fsync=config.fsync)
         self.ae: AE = build_ae(config)
+        # Received data sets stream to temp files in the spool, capped at max_instance_bytes.
+        self.incoming = IncomingFiles(self.spool.instances_dir, config.max_instance_bytes)
+        self.incoming.install()
         self._server: ThreadedAssociationServer | None = None
         self.outbox = Outbox(
             self.spool, config.destinations, RetryPolicy.from_config(config), config.ae_title,
@@ -67,7 +71,8 @@ class ReceiverNode:
             (self.config.bind, self.config.port),
             block=False,
             evt_handlers=build_event_handlers(
-                self.config, self.spool, on_stored=self.worker.wake.set if self.worker else None
+                self.config, self.spool, on_stored=self.worker.wake.set if self.worker else None,
+                incoming=self.incoming,
             ),
         )
         logger.info(
