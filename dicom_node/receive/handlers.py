@@ -145,6 +145,8 @@ def _store(event: Event, spool: Spool, calling_ae: str, incoming: IncomingFiles 
                     f"instance larger than {incoming.max_bytes} bytes",
                     capped.received,
                 )
+            if capped is not None and capped.error is not None:
+                raise capped.error  # answered below: storage full or write failed
             return _store_file(request, received, transfer_syntax, spool, calling_ae)
         dataset = request.DataSet
         if dataset is None:

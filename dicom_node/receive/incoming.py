@@ -38,6 +38,7 @@ class CappedFile:
         self.name = str(path)
         self.limit = limit
         self.received = 0  # bytes offered, stored or not
+        self.error: OSError | None = None  # the first write error (ENOSPC): the rest is dropped
         self._f = open(path, "xb", buffering=0)  # PDU-sized writes: no user-space buffer
         self.file = self  # pynetdicom flushes ``file.file`` after each PDU
 
@@ -47,18 +48,30 @@ class CappedFile:
         return self.received > self.limit
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Store ``data`` unless the limit was passed or a write failed; never raises.
+
+        An exception here would end pynetdicom's reader thread and the association with no
+        answer; a full disk is instead answered by the handler with its own status.
+        """
         length = len(data)
-        was_exceeded = self.exceeded
+        was_dropping = self.exceeded or self.error is not None
         self.received += length
-        if was_exceeded:
+        if was_dropping:
             return length
-        if self.exceeded:
-            self._f.truncate(0)  # give the disk space back now; the instance is refused anyway
-            return length
-        view = memoryview(data)
-        done = 0
-        while done < length:
-            done += self._f.write(view[done:]) or 0
+        try:
+            if self.exceeded:
+                self._f.truncate(0)  # give the disk space back now; the instance is refused anyway
+                return length
+            view = memoryview(data)
+            done = 0
+            while done < length:
+                done += self._f.write(view[done:]) or 0
+        except OSError as exc:
+            self.error = exc
+            try:
+                self._f.truncate(0)
+            except OSError:
+                pass
         return length
 
     def flush(self) -> None:
