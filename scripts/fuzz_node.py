@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -42,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -66,6 +67,8 @@ _VRS = [
 ]
 _BAD_VRS = [b"NM", b"UM", b"XX", b"\x00\x00", b"  ", b"ox"]
 FINAL_STATES = ("outbox", "sent", "not_analysed", "failed")
+# A log line starts with its timestamp, or is part of a traceback the formatter wrote.
+_FRAMED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} |Traceback |  File |\w+(Error|Exception|Warning)\b|nvImageCodec)")
 _UID_PLACEHOLDER = "1.2.826.0.1.3680043.10.543." + "9" * 37
 
 
@@ -109,6 +112,8 @@ class Report:
     dcmdump_failures: list[str] = field(default_factory=list)
     not_final: list[str] = field(default_factory=list)
     canary_hits: int = 0
+    unframed_lines: int = 0  # log lines that do not start with a timestamp (a forged or split line)
+    rejected_retries: int = 0
     peak_rss_kib: int = 0
     rss_samples_kib: list[int] = field(default_factory=list)
     seconds: float = 0.0
@@ -161,7 +166,7 @@ def _walk(data: bytes) -> list[Element]:
         if isinstance(raw, RawDataElement):
             offset, length = raw.value_tell - header, raw.length
         else:  # converted while reading (Specific Character Set): read its header from the bytes
-            offset = int(raw.file_tell)
+            offset = int(raw.file_tell or 0)
             length = struct.unpack_from("<L" if header == 12 else "<H", data, offset + header - (4 if header == 12 else 2))[0]
         elements.append(Element(offset, header, int(tag), vr, length))
     return elements
@@ -338,7 +343,7 @@ def pdu_garbage(rng: random.Random, port: int) -> tuple[str, str]:
         payload = struct.pack(">BBL", rng.randint(1, 7), 0, rng.choice([len(body), len(body) + 50, 0xFFFFFFFF, 3])) + body
     elif kind == 2:  # an A-ASSOCIATE-RQ with garbage AE titles (a newline and the canary in one)
         called = b"CXR_AI".ljust(16)
-        calling = (b"EVIL\nFAKE " + CANARY_MARK.encode())[:16].ljust(16)
+        calling = b"EVIL\nFAKE LINE".ljust(16)  # a forged log line, if logged verbatim
         variable = rng.randbytes(rng.randrange(0, 120))
         body = struct.pack(">HH", 1, 0) + called + calling + b"\x00" * 32 + variable
         payload = struct.pack(">BBL", 1, 0, len(body)) + body
@@ -348,9 +353,14 @@ def pdu_garbage(rng: random.Random, port: int) -> tuple[str, str]:
         payload = struct.pack(">BBL", 4, 0, len(body)) + body
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            # Never leave a stalled socket behind (stalled sockets are a connection-level
+            # test): close with a reset, not a FIN the node may wait past.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)  # never stall: the node sees the end at once
+            s.settimeout(1)
             answer = s.recv(16)
+    except TimeoutError:
+        return "no answer (reset)", ""
     except OSError as exc:
         return f"socket {type(exc).__name__}", ""
     return (f"pdu 0x{answer[0]:02X}" if answer else "closed"), ""
@@ -381,15 +391,22 @@ def reads_back(path: Path) -> bool:
             walk(ds, True)
         if "PixelData" not in ds:
             return False
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # pydicom only warns about a missing delimiter
-                frames = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
-            return bool(frames)
-        expected = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) // 8
-        return len(ds.PixelData) >= expected * int(ds.get("NumberOfFrames", 1) or 1)
+        raw = cast(RawDataElement, pydicom.dcmread(path, defer_size=1024).get_item(0x7FE00010, keep_deferred=True))
+        if raw.length != 0xFFFFFFFF:  # native: the value is all in the file
+            return bool(raw.value_tell + raw.length <= path.stat().st_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pydicom only warns about a missing delimiter
+            fragments = list(pydicom.encaps.generate_fragments(ds.PixelData[8 + _bot_length(ds.PixelData):]))
+        return bool(fragments)
     except Exception:
         return False
+
+
+def _bot_length(pixel_data: bytes) -> int:
+    tag, length = struct.unpack_from("<LL", pixel_data, 0)
+    if tag != 0xE000FFFE:
+        raise ValueError("no Basic Offset Table item")
+    return int(length)
 
 
 def dcmdump_ok(path: Path) -> bool | None:
@@ -433,7 +450,8 @@ def run(args: argparse.Namespace) -> Report:
         stale.unlink(missing_ok=True)
     node_args: tuple[str, ...] = ("--analysis",) if args.analysis else ()
     node = NodeProcess(out / "spool", out / "node.log", node_args).start(timeout=180 if args.analysis else 30)
-    assert node.process is not None
+    process = node.process
+    assert process is not None
     report = Report()
     started = time.monotonic()
     kinds = list(WEIGHTS)
@@ -454,16 +472,23 @@ def run(args: argparse.Namespace) -> Report:
                 path = mutants / f"{number:05d}.dcm"
                 write_part10(path, base, data, uid)
                 case.outcome, case.comment = send_file(node.port, path, base.transfer_syntax)
+                for _ in range(args.retries):  # all slots taken (a connection-level matter): wait, retry
+                    if case.outcome != "rejected":
+                        break
+                    report.rejected_retries += 1
+                    time.sleep(1)
+                    case.outcome, case.comment = send_file(node.port, path, base.transfer_syntax)
                 if case.outcome != "0x0000" and not args.keep_mutants:
                     path.unlink()
             report.cases.append(case)
-            if node.process.poll() is not None:  # the node died: count, keep its log, restart
+            if process.poll() is not None:  # the node died: count, keep its log, restart
                 report.restarts += 1
                 print(f"node died at case {number} ({mutation}); restarting", file=sys.stderr)
                 node = NodeProcess(out / "spool", out / "node.log", node_args).start(timeout=180)
                 assert node.process is not None
+                process = node.process
             if number % 10 == 0:
-                report.rss_samples_kib.append(rss_kib(node.process.pid))
+                report.rss_samples_kib.append(rss_kib(process.pid))
         stored = [c for c in report.cases if c.outcome == "0x0000"]
         for case in stored:
             instance = out / "spool" / "instances" / f"{case.sop_instance_uid}.dcm"
@@ -480,14 +505,16 @@ def run(args: argparse.Namespace) -> Report:
                     break
                 time.sleep(1)
             report.not_final = [f"{c.number}:{c.mutation}:{states.get(c.sop_instance_uid)}" for c in pending]
-        report.peak_rss_kib = rss_kib(node.process.pid, "VmHWM")
-        report.rss_samples_kib.append(rss_kib(node.process.pid))
+        report.peak_rss_kib = rss_kib(process.pid, "VmHWM")
+        report.rss_samples_kib.append(rss_kib(process.pid))
     finally:
         if node.process is not None and node.process.poll() is None:
             node.terminate(timeout=60)
     report.seconds = time.monotonic() - started
     mark = CANARY_MARK.lower()
-    report.canary_hits = sum(mark in line.lower() for line in node.log().splitlines())
+    lines = node.log().splitlines()
+    report.canary_hits = sum(mark in line.lower() for line in lines)
+    report.unframed_lines = sum(not _FRAMED.match(line) for line in lines)
     return report
 
 
@@ -515,11 +542,15 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
     if args.analysis:
         print(f"stored, no final state:        {len(report.not_final)} of {stored} (after {args.settle:.0f} s)")
     print(f"canary hits in the node log:   {report.canary_hits}")
+    print(f"log lines without timestamp:   {report.unframed_lines}")
+    print(f"retries after 'rejected':      {report.rejected_retries}")
     print(f"node peak RSS (VmHWM):         {report.peak_rss_kib / 1024:.0f} MiB")
 
 
 def passed(report: Report) -> bool:
-    return not (report.restarts or report.unreadable_success or report.not_final or report.canary_hits)
+    return not (
+        report.restarts or report.unreadable_success or report.not_final or report.canary_hits or report.unframed_lines
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=300, help="seconds the worker gets to finish stored mutants")
     parser.add_argument("--dcmdump", action=argparse.BooleanOptionalAction, default=True,
                         help="also read every stored mutant with DCMTK dcmdump (reported, not asserted)")
+    parser.add_argument("--retries", type=int, default=3, help="retries (1 s apart) of a case whose association is rejected")
     parser.add_argument("--keep-mutants", action="store_true", help="keep refused mutants under OUT/mutants")
     args = parser.parse_args(argv)
     if args.out is None:
@@ -546,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         "by_mutation": {m: dict(Counter(c.outcome for c in report.cases if c.mutation == m)) for m in WEIGHTS},
         "restarts": report.restarts, "unreadable_success": report.unreadable_success,
         "dcmdump_failures": report.dcmdump_failures, "not_final": report.not_final,
-        "canary_hits": report.canary_hits, "peak_rss_kib": report.peak_rss_kib,
+        "canary_hits": report.canary_hits, "unframed_lines": report.unframed_lines,
+        "rejected_retries": report.rejected_retries, "peak_rss_kib": report.peak_rss_kib,
         "rss_samples_kib": report.rss_samples_kib,
         "comments": dict(Counter(f"{c.outcome} {c.comment}" for c in report.cases if c.comment)),
     }
