@@ -122,7 +122,7 @@ class SafeFormatter(logging.Formatter):
             lines.append("Traceback (most recent call last):")
             for frame in traceback.extract_tb(exc.__traceback__):
                 lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
-            lines.append(describe_exception(exc))
+            lines.append(f"  {describe_exception(exc)}")  # indented like the frames: a line of this record
         return "\n".join(escape_control(line) for line in lines)
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802  (logging's name)

@@ -68,7 +68,7 @@ _VRS = [
 _BAD_VRS = [b"NM", b"UM", b"XX", b"\x00\x00", b"  ", b"ox"]
 FINAL_STATES = ("outbox", "sent", "not_analysed", "failed")
 # A log line starts with its timestamp, or is part of a traceback the formatter wrote.
-_FRAMED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} |Traceback |  File |\w+(Error|Exception|Warning)\b|nvImageCodec)")
+_FRAMED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} |Traceback \(most recent call last\):$|  |nvImageCodec)")
 _UID_PLACEHOLDER = "1.2.826.0.1.3680043.10.543." + "9" * 37
 
 
