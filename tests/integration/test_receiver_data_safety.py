@@ -268,6 +268,7 @@ def test_a_stream_past_max_instance_bytes_is_refused_and_memory_stays_flat(
         stop.set()
         watcher.join()
     growth_mib = (_rss_kib(node.process.pid, "VmHWM") - before) / 1024
+    print(f"node peak RSS grew by {growth_mib:.1f} MiB receiving 300 MiB")
     assert status.Status == dimse_status.OUT_OF_RESOURCES_TOO_LARGE
     assert status.ErrorComment == "instance larger than 67108864 bytes"
     assert growth_mib < 40, f"peak RSS grew by {growth_mib:.0f} MiB while receiving 300 MiB"
