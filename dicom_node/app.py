@@ -14,6 +14,7 @@ from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.receive.handlers import build_event_handlers
+from dicom_node.receive.incoming import IncomingFiles
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae, connection_limits
 from dicom_node.receive.server import EdgeAssociationServer, SlotPool, bind_edge_server, serve_edge_server
 from dicom_node.report.sr import AlgorithmInfo
@@ -38,6 +39,9 @@ class ReceiverNode:
         self.config = config
         self.spool = Spool(config.spool, fsync=config.fsync)
         self.ae: AE = build_ae(config)
+        # Received data sets stream to temp files in the spool, capped at max_instance_bytes.
+        self.incoming = IncomingFiles(self.spool.instances_dir, config.max_instance_bytes)
+        self.incoming.install()
         # TLS files are read now, before the models load: a bad one stops start-up (exit 2).
         self.tls_context = build_tls_context(config)
         for destination in config.destinations:
@@ -104,7 +108,8 @@ class ReceiverNode:
         """Bind and listen on the plaintext and the TLS port (connections wait in the backlog
         until the node accepts). Both listeners share one ``max_associations`` pool."""
         evt_handlers = build_event_handlers(
-            self.config, self.spool, on_stored=lambda: self.worker.wake.set() if self.worker else None
+            self.config, self.spool, on_stored=lambda: self.worker.wake.set() if self.worker else None,
+            incoming=self.incoming,
         )
         limits = connection_limits(self.config)
         slots = SlotPool(limits.max_associations)

@@ -75,11 +75,13 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from dicom_node.log_safety import SafeFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    # Every record, pynetdicom's included, passes this formatter: control characters escaped
+    # (no forged lines), exception texts withheld (they may quote data set values).
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # pynetdicom's own INFO lines are per-PDU chatter, highdicom's list every module it copies;
     # our handlers and worker log what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

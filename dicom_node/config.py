@@ -22,6 +22,10 @@ from dicom_node.tls import Subject, parse_subject
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
+MIN_INSTANCE_BYTES = 1024**2
+"""Smallest allowed ``node.max_instance_bytes`` (1 MiB: below it no radiograph fits)."""
+MAX_INSTANCE_BYTES = 64 * 1024**3
+"""Largest allowed ``node.max_instance_bytes`` (64 GiB)."""
 
 
 def shipped_bundle() -> Path:
@@ -225,6 +229,7 @@ class NodeConfig:
     bind: str = "0.0.0.0"
     spool: Path = Path("spool")
     log_level: str = "INFO"
+    max_instance_bytes: int = 1024**3
     acse_timeout: int = 30
     dimse_timeout: int = 60
     network_timeout: int = 60
@@ -262,6 +267,7 @@ class NodeConfig:
         object.__setattr__(self, "spool", check_directory_path("node.spool", self.spool))
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f'"node.log_level" must be one of {", ".join(LOG_LEVELS)}, got {self.log_level!r}')
+        check_int("node.max_instance_bytes", self.max_instance_bytes, MIN_INSTANCE_BYTES, MAX_INSTANCE_BYTES)
         for key in ("acse_timeout", "dimse_timeout", "network_timeout"):
             check_int(f"network.{key}", getattr(self, key), 1, 3600)
         check_int("network.maximum_pdu_size", self.maximum_pdu_size, 0, 2**32 - 1)
@@ -339,7 +345,7 @@ class NodeConfig:
 
 # TOML table -> (key -> NodeConfig field). Anything else is a typo and stops start-up.
 _SCHEMA: dict[str, dict[str, str]] = {
-    "node": {k: k for k in ("ae_title", "port", "bind", "spool", "log_level")},
+    "node": {k: k for k in ("ae_title", "port", "bind", "spool", "log_level", "max_instance_bytes")},
     "network": {
         k: k
         for k in (

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.analyse.analyser import Analyser, Neighbour, Prediction, PreparedImage
 from dicom_node.analyse.applicability import check_header, check_lung_fraction
+from dicom_node.log_safety import describe_exception
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
 from dicom_node.spool import Job, JobState, Spool
 from monai_app.errors import UndecodableImageError, find_cause
@@ -193,7 +194,7 @@ class InferenceWorker:
         except Exception as exc:
             cause = find_cause(exc, (UndecodableImageError, pydicom.errors.InvalidDicomError))
             if cause is not None:
-                self._not_analysed(job, f"undecodable: {' '.join(str(cause).split())[:300]}")
+                self._not_analysed(job, f"undecodable: {describe_exception(cause)}")
             else:
                 self._retry_or_give_up(job, exc)
             return None
@@ -216,12 +217,14 @@ class InferenceWorker:
 
     def _not_analysed(self, job: Job, reason: str) -> None:
         self.spool.transition(job, JobState.NOT_ANALYSED, detail=reason)
-        logger.warning("job %s: not analysed (%s)", job.job_id, reason)
+        # The log gets the reason's category only: its detail may quote a header value (a body
+        # part, a view); the job record keeps it for `cxr-node status`.
+        logger.warning("job %s: not analysed (%s)", job.job_id, reason.split(":", 1)[0])
 
     def _retry_or_give_up(self, job: Job, error: BaseException) -> None:
-        # Exception type and message only: messages of our code and of pydicom carry no patient data.
+        # Exception types (and our own messages) only: pydicom's messages quote raw values.
         cause = error.__cause__ if isinstance(error, RuntimeError) and error.__cause__ else error  # MONAI's wrapper
-        what = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+        what = describe_exception(cause)
         if job.attempts >= MAX_ATTEMPTS:
             self._not_analysed(job, f"analysis error: {what}")
         else:

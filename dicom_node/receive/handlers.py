@@ -14,9 +14,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -25,10 +27,12 @@ from pynetdicom.events import Event
 
 from dicom_node.config import NodeConfig
 from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
+from dicom_node.log_safety import describe_exception, escape_control
 from dicom_node.receive import dimse_status
-from dicom_node.receive.instance_check import read_instance_identity
+from dicom_node.receive.incoming import IncomingFiles
+from dicom_node.receive.instance_check import InstanceIdentity, read_instance_identity
 from dicom_node.receive.server import escape_field
-from dicom_node.spool import Spool
+from dicom_node.spool import Job, Spool
 from dicom_node.tls import Subject, describe_tls, format_subject, peer_subject
 
 logger = logging.getLogger(__name__)
@@ -68,7 +72,7 @@ class AssociationLog:
         logger.info(
             "association accepted: calling_ae=%s peer=%s:%s %s%s",
             escape_field(requestor.ae_title), requestor.address, requestor.port, describe_tls(sock),
-            f" certificate_subject={_escape_controls(format_subject(subject))}" if subject else "",
+            f" certificate_subject={escape_control(format_subject(subject))}" if subject else "",
         )
 
     def on_association_rejected(self, event: Event) -> None:
@@ -130,70 +134,71 @@ def handle_echo(event: Event) -> int:
 
 
 def handle_store(
-    event: Event, spool: Spool, association_log: AssociationLog, on_stored: Callable[[], None] | None = None
+    event: Event,
+    spool: Spool,
+    association_log: AssociationLog,
+    on_stored: Callable[[], None] | None = None,
+    incoming: IncomingFiles | None = None,
 ) -> Dataset:
     """C-STORE: persist the instance and its job durably, then answer.
 
     ``on_stored`` is called after a successful store (it wakes the inference worker).
+    ``incoming`` holds the temp files pynetdicom streamed the data set to (see
+    :mod:`dicom_node.receive.incoming`); without it the data set is taken from memory.
     Returns a status data set (with Error Comment on failure); never raises.
     """
     started = time.perf_counter()
     calling_ae = event.assoc.requestor.ae_title
     request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
-    code, comment, size = _store(event, spool, calling_ae)
+    code, comment, size = _store(event, spool, calling_ae, incoming)
     association_log.count(event.assoc, code == dimse_status.SUCCESS)
     if code == dimse_status.SUCCESS and on_stored is not None:
         on_stored()
     log = logger.info if code == dimse_status.SUCCESS else logger.warning
+    # Only the request's identifiers and our own comment: never a value of the data set.
     log(
         "C-STORE: calling_ae=%s sop_instance_uid=%s status=0x%04X bytes=%d ms=%.1f%s",
-        calling_ae, request_uid, code, size, (time.perf_counter() - started) * 1000,
+        escape_control(calling_ae), escape_control(request_uid), code, size, (time.perf_counter() - started) * 1000,
         f" reason={comment!r}" if comment else "",
     )
     return _status(code, comment)
 
 
-def _store(event: Event, spool: Spool, calling_ae: str) -> tuple[int, str, int]:
+def _store(event: Event, spool: Spool, calling_ae: str, incoming: IncomingFiles | None) -> tuple[int, str, int]:
     """Do the work of :func:`handle_store`; return ``(status, error comment, bytes)``."""
+    received: Path | None = None
     try:
         request = cast(C_STORE, event.request)
+        transfer_syntax = UID(event.context.transfer_syntax)
+        if incoming is not None:
+            received = Path(event.dataset_path)
+            capped = incoming.claim(received)
+            if capped is not None and capped.exceeded:
+                return (
+                    dimse_status.OUT_OF_RESOURCES_TOO_LARGE,
+                    f"instance larger than {incoming.max_bytes} bytes",
+                    capped.received,
+                )
+            if capped is not None and capped.error is not None:
+                raise capped.error  # answered below: storage full or write failed
+            return _store_file(request, received, transfer_syntax, spool, calling_ae)
         dataset = request.DataSet
         if dataset is None:
             return dimse_status.CANNOT_UNDERSTAND, "C-STORE request without a data set", 0
-        transfer_syntax = UID(event.context.transfer_syntax)
         size = dataset.seek(0, os.SEEK_END)
-        try:
-            identity = read_instance_identity(dataset, transfer_syntax)
-        except UnreadableDatasetError as exc:
-            return dimse_status.CANNOT_UNDERSTAND, str(exc), size
-        except MissingIdentifierError as exc:
-            return dimse_status.CANNOT_UNDERSTAND_MISSING_UIDS, str(exc), size
-        if identity.sop_class_uid != request.AffectedSOPClassUID:
-            return (
-                dimse_status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOP Class UID differs from the C-STORE request",
-                size,
-            )
-        if identity.sop_instance_uid != request.AffectedSOPInstanceUID:
-            return (
-                dimse_status.CANNOT_UNDERSTAND_UID_MISMATCH,
-                "SOP Instance UID differs from the C-STORE request",
-                size,
-            )
-        # The received bytes go to disk as they are: no decode, no re-encode, no copy.
-        with dataset.getbuffer() as received:
+        code, comment, identity = _check(request, dataset, transfer_syntax)
+        if identity is None:
+            return code, comment, size
+        # The received bytes go to disk as they are: no decode, no re-encode.
+        with dataset.getbuffer() as data:
             job, created = spool.store_instance(
-                [_PREAMBLE, encode_file_meta(event.file_meta), received],
+                [_PREAMBLE, encode_file_meta(event.file_meta), data],
                 sop_instance_uid=identity.sop_instance_uid,
                 sop_class_uid=identity.sop_class_uid,
                 transfer_syntax_uid=str(transfer_syntax),
                 calling_ae_title=calling_ae,
             )
-        if not created:
-            logger.info(
-                "duplicate instance: sop_instance_uid=%s already has a job in state %s",
-                job.sop_instance_uid, job.state.value,
-            )
+        _log_duplicate(job, created)
         return dimse_status.SUCCESS, "", size
     except OSError as exc:
         if exc.errno in _DISK_FULL_ERRNOS:
@@ -201,20 +206,72 @@ def _store(event: Event, spool: Spool, calling_ae: str) -> tuple[int, str, int]:
             return dimse_status.OUT_OF_RESOURCES, "node storage full", 0
         logger.error("cannot write to spool %s: %s", spool.root, exc.strerror)
         return dimse_status.OUT_OF_RESOURCES_WRITE_FAILED, "node storage write failed", 0
-    except Exception:
-        logger.exception("unexpected error while storing an instance")
+    except Exception as exc:
+        # The type only: a library's message may quote values of the data set.
+        logger.error("unexpected error while storing an instance: %s", describe_exception(exc))
         return dimse_status.PROCESSING_FAILURE, "unexpected node error", 0
+    finally:
+        if received is not None:
+            received.unlink(missing_ok=True)  # refused: no trace; stored: renamed away already
+
+
+def _store_file(
+    request: C_STORE, received: Path, transfer_syntax: UID, spool: Spool, calling_ae: str
+) -> tuple[int, str, int]:
+    """Check a data set pynetdicom streamed to ``received`` (a Part 10 file) and move it into the spool."""
+    with open(received, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(len(_PREAMBLE))
+        _read_file_meta_info(f)  # written by pynetdicom: the data set starts after it
+        start = f.tell()
+        code, comment, identity = _check(request, f, transfer_syntax, start=start)
+    if identity is None:
+        return code, comment, size - start
+    job, created = spool.store_received_file(
+        received,
+        sop_instance_uid=identity.sop_instance_uid,
+        sop_class_uid=identity.sop_class_uid,
+        transfer_syntax_uid=str(transfer_syntax),
+        calling_ae_title=calling_ae,
+    )
+    _log_duplicate(job, created)
+    return dimse_status.SUCCESS, "", size - start
+
+
+def _check(
+    request: C_STORE, dataset: BinaryIO, transfer_syntax: UID, start: int = 0
+) -> tuple[int, str, InstanceIdentity | None]:
+    """The receive-time check: ``(status, comment, identity)``, identity ``None`` when refused."""
+    try:
+        identity = read_instance_identity(dataset, transfer_syntax, start=start)
+    except UnreadableDatasetError as exc:
+        return dimse_status.CANNOT_UNDERSTAND, str(exc), None
+    except MissingIdentifierError as exc:
+        return dimse_status.CANNOT_UNDERSTAND_MISSING_UIDS, str(exc), None
+    if identity.sop_class_uid != request.AffectedSOPClassUID:
+        return dimse_status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from the C-STORE request", None
+    if identity.sop_instance_uid != request.AffectedSOPInstanceUID:
+        return dimse_status.CANNOT_UNDERSTAND_UID_MISMATCH, "SOP Instance UID differs from the C-STORE request", None
+    return dimse_status.SUCCESS, "", identity
+
+
+def _log_duplicate(job: Job, created: bool) -> None:
+    if not created:
+        logger.info(
+            "duplicate instance: sop_instance_uid=%s already has a job in state %s",
+            job.sop_instance_uid, job.state.value,
+        )
+
+
+def discard_unfinished_transfers(event: Event, incoming: IncomingFiles) -> None:
+    """EVT_CONN_CLOSE: delete the temp files of data sets whose transfer the connection cut."""
+    incoming.discard_of_thread(getattr(event.assoc.dul, "ident", None))
 
 
 def _raw_socket(assoc: Any) -> Any:
     """The association's socket (an :class:`ssl.SSLSocket` on the TLS port), or ``None``."""
     dul_socket = getattr(getattr(assoc, "dul", None), "socket", None)
     return getattr(dul_socket, "socket", None)
-
-
-def _escape_controls(text: str) -> str:
-    # A certificate's subject is the peer's text: no control character may reach the log.
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
@@ -238,7 +295,7 @@ def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
         "association rejected: calling_ae=%s called_ae=%s peer=%s:%s reason=%s%s",
         escape_field(ae_title), escape_field(primitive.called_ae_title if primitive is not None else ""),
         assoc.requestor.address, assoc.requestor.port, why,
-        f" certificate_subject={_escape_controls(format_subject(subject))}" if subject else "",
+        f" certificate_subject={escape_control(format_subject(subject))}" if subject else "",
     )
     # Rejected permanent, by the service user, calling AE title not recognised (PS3.8 9.3.4).
     assoc.acse.send_reject(0x01, 0x01, 0x03)
@@ -247,16 +304,27 @@ def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
 
 
 def build_event_handlers(
-    config: NodeConfig, spool: Spool, on_stored: Callable[[], None] | None = None
+    config: NodeConfig,
+    spool: Spool,
+    on_stored: Callable[[], None] | None = None,
+    incoming: IncomingFiles | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Bind the handlers to their dependencies for ``AE.start_server``."""
+    """Bind the handlers to their dependencies for ``AE.start_server``.
+
+    With ``incoming`` (installed: :meth:`IncomingFiles.install`), data sets are streamed to
+    the spool and unfinished transfers are cleaned up when their connection closes.
+    """
     association_log = AssociationLog()
+    streaming: list[tuple[Any, ...]] = (
+        [(evt.EVT_CONN_CLOSE, discard_unfinished_transfers, [incoming])] if incoming is not None else []
+    )
     return [
+        *streaming,
         (evt.EVT_REQUESTED, reject_unlisted_hosts, [config]),
         (evt.EVT_ACCEPTED, association_log.on_association_accepted),
         (evt.EVT_REJECTED, association_log.on_association_rejected),
         (evt.EVT_RELEASED, association_log.on_association_released),
         (evt.EVT_ABORTED, association_log.on_association_aborted),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, association_log, on_stored]),
+        (evt.EVT_C_STORE, handle_store, [spool, association_log, on_stored, incoming]),
     ]

@@ -7,19 +7,22 @@ radiograph.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
+from pydicom.tag import Tag
 from pydicom.uid import UID
+from pydicom.valuerep import BYTES_VR, VR
 
-from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
+from dicom_node.errors import InvalidInstanceError, MissingIdentifierError, UnreadableDatasetError
 from dicom_node.spool import is_valid_uid
 
 _DEFER_SIZE = 64 * 1024  # values larger than this are skipped, not read, while checking
@@ -33,49 +36,175 @@ class InstanceIdentity:
     sop_instance_uid: str
 
 
-def read_instance_identity(dataset: BinaryIO, transfer_syntax: UID) -> InstanceIdentity:
+def read_instance_identity(
+    dataset: BinaryIO, transfer_syntax: UID, *, start: int = 0, max_inflated_bytes: int = 2**31
+) -> InstanceIdentity:
     """Parse a received data set (no file meta) and return its UIDs.
 
-    Every element header is walked, without reading large values or decoding pixels, so
+    Every element header is walked and every element but Pixel Data is decoded (known VR,
+    value convertible, within the stream), without reading Pixel Data or decoding pixels, so
     a garbage or truncated byte stream is refused here rather than found later by whoever
-    reads the file. UIDs are checked tolerantly (digits and dots; real modalities emit
-    leading zeros).
+    reads the file: an instance that passes reads back completely with pydicom. UIDs are
+    checked tolerantly (digits and dots; real modalities emit leading zeros).
 
     Parameters
     ----------
     dataset : BinaryIO
-        The encoded data set as received (seekable).
+        The encoded data set as received (seekable), from ``start`` to its end.
     transfer_syntax : pydicom.uid.UID
         The presentation context's transfer syntax.
+    start : int
+        Offset of the data set in ``dataset`` (after the file meta of a Part 10 file).
+    max_inflated_bytes : int
+        Largest size a deflated data set may inflate to (a small deflate bomb is refused).
 
     Raises
     ------
     UnreadableDatasetError
-        The bytes are not a DICOM data set, or it ends before its Pixel Data is complete.
+        The bytes are not a DICOM data set, an element cannot be decoded, or it ends before
+        its Pixel Data is complete. The message names the element by tag, never a value.
     MissingIdentifierError
-        The data set lacks a SOP Class UID or SOP Instance UID.
+        The data set lacks a SOP Class UID or SOP Instance UID, or one is not a valid UID.
     """
-    size = dataset.seek(0, os.SEEK_END)
-    dataset.seek(0)
+    size = dataset.seek(0, os.SEEK_END) - start
+    dataset.seek(start)
+    stream: BinaryIO = dataset
+    offset = start
     try:
         if transfer_syntax.is_deflated:
-            dataset = BytesIO(zlib.decompress(dataset.read(), -zlib.MAX_WBITS))
-            size = len(dataset.getbuffer())
+            stream = BytesIO(_inflate(dataset.read(), max_inflated_bytes))
+            size, offset = len(stream.getbuffer()), 0
+        view = cast(BinaryIO, _Window(stream, offset, size))
         ds = read_dataset(
-            dataset, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian, defer_size=_DEFER_SIZE,
+            view, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian, defer_size=_DEFER_SIZE,
         )
-        complete = _pixel_data_complete(ds, dataset, size)
+        _check_ends_at_last_element(ds, size)
+        _decode_elements(ds, view, size, top_level=True)
+        complete = _pixel_data_complete(ds, view, size)
+        sop_class_uid = _uid_text(ds, 0x00080016)
+        sop_instance_uid = _uid_text(ds, 0x00080018)
+    except InvalidInstanceError:
+        raise
     except Exception as exc:  # pydicom raises many types for corrupt input
         raise UnreadableDatasetError(f"data set cannot be parsed ({type(exc).__name__})") from exc
     finally:
-        dataset.seek(0)
+        dataset.seek(start)
     if not complete:
         raise UnreadableDatasetError("data set is truncated: Pixel Data incomplete or missing")
-    sop_class_uid = str(ds.get("SOPClassUID", "") or "")
-    sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
-    if not is_valid_uid(sop_class_uid) or not is_valid_uid(sop_instance_uid):
-        raise MissingIdentifierError("data set lacks a SOP Class UID or SOP Instance UID")
-    return InstanceIdentity(sop_class_uid, sop_instance_uid)
+    for name, value in (("SOP Class UID", sop_class_uid), ("SOP Instance UID", sop_instance_uid)):
+        if value is None or not value.strip("\x00 "):
+            raise MissingIdentifierError(f"data set lacks a {name}")
+        if not is_valid_uid(value):
+            raise MissingIdentifierError(f"data set {name} is not a valid UID")
+    return InstanceIdentity(cast(str, sop_class_uid), cast(str, sop_instance_uid))
+
+
+class _Window(io.RawIOBase):
+    """The part of a seekable stream from ``offset`` on, as a stream of its own (no copy)."""
+
+    def __init__(self, stream: BinaryIO, offset: int, size: int) -> None:
+        super().__init__()
+        self._stream, self._offset, self._size = stream, offset, size
+        self._stream.seek(offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.tell(), os.SEEK_END: self._size}[whence]
+        return self._stream.seek(self._offset + base + pos) - self._offset
+
+    def tell(self) -> int:
+        return self._stream.tell() - self._offset
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = inflater.decompress(data, limit)
+    if inflater.unconsumed_tail:
+        raise UnreadableDatasetError(f"deflated data set inflates to more than {limit} bytes")
+    return inflated
+
+
+def _uid_text(ds: Dataset, tag: int) -> str | None:
+    """A UID element's value as text; ``None`` when absent."""
+    if tag not in ds:
+        return None
+    value = ds[tag].value
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MissingIdentifierError(f"data set element {Tag(tag)} is not a single UID")
+    return str(value)
+
+
+_PIXEL_DATA = 0x7FE00010
+
+
+def _check_ends_at_last_element(ds: Dataset, stream_size: int) -> None:
+    """Refuse bytes after the last element: pydicom silently drops a last element cut short.
+
+    Read before any value is converted, while every top-level element is still raw and knows
+    where its value lies. A last element of undefined length (encapsulated Pixel Data, a
+    sequence) is checked by its own delimiter instead.
+    """
+    last: RawDataElement | None = None
+    for tag in ds.keys():
+        raw = ds.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and (last is None or raw.value_tell > last.value_tell):
+            last = raw
+    if last is None or last.length == _UNDEFINED_LENGTH:
+        return
+    end = last.value_tell + last.length
+    if end > stream_size:
+        raise UnreadableDatasetError(f"element {Tag(last.tag)} runs past the end of the data set")
+    if end < stream_size:
+        raise UnreadableDatasetError(f"data set is truncated or has {stream_size - end} stray bytes at its end")
+
+
+def _decode_elements(ds: Dataset, stream: BinaryIO, stream_size: int, *, top_level: bool) -> None:
+    """Decode every element of ``ds`` (recursively, sequences included) but top-level Pixel Data.
+
+    pydicom reads element headers eagerly but converts values only when asked: an unknown VR
+    (say ``NM``, a flipped byte) or an undecodable value would otherwise be found by whoever
+    reads the stored file. Values deferred for their size are checked to lie inside the stream
+    and, unless their VR is a byte VR (nothing to decode), read and decoded.
+    """
+    for tag in list(ds.keys()):
+        if top_level and tag == _PIXEL_DATA:
+            continue
+        raw = ds.get_item(tag, keep_deferred=True)
+        try:
+            if isinstance(raw, RawDataElement) and raw.value is None and raw.length not in (0, _UNDEFINED_LENGTH):
+                if raw.value_tell + raw.length > stream_size:
+                    raise UnreadableDatasetError(f"element {Tag(tag)} runs past the end of the data set")
+                if raw.VR in BYTES_VR:
+                    continue
+                stream.seek(raw.value_tell)
+                ds[tag] = raw._replace(value=stream.read(raw.length))
+            element = ds[tag]
+            if element.VR == VR.SQ:
+                for item in element.value:
+                    _decode_elements(item, stream, stream_size, top_level=False)
+            else:
+                str(element.value)  # multi-valued and person-name values convert lazily
+        except InvalidInstanceError:
+            raise
+        except Exception as exc:
+            raise UnreadableDatasetError(
+                f"element {Tag(tag)} cannot be decoded ({type(exc).__name__})"
+            ) from exc
 
 
 def _pixel_data_complete(ds: Dataset, stream: BinaryIO, stream_size: int) -> bool:

@@ -262,6 +262,12 @@ class EdgeAssociationSocket(AssociationSocket):
                 sock.settimeout(self._limits.network_timeout)
             except OSError:
                 pass
+        if len(data) < nr_bytes:
+            assoc = cast(EdgeAssociation, self.assoc)
+            if not assoc.is_established and assoc.requestor.primitive is None:
+                # Closed before a request was accepted (e.g. pynetdicom aborted one it could
+                # not decode): the association thread waiting for it can end now, not at the deadline.
+                assoc.dul.to_user_queue.put(cast(Any, None))
         if self._at_header and nr_bytes == 6 and len(data) == 6:
             self._check_header(bytes(data))
         elif not self._at_header:
@@ -641,6 +647,10 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         while any(not c.closed for c in established) and time.monotonic() < deadline:
             time.sleep(0.02)
         for conn in conns:
+            if not conn.quiet and conn.problems:  # say what pynetdicom had to say, once
+                self.log_connection_closed(
+                    conn, f"{ascii(conn.first_problem)} ({conn.problems} message(s) from pynetdicom)"
+                )
             conn.quiet = True
             conn.cut()
             if conn.assoc is not None and not conn.requested:

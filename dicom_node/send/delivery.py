@@ -24,6 +24,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicom_node.config import PacsDestination
 from dicom_node.errors import ConfigError
+from dicom_node.log_safety import describe_exception
 from dicom_node.tls import (
     ClientTLSContext,
     KeyNames,
@@ -187,7 +188,7 @@ def send_file(
         with quiet_failed_tls(context):
             assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     except (OSError, RuntimeError, ValueError) as exc:
-        return _failed(path, destination, f"association failed: {type(exc).__name__}: {exc}")
+        return _failed(path, destination, f"association failed: {describe_exception(exc)}")
     if not assoc.is_established:
         if context is not None and context.last_error is not None:
             return _failed(path, destination, f"TLS handshake failed: {handshake_failure_reason(context.last_error)}")
@@ -197,7 +198,7 @@ def send_file(
         response = assoc.send_c_store(path)
     except (OSError, RuntimeError, ValueError, AttributeError) as exc:
         assoc.abort()
-        return _failed(path, destination, f"C-STORE failed: {type(exc).__name__}: {exc}")
+        return _failed(path, destination, f"C-STORE failed: {describe_exception(exc)}")
     assoc.release()
 
     code = response.get("Status")

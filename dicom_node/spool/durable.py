@@ -65,6 +65,47 @@ def write_atomically(path: Path, chunks: Iterable[bytes | memoryview], *, fsync:
     return written
 
 
+def move_into_place(temp: Path, path: Path, *, fsync: bool = True) -> int:
+    """Make a complete file written elsewhere appear under ``path``, durably (rename, no copy).
+
+    Parameters
+    ----------
+    temp : pathlib.Path
+        The finished file, on the same file system as ``path`` (e.g. a received instance that
+        was streamed to a temp file beside its final name).
+    path : pathlib.Path
+        Final file name; an existing file is replaced atomically.
+    fsync : bool
+        Flush the file's data and the directory to stable storage before returning.
+
+    Returns
+    -------
+    int
+        Size of the file in bytes.
+
+    Raises
+    ------
+    OSError
+        The file cannot be flushed or renamed (``ENOSPC``, ``EXDEV`` across file systems).
+    """
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        if fsync:
+            os.fdatasync(fd)  # the writer may have closed it without: flush it before the rename
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    if fsync:
+        fsync_directory(path.parent)
+    return size
+
+
+def is_temp_file(path: Path) -> bool:
+    """Whether ``path`` is a temp file of this module (in-flight or left by a crash)."""
+    return path.name.startswith(TEMP_PREFIX)
+
+
 def _write_all(f: BinaryIO, chunk: bytes | memoryview) -> int:
     """Write all of ``chunk``: an unbuffered write may take only part of it."""
     total = len(chunk)

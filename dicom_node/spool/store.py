@@ -28,7 +28,7 @@ from typing import Any
 import pydicom
 
 from dicom_node.errors import SpoolError
-from dicom_node.spool.durable import fsync_directory, remove_temp_files, write_atomically
+from dicom_node.spool.durable import fsync_directory, is_temp_file, move_into_place, remove_temp_files, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Spool:
         transfer_syntax_uid: str,
         calling_ae_title: str,
     ) -> tuple[Job, bool]:
-        """Persist a received instance and its job; return ``(job, created)``.
+        """Persist a received instance from its bytes and its job; return ``(job, created)``.
 
         The instance file is written first, then the job record, each durably. A re-sent
         instance (same SOP Instance UID) replaces the file atomically and keeps the
@@ -174,8 +174,30 @@ class Spool:
         OSError
             The instance or its job could not be written (``ENOSPC`` when the disk is full).
         """
-        path = self.instance_path(sop_instance_uid)
-        size = write_atomically(path, chunks, fsync=self.fsync)
+        size = write_atomically(self.instance_path(sop_instance_uid), chunks, fsync=self.fsync)
+        return self._add_job(sop_instance_uid, sop_class_uid, transfer_syntax_uid, calling_ae_title, size)
+
+    def store_received_file(
+        self,
+        received: Path,
+        *,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        calling_ae_title: str,
+    ) -> tuple[Job, bool]:
+        """Persist a received instance already streamed to a temp file in ``instances/``.
+
+        Same contract as :meth:`store_instance`, but the file is flushed and renamed into
+        place rather than copied. ``received`` must be a complete Part 10 file on the spool's
+        file system.
+        """
+        size = move_into_place(received, self.instance_path(sop_instance_uid), fsync=self.fsync)
+        return self._add_job(sop_instance_uid, sop_class_uid, transfer_syntax_uid, calling_ae_title, size)
+
+    def _add_job(
+        self, sop_instance_uid: str, sop_class_uid: str, transfer_syntax_uid: str, calling_ae_title: str, size: int
+    ) -> tuple[Job, bool]:
         with self._lock:
             existing = self.find_job(sop_instance_uid)
             if existing is not None:
@@ -246,17 +268,28 @@ class Spool:
 
     def jobs(self, state: JobState) -> Iterator[Job]:
         """Iterate the jobs in ``state``, oldest file first."""
-        paths = sorted(self.state_dir(state).glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-        for path in paths:
+        for path in self._job_files(state):
             try:
                 yield Job.from_json(path.read_bytes())
             except FileNotFoundError:
                 continue  # moved on by another thread meanwhile
 
+    def _job_files(self, state: JobState) -> list[Path]:
+        """The job records in ``state``, oldest first; records being written (``.tmp-``) are not jobs."""
+        paths = []
+        for path in self.state_dir(state).glob("*.json"):  # pathlib's "*" matches dot files too
+            if is_temp_file(path):
+                continue
+            try:
+                paths.append((path.stat().st_mtime_ns, path))
+            except FileNotFoundError:
+                continue  # moved on by another thread meanwhile
+        return [path for _, path in sorted(paths)]
+
     def counts(self) -> dict[str, int]:
         """Number of jobs per state, and of stored instances."""
-        counts = {s.value: sum(1 for _ in self.state_dir(s).glob("*.json")) for s in JobState}
-        counts["instances"] = sum(1 for _ in self.instances_dir.glob("*.dcm"))
+        counts = {s.value: len(self._job_files(s)) for s in JobState}
+        counts["instances"] = sum(1 for p in self.instances_dir.glob("*.dcm") if not is_temp_file(p))
         return counts
 
     # -- start-up --------------------------------------------------------------------------
@@ -274,7 +307,7 @@ class Spool:
                 report["temp_files_removed"] += remove_temp_files(directory)
             seen: dict[str, JobState] = {}
             for state in reversed(JobState):
-                for path in self.state_dir(state).glob("*.json"):
+                for path in self._job_files(state):
                     if path.stem in seen:
                         path.unlink()
                         report["duplicates_removed"] += 1
@@ -284,7 +317,7 @@ class Spool:
             self.transition(job, JobState.RECEIVED, detail="requeued after restart")
             report["requeued"] += 1
         for instance in self.instances_dir.glob("*.dcm"):
-            if instance.stem not in seen:
+            if instance.stem not in seen and not is_temp_file(instance):
                 self._enqueue_orphan(instance)
                 report["orphans_enqueued"] += 1
         if any(report.values()):

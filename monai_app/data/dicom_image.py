@@ -162,9 +162,9 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
         raise UndecodableImageError("dataset has no Pixel Data")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise UnsupportedImageError(
-            f"Photometric Interpretation {photometric!r} is not MONOCHROME1/MONOCHROME2"
-        )
+        # A defined term is named; anything else is a value of the data set and stays out of the message.
+        shown = photometric if photometric in _PHOTOMETRIC_TERMS else "another value"
+        raise UnsupportedImageError(f"Photometric Interpretation {shown} is not MONOCHROME1/MONOCHROME2")
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise UnsupportedImageError("multi-frame images are not accepted")
     _ensure_transfer_syntax(ds)
@@ -211,6 +211,12 @@ def voi_to_unit(values: np.ndarray, ds: Dataset, percentiles: tuple[float, float
     if int(ds.get("BitsStored", 16)) <= 8:
         return np.clip(np.asarray(values, np.float64) / 255.0, 0, 1).astype(np.float32)
     return percentile_window(values, percentiles)
+
+
+_PHOTOMETRIC_TERMS = frozenset({
+    "", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB",
+})
+"""Photometric Interpretation defined terms (PS3.3 C.7.6.3.1.2) that may be named in a message."""
 
 
 def dicom_to_display(

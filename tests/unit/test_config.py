@@ -77,3 +77,15 @@ def test_inference_settings_from_the_file(tmp_path: Path) -> None:
     config = load_config(path)
     assert (config.device, config.batch_size, config.threshold, config.bundle) == ("cpu", 8, 0.4, Path("/opt/bundle"))
     assert config.analysis and config.similar_k == 4
+
+
+def test_max_instance_bytes_is_checked_by_name() -> None:
+    import pytest
+
+    from dicom_node.config import config_from_mapping
+    from dicom_node.errors import ConfigError
+
+    assert config_from_mapping({"node": {"max_instance_bytes": 64 * 1024**2}}).max_instance_bytes == 64 * 1024**2
+    for bad in (0, 1024, "1G", 2**40, True):
+        with pytest.raises(ConfigError, match="node.max_instance_bytes"):
+            config_from_mapping({"node": {"max_instance_bytes": bad}})

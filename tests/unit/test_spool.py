@@ -114,3 +114,14 @@ def test_unsafe_or_invalid_uids_are_rejected(uid: str, tmp_path: Path) -> None:
 
 def test_real_world_uid_with_leading_zero_component_is_accepted() -> None:
     assert is_valid_uid("999.999.01.23.45.6789")
+
+
+def test_job_records_being_written_are_not_jobs(tmp_path: Path) -> None:
+    """A ``.tmp-…json`` record (a write in flight) is never listed, counted or picked up (issue 12)."""
+    spool = Spool(tmp_path / "spool", fsync=False)
+    in_flight = spool.state_dir(JobState.RECEIVED) / ".tmp-0123abcd-1.2.3.json"
+    in_flight.write_bytes(b"{")  # half written
+    assert list(spool.jobs(JobState.RECEIVED)) == []
+    assert spool.counts()["received"] == 0
+    assert spool.recover()["temp_files_removed"] == 1
+    assert not in_flight.exists()
