@@ -136,7 +136,7 @@ def test_secondary_capture_is_accepted_and_analysed_only_as_a_radiograph(
     for source in (cr, siim, other_path):
         assert (node.spool / "instances" / f"{_header(source).SOPInstanceUID}.dcm").is_file(), source.name
     deadline = time.monotonic() + 180
-    jobs: dict[str, dict] = {}
+    jobs: dict[str, int] = {}
     while time.monotonic() < deadline:
         status = subprocess.run(
             [sys.executable, "-m", "dicom_node", "status", "--json", "--spool", str(node.spool)],
