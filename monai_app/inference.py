@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,17 @@ from monai.bundle import ConfigParser
 from monai_app.labels import DEFAULT_THRESHOLD
 from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
 from monai_app.retrieval.index import Neighbour, SimilarityIndex
+from monai_app.transforms.chest_appearance import AppearanceModel
+from monai_app.transforms.lung_fields import LungFields, measure_lung_fields
 from monai_app.weights import sha256_of
 
 INFERENCE_CONFIGS = ("configs/common.yaml", "configs/inference_classifier.yaml")
 """The classifier's inference configs, stacked in this order (as ``--config_file`` lists them)."""
 METADATA = "configs/metadata.json"
 INDEX_DIR = "models/index"
+APPEARANCE_MODEL = "models/chest_appearance.npz"
+"""The frontal-chest appearance model (:mod:`monai_app.transforms.chest_appearance`)."""
+IMAGE_CHANNEL = 0
 LUNG_CHANNEL = 1
 """Channel of the classifier input that holds the U-Net lung probability."""
 
@@ -61,15 +66,32 @@ class ModelIdentity:
     version: str
     authors: str
     sha256: str
-    files: tuple[tuple[str, str], ...]  # (file name, its SHA-256), U-Net then classifier
+    files: tuple[tuple[str, str], ...]  # (file name, its SHA-256): U-Net, classifier, then the appearance model
 
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """An image after the bundle's preprocessing: the classifier input and its lung share."""
+    """An image after the bundle's preprocessing: the classifier input and whether it looks like a frontal chest."""
 
     tensor: torch.Tensor  # (3, rows, columns): image, lung probability, zeros
     lung_fraction: float  # share of pixels the U-Net calls lung (probability >= 0.5)
+    lung_fields: LungFields | None = None  # the U-Net's lung fields, measured and judged
+    appearance_residual: float = float("nan")  # of the chest appearance model (nan: no model)
+    appearance_limit: float = float("inf")
+
+    @property
+    def not_chest_reason(self) -> str:
+        """Why this does not look like a frontal chest radiograph; ``""`` when it does."""
+        if self.lung_fields is not None and not self.lung_fields.plausible:
+            return self.lung_fields.problem
+        if self.appearance_residual > self.appearance_limit:
+            return f"unlike a chest radiograph (appearance residual {self.appearance_residual:.0f}, limit {self.appearance_limit:.0f})"
+        return ""
+
+    @property
+    def lung_fields_summary(self) -> str:
+        """The lung-field measurements as short text (no patient data)."""
+        return self.lung_fields.summary() if self.lung_fields is not None else "not measured"
 
 
 @dataclass(frozen=True)
@@ -92,14 +114,19 @@ class BundleAnalyser:
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     load_index : bool
         Load ``models/index`` (the similar-study index).
+    load_appearance : bool
+        Load ``models/chest_appearance.npz`` (the frontal-chest check); only its fitting
+        script goes without.
 
     Raises
     ------
     FileNotFoundError
-        A config, weights file or the index is missing.
+        A config, weights file, the appearance model or the index is missing.
     """
 
-    def __init__(self, bundle_dir: str | Path, device: str = "auto", *, load_index: bool = True) -> None:
+    def __init__(
+        self, bundle_dir: str | Path, device: str = "auto", *, load_index: bool = True, load_appearance: bool = True
+    ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
         self.device = resolve_device(device)
         parser = ConfigParser()
@@ -126,6 +153,17 @@ class BundleAnalyser:
             sha256=combined_sha256(digests),
             files=tuple((path.name, digest) for path, digest in zip(model_files, digests)),
         )
+        self.appearance: AppearanceModel | None = None
+        if load_appearance:
+            appearance_file = self.bundle_dir / APPEARANCE_MODEL
+            if not appearance_file.is_file():
+                raise FileNotFoundError(f"the bundle has no frontal-chest appearance model {appearance_file}")
+            self.appearance = AppearanceModel.load(appearance_file)
+            # Logged with the weights (it decides which images get a finding); the reports'
+            # weights SHA-256 stays that of the two networks, which make the finding.
+            self.identity = replace(
+                self.identity, files=(*self.identity.files, (appearance_file.name, sha256_of(appearance_file)))
+            )
         self.index: SimilarityIndex | None = None
         if load_index:
             index_dir = self.bundle_dir / INDEX_DIR
@@ -144,7 +182,13 @@ class BundleAnalyser:
         data = self.preprocessing({"image": str(path)})
         tensor = torch.as_tensor(data["image"]).float()
         lung_fraction = float((tensor[LUNG_CHANNEL] >= 0.5).float().mean())
-        return PreparedImage(tensor=tensor, lung_fraction=lung_fraction)
+        image, lung = tensor[IMAGE_CHANNEL].numpy(), tensor[LUNG_CHANNEL].numpy()
+        if self.appearance is None:
+            return PreparedImage(tensor, lung_fraction, measure_lung_fields(lung))
+        return PreparedImage(
+            tensor, lung_fraction, measure_lung_fields(lung),
+            self.appearance.residual(image, lung), self.appearance.limit,
+        )
 
     @torch.inference_mode()
     def predict(self, images: Sequence[PreparedImage]) -> list[Prediction]:

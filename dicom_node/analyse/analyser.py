@@ -24,6 +24,16 @@ class PreparedImage(Protocol):
         """Share of the picture the lung segmentation calls lung (0..1)."""
         ...
 
+    @property
+    def not_chest_reason(self) -> str:
+        """Why the image does not look like a frontal chest radiograph (lung fields, appearance); ``""`` when it does."""
+        ...
+
+    @property
+    def lung_fields_summary(self) -> str:
+        """The lung-field measurements as short text, for reasons and logs (no patient data)."""
+        ...
+
 
 class Prediction(Protocol):
     """The classifier's output for one image."""

@@ -1,8 +1,10 @@
 """Is a received image one the classifier was made for (a frontal chest radiograph)?
 
-The model was trained, like the paper's, on frontal (PA/AP) chest radiographs only. Two
-checks keep other images out: the header (body part, view) before decoding, and the lung
-fields the U-Net finds after it, for images whose header says nothing.
+The model was trained, like the paper's, on frontal (PA/AP) chest radiographs only. Three
+checks keep other images out: the header (SOP class and modality, body part, view) before
+decoding; the share of lung the U-Net finds; and whether the picture looks like a frontal
+chest at all (two plausible lung fields, and the chest appearance model), for images whose
+header says nothing, as a panoramic dental film with an empty Body Part Examined.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from dicom_node.analyse.analyser import PreparedImage
 
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "CHEST_TO_PELVIS", "CHESTABDOMEN", "CHESTABDPELV"})
 """Body Part Examined values (defined terms, PS3.16 Annex L) accepted as a chest."""
 LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LAT", "LATERAL"})
 """View Position values of a lateral projection."""
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
+"""Modalities of a Secondary Capture image that is analysed like a radiograph (a digitised or converted X-ray)."""
 MIN_LUNG_FRACTION = 0.05
 """Below this fraction of the image in lung (U-Net probability >= 0.5), there is no chest to read."""
 
@@ -55,7 +62,8 @@ def check_header(ds: Dataset) -> Applicability:
     Returns
     -------
     Applicability
-        Not applicable for another body part or a lateral view.
+        Not applicable for a Secondary Capture image of a modality other than CR or DX,
+        another body part or a lateral view.
 
     Examples
     --------
@@ -68,7 +76,17 @@ def check_header(ds: Dataset) -> Applicability:
     >>> ds.BodyPartExamined = "HAND"
     >>> check_header(ds).reason
     'not a chest image: Body Part Examined HAND'
+    >>> sc = Dataset(); sc.SOPClassUID = SecondaryCaptureImageStorage; sc.Modality = "OT"
+    >>> check_header(sc).reason
+    'not a radiograph: Secondary Capture of modality OT'
+    >>> sc.Modality = "DX"; check_header(sc).applicable
+    True
     """
+    if str(ds.get("SOPClassUID", "")) == SecondaryCaptureImageStorage:
+        # Converted and digitised X-rays arrive as SC with Modality CR/DX; other SC images are screenshots, scans, ...
+        modality = _text(ds, "Modality")
+        if modality not in RADIOGRAPH_MODALITIES:
+            return Applicability(False, f"not a radiograph: Secondary Capture of modality {modality[:16] or '(none)'}")
     body_part = _text(ds, "BodyPartExamined")
     if body_part and body_part not in CHEST_BODY_PARTS:
         return Applicability(False, f"not a chest image: Body Part Examined {body_part[:16]}")
@@ -91,4 +109,19 @@ def check_lung_fraction(lung_fraction: float, minimum: float = MIN_LUNG_FRACTION
     """
     if lung_fraction < minimum:
         return Applicability(False, f"no lung fields found: {lung_fraction:.1%} of the image, {minimum:.1%} needed")
+    return APPLICABLE
+
+
+def check_frontal_chest(image: PreparedImage) -> Applicability:
+    """Decide from what the U-Net and the appearance model make of the picture.
+
+    Returns
+    -------
+    Applicability
+        Not applicable, with the reason and the lung-field measurements, when the picture
+        does not look like a frontal chest radiograph.
+    """
+    reason = image.not_chest_reason
+    if reason:
+        return Applicability(False, f"not a frontal chest radiograph: {reason} (lung fields: {image.lung_fields_summary})")
     return APPLICABLE

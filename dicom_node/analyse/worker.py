@@ -22,7 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.analyse.analyser import Analyser, Neighbour, Prediction, PreparedImage
-from dicom_node.analyse.applicability import check_header, check_lung_fraction
+from dicom_node.analyse.applicability import check_frontal_chest, check_header, check_lung_fraction
 from dicom_node.log_safety import describe_exception
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
 from dicom_node.spool import Job, JobState, Spool
@@ -198,10 +198,10 @@ class InferenceWorker:
             else:
                 self._retry_or_give_up(job, exc)
             return None
-        verdict = check_lung_fraction(image.lung_fraction)
-        if not verdict.applicable:
-            self._not_analysed(job, verdict.reason)
-            return None
+        for verdict in (check_lung_fraction(image.lung_fraction), check_frontal_chest(image)):
+            if not verdict.applicable:  # never a finding on what the classifier was not made for
+                self._not_analysed(job, verdict.reason)
+                return None
         return header, image
 
     def _report(self, job: Job, header: Dataset, image: PreparedImage, prediction: Prediction) -> None:

@@ -11,6 +11,7 @@ from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
@@ -18,11 +19,14 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # m
 from dicom_node.config import NodeConfig
 from dicom_node.receive.server import ConnectionLimits
 
-# The chest radiographs a portable X-ray machine sends.
+# The chest radiographs a portable X-ray machine sends, and Secondary Capture: converted and
+# digitised X-rays (SIIM/RSNA exports, film digitisers) come as SC with Modality CR or DX, and
+# refusing SC would fail a mixed send; the worker ends SC of other modalities as not analysed.
 STORAGE_SOP_CLASSES: tuple[str, ...] = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
 )
 
 # Stored exactly as received: the node never transcodes, so it accepts what modalities

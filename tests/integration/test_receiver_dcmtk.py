@@ -12,13 +12,16 @@ import pydicom
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
+from dicom_node.spool import JobState, Spool
 from testkit.peers import dcmtk, dcmtk_env, echo_ok, free_port, instance_dataset_bytes
 
-ACCEPTED_SOP_CLASSES = {
+RADIOGRAPHY_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1",
     "1.2.840.10008.5.1.4.1.1.1.1",
     "1.2.840.10008.5.1.4.1.1.1.1.1",
 }
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+ACCEPTED_SOP_CLASSES = RADIOGRAPHY_SOP_CLASSES | {SECONDARY_CAPTURE}
 
 
 def _header(path: Path) -> pydicom.Dataset:
@@ -113,14 +116,45 @@ def test_storescu_sends_an_uncompressed_chest_cr(start_node, shared_data: Path) 
     assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(source, force=True).PixelData
 
 
-def test_secondary_capture_is_refused_at_negotiation(start_node, shared_data: Path) -> None:
-    source = next((shared_data / "dicom" / "torchxrayvision").glob("*.dcm"))
-    assert _header(source).SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
-    node = start_node()
-    output = _dcmsend(node.port, [source], "-dn").stderr
-    assert "NOT sent to the peer   : 1" in output
-    assert "no acceptable pres.  : 1" in output
-    assert list((node.spool / "instances").iterdir()) == []
+def test_secondary_capture_is_accepted_and_analysed_only_as_a_radiograph(
+    start_node, shared_data: Path, tmp_path: Path
+) -> None:
+    """A mixed send: a CR, the SIIM chest (SC, Modality CR) and an SC of another modality, in one association."""
+    siim = next((shared_data / "dicom" / "torchxrayvision").glob("*.dcm"))
+    assert _header(siim).SOPClassUID == SECONDARY_CAPTURE and _header(siim).Modality == "CR"
+    other = pydicom.dcmread(siim)
+    other.Modality = "OT"
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    other_path = tmp_path / "sc_ot.dcm"
+    other.save_as(other_path, enforce_file_format=True)
+    cr = shared_data / "dicom" / "fo-dicom" / "CR-MONO1-10-chest.dcm"
+    config = tmp_path / "node.toml"
+    config.write_text('[inference]\ndevice = "cpu"\nsimilar_k = 0\n')
+    node = start_node(tmp_path / "spool", "--analysis", "--config", str(config))
+    output = _dcmsend(node.port, [cr, siim, other_path], "-dn").stderr
+    assert "sent to the peer       : 3" in output and "with status SUCCESS  : 3" in output, output
+    for source in (cr, siim, other_path):
+        assert (node.spool / "instances" / f"{_header(source).SOPInstanceUID}.dcm").is_file(), source.name
+    deadline = time.monotonic() + 180
+    jobs: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [sys.executable, "-m", "dicom_node", "status", "--json", "--spool", str(node.spool)],
+            capture_output=True, text=True, timeout=60,
+        )
+        jobs = json.loads(status.stdout)["jobs"]
+        if jobs["outbox"] + jobs["sent"] == 2 and jobs["not_analysed"] == 1:
+            break
+        time.sleep(0.5)
+    assert jobs["outbox"] + jobs["sent"] == 2 and jobs["not_analysed"] == 1, (jobs, node.log()[-4000:])
+    spool = Spool(node.spool)
+    for source in (cr, siim):
+        job = spool.find_job(str(_header(source).SOPInstanceUID))
+        assert job is not None and job.state is JobState.OUTBOX, source.name
+        assert pydicom.dcmread(spool.result_path(job)).Modality == "SR"
+    job = spool.find_job(str(other.SOPInstanceUID))
+    assert job is not None and job.state is JobState.NOT_ANALYSED
+    assert job.detail == "not a radiograph: Secondary Capture of modality OT"
 
 
 def test_sending_the_same_instance_twice_is_idempotent(start_node, shared_data: Path) -> None:
@@ -152,7 +186,7 @@ def test_logs_name_the_instance_but_never_the_patient(start_node, shared_data: P
             assert identifier not in log
 
 
-@pytest.mark.parametrize("sop_class", sorted(ACCEPTED_SOP_CLASSES))
+@pytest.mark.parametrize("sop_class", sorted(RADIOGRAPHY_SOP_CLASSES))
 def test_each_radiography_sop_class_is_accepted(start_node, shared_data: Path, tmp_path: Path, sop_class: str) -> None:
     ds = pydicom.dcmread(shared_data / "dicom" / "fo-dicom" / "CR-MONO1-10-chest.dcm", force=True)
     ds.SOPClassUID = sop_class
