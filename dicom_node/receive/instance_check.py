@@ -196,6 +196,7 @@ def _decode_elements(ds: Dataset, stream: BinaryIO, stream_size: int, *, top_lev
             element = ds[tag]
             if element.VR == VR.SQ:
                 for item in element.value:
+                    _check_item_tag(item, stream, tag)
                     _decode_elements(item, stream, stream_size, top_level=False)
             else:
                 str(element.value)  # multi-valued and person-name values convert lazily
@@ -205,6 +206,20 @@ def _decode_elements(ds: Dataset, stream: BinaryIO, stream_size: int, *, top_lev
             raise UnreadableDatasetError(
                 f"element {Tag(tag)} cannot be decoded ({type(exc).__name__})"
             ) from exc
+
+
+_ITEM_TAG_BYTES = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian: the node accepts no big endian
+
+
+def _check_item_tag(item: Dataset, stream: BinaryIO, sequence_tag: int) -> None:
+    """Refuse a sequence item that does not start with the Item tag: pydicom reads it anyway
+    (it only logs, when debugging), DCMTK does not."""
+    tell = getattr(item, "seq_item_tell", None)
+    if tell is None:
+        return
+    stream.seek(tell)
+    if stream.read(4) != _ITEM_TAG_BYTES:
+        raise UnreadableDatasetError(f"element {Tag(sequence_tag)} holds an item without the Item tag (FFFE,E000)")
 
 
 def _pixel_data_complete(ds: Dataset, stream: BinaryIO, stream_size: int) -> bool:

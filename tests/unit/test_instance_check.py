@@ -52,3 +52,29 @@ def test_warnings_raised_in_other_threads_do_not_change_the_verdict(shared_data:
         finally:
             stop.set()
             noise.join()
+
+
+def test_a_sequence_item_without_the_item_tag_is_refused() -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID = generate_uid()
+    item = Dataset()
+    item.CodeValue = "T-D3000"
+    ds.AnatomicRegionSequence = Sequence([item])
+    ds.BitsAllocated, ds.Rows, ds.Columns, ds.SamplesPerPixel = 8, 1, 2, 1
+    ds.PixelData = b"\x00\x00"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    data = buffer.getvalue()
+    assert read_instance_identity(BytesIO(data), ExplicitVRLittleEndian).sop_instance_uid == ds.SOPInstanceUID
+    at = data.index(b"\xfe\xff\x00\xe0")
+    flipped = data[:at] + b"\xfe\xff\x02\xe0" + data[at + 4:]  # what DCMTK refuses and pydicom reads
+    with pytest.raises(UnreadableDatasetError, match="Item tag"):
+        read_instance_identity(BytesIO(flipped), ExplicitVRLittleEndian)
