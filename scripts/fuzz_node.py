@@ -333,6 +333,10 @@ def send_file(port: int, path: Path, syntax: UID) -> tuple[str, str]:
     return f"0x{int(status.Status):04X}", str(status.get("ErrorComment", ""))
 
 
+GARBAGE_HOST = "127.0.0.2"
+"""Source address of the raw PDU garbage (loopback range)."""
+
+
 def pdu_garbage(rng: random.Random, port: int) -> tuple[str, str]:
     """A raw socket: random bytes, or a PDU header of any type with a random length and body."""
     kind = rng.randrange(4)
@@ -352,7 +356,9 @@ def pdu_garbage(rng: random.Random, port: int) -> tuple[str, str]:
         body = struct.pack(">L", len(pdv)) + pdv
         payload = struct.pack(">BBL", 4, 0, len(body)) + body
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        # From a second loopback address: garbage connections are another host, as on a
+        # hospital network, and do not take the per-host connections of the mutants' sender.
+        with socket.create_connection(("127.0.0.1", port), timeout=3, source_address=(GARBAGE_HOST, 0)) as s:
             # Never leave a stalled socket behind (stalled sockets are a connection-level
             # test): close with a reset, not a FIN the node may wait past.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -473,7 +479,7 @@ def run(args: argparse.Namespace) -> Report:
                 write_part10(path, base, data, uid)
                 case.outcome, case.comment = send_file(node.port, path, base.transfer_syntax)
                 for _ in range(args.retries):  # all slots taken (a connection-level matter): wait, retry
-                    if case.outcome != "rejected":
+                    if case.outcome not in ("rejected", "association aborted"):
                         break
                     report.rejected_retries += 1
                     time.sleep(1)

@@ -25,8 +25,8 @@ def _fuzz(out: Path, *args: str, timeout: float) -> dict:
 @pytest.mark.parametrize(
     ("args", "min_cases"),
     [
-        (("--cases", "200", "--seed", "11", "--no-analysis", "--time-limit", "90", "--retries", "2"), 100),
-        (("--cases", "8", "--seed", "12", "--analysis", "--settle", "120"), 8),
+        (("--cases", "300", "--seed", "11", "--no-analysis", "--time-limit", "120", "--retries", "2"), 300),
+        (("--cases", "20", "--seed", "12", "--analysis", "--settle", "180"), 20),
     ],
     ids=["receive-only", "with-analysis"],
 )
@@ -35,6 +35,7 @@ def test_a_short_fuzz_run_keeps_every_invariant(tmp_path: Path, args: tuple[str,
     assert report["cases"] >= min_cases
     assert report["restarts"] == 0
     assert report["unreadable_success"] == []
+    assert report["dcmdump_failures"] == [], "DCMTK must read every instance answered Success too"
     assert report["canary_hits"] == 0
     assert report["unframed_lines"] == 0
     assert report["not_final"] == []
