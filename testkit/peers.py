@@ -8,7 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from pydicom.dataset import Dataset
 
 from testkit.shared_data import REPO_ROOT
 
@@ -104,3 +107,34 @@ def instance_dataset_bytes(path: Path) -> bytes:
         f.seek(132)
         _read_file_meta_info(f)
         return f.read()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> bool:
+    """Poll ``predicate`` every 0.2 s until it holds (``True``) or ``timeout`` s pass (``False``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def send_raw_c_store(
+    port: int, path: Path, sop_class: str, syntax: str, calling_ae: str = "MODALITY"
+) -> Dataset:
+    """C-STORE a Part 10 file's data set bytes exactly as they are (pynetdicom, no parsing: how a
+    broken sender behaves); return the status data set (empty when there was none)."""
+    from pynetdicom import AE, _config
+
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(sop_class, syntax)
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title="CXR_AI")
+        assert assoc.is_established, "the node did not accept the association"
+        status = assoc.send_c_store(path)
+        if assoc.is_established:
+            assoc.release()
+        return status
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False

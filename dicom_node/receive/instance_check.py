@@ -196,7 +196,8 @@ def _decode_elements(ds: Dataset, stream: BinaryIO, stream_size: int, *, top_lev
             element = ds[tag]
             if element.VR == VR.SQ:
                 for item in element.value:
-                    _check_item_tag(item, stream, tag)
+                    if top_level:  # nested items know only their offset in their parent's value
+                        _check_item_tag(item, stream, tag)
                     _decode_elements(item, stream, stream_size, top_level=False)
             else:
                 str(element.value)  # multi-valued and person-name values convert lazily
@@ -212,8 +213,9 @@ _ITEM_TAG_BYTES = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian: the node ac
 
 
 def _check_item_tag(item: Dataset, stream: BinaryIO, sequence_tag: int) -> None:
-    """Refuse a sequence item that does not start with the Item tag: pydicom reads it anyway
-    (it only logs, when debugging), DCMTK does not."""
+    """Refuse an item of a top-level sequence that does not start with the Item tag: pydicom
+    reads it anyway (it only logs, when debugging), DCMTK does not. ``seq_item_tell`` is an
+    offset in the data set only for top-level sequences."""
     tell = getattr(item, "seq_item_tell", None)
     if tell is None:
         return

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -14,6 +13,7 @@ import pytest
 
 from dicom_node.spool import JobState, Spool
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer
+from testkit.peers import wait_for
 from testkit.sr import job_in_outbox
 
 
@@ -34,13 +34,6 @@ def _node_config(tmp_path: Path, orthanc: OrthancServer) -> Path:
     return path
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _state(spool: Spool, job_id: str) -> JobState:
@@ -54,10 +47,10 @@ def test_report_waiting_before_a_restart_reaches_orthanc_started_late(start_node
     job = job_in_outbox(Spool(spool_dir), ["orthanc"])
     report_uid = str(pydicom.dcmread(Spool(spool_dir).result_path(job), stop_before_pixels=True).SOPInstanceUID)
     node = start_node(spool_dir, "--config", str(_node_config(tmp_path, orthanc)))
-    assert _wait_for(lambda: "delivered=False" in node.log(), 30), node.log()  # PACS down: it retries
+    assert wait_for(lambda: "delivered=False" in node.log(), 30), node.log()  # PACS down: it retries
     orthanc.start()
-    assert _wait_for(lambda: orthanc.find_instances(report_uid) != []), node.log()
-    assert _wait_for(lambda: _state(Spool(spool_dir), job.job_id) is JobState.SENT)
+    assert wait_for(lambda: orthanc.find_instances(report_uid) != []), node.log()
+    assert wait_for(lambda: _state(Spool(spool_dir), job.job_id) is JobState.SENT)
     assert len(orthanc.find_instances(report_uid)) == 1
 
 

@@ -30,6 +30,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 
 from dicom_node.receive import dimse_status
+from testkit.peers import send_raw_c_store
 
 CR = ComputedRadiographyImageStorage
 CANARY = "CANARY^ZQXJ"
@@ -68,18 +69,7 @@ def _part10(path: Path, dataset: bytes, uid: str, syntax: UID = ExplicitVRLittle
 
 def _send(port: int, path: Path, syntax: UID = ExplicitVRLittleEndian, calling_ae: str = "MODALITY") -> Dataset:
     """C-STORE the file's data set bytes exactly as they are; the status data set (empty: none)."""
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(CR, syntax)
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        assoc = ae.associate("127.0.0.1", port, ae_title="CXR_AI")
-        assert assoc.is_established
-        status = assoc.send_c_store(path)
-        if assoc.is_established:
-            assoc.release()
-        return status
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+    return send_raw_c_store(port, path, CR, syntax, calling_ae)
 
 
 def _element_offset(data: bytes, tag: int) -> int:

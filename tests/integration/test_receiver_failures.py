@@ -21,10 +21,10 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     generate_uid,
 )
-from pynetdicom import AE, _config
+from pynetdicom import AE
 
 from dicom_node.receive import dimse_status
-from testkit.peers import dcmtk, dcmtk_env, echo_ok
+from testkit.peers import dcmtk, dcmtk_env, echo_ok, send_raw_c_store
 
 CR = ComputedRadiographyImageStorage
 
@@ -47,17 +47,8 @@ def _encoded(ds: pydicom.Dataset) -> bytes:
 
 def _send_raw_file(port: int, path: Path, sop_class: str = CR, calling_ae: str = "MODALITY") -> int | None:
     """Send a file's bytes after its meta as they are (no parsing): how a broken sender behaves."""
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        assoc = ae.associate("127.0.0.1", port, ae_title="CXR_AI")
-        assert assoc.is_established
-        status = assoc.send_c_store(path)
-        assoc.release()
-        return int(status.Status) if "Status" in status else None
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+    status = send_raw_c_store(port, path, sop_class, ExplicitVRLittleEndian, calling_ae)
+    return int(status.Status) if "Status" in status else None
 
 
 def _raw_file(tmp_path: Path, dataset_bytes: bytes, sop_instance_uid: str, sop_class: str = CR) -> Path:

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import pytest
 from dicom_node.spool import JobState, Spool
 from testkit.dicom_factory import make_dx, save
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, OrthancTLS, orthanc_binary
-from testkit.peers import NodeProcess, dcmtk, dcmtk_env, free_port
+from testkit.peers import NodeProcess, dcmtk, dcmtk_env, free_port, wait_for
 from testkit.sr import job_in_outbox
 from testkit.tls import ThrowawayPKI, make_test_pki
 
@@ -202,13 +202,6 @@ def tls_orthanc(tmp_path: Path, pki: ThrowawayPKI) -> Iterator[OrthancServer]:
     server.stop()
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _destination(orthanc: OrthancServer, name: str, *tls_lines: str) -> str:
@@ -232,8 +225,8 @@ def test_node_delivers_a_report_to_orthanc_over_mutual_tls(start_node, tmp_path,
                        f'tls_private_key = "{pki.client.key}"')
     )
     node = start_node(spool_dir, "--config", str(config))
-    assert _wait_for(lambda: tls_orthanc.find_instances(report_uid) != []), node.log() + tls_orthanc.log()
-    assert _wait_for(lambda: "not delivered to untrusted" in node.log()), node.log()
+    assert wait_for(lambda: tls_orthanc.find_instances(report_uid) != []), node.log() + tls_orthanc.log()
+    assert wait_for(lambda: "not delivered to untrusted" in node.log()), node.log()
     job_now = Spool(spool_dir).find_job(job.job_id)
     assert job_now is not None and job_now.state is JobState.OUTBOX  # one destination still to go
     delivered = {d.destination: d.delivered for d in job_now.deliveries}

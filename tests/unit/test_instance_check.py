@@ -78,3 +78,20 @@ def test_a_sequence_item_without_the_item_tag_is_refused() -> None:
     flipped = data[:at] + b"\xfe\xff\x02\xe0" + data[at + 4:]  # what DCMTK refuses and pydicom reads
     with pytest.raises(UnreadableDatasetError, match="Item tag"):
         read_instance_identity(BytesIO(flipped), ExplicitVRLittleEndian)
+
+
+def test_nested_sequences_of_real_files_pass(shared_dicom_files: list[Path]) -> None:
+    checked = 0
+    for path in shared_dicom_files:
+        try:
+            data, syntax = _dataset_bytes(path)
+            pydicom.dcmread(path)
+        except Exception:
+            continue  # not a Part 10 file with meta, or a broken one: other tests cover those
+        if data[:2] == b"\x08\x00" and any(e.VR == "SQ" for e in pydicom.dcmread(path, stop_before_pixels=True)):
+            try:
+                read_instance_identity(BytesIO(data), syntax)
+                checked += 1
+            except UnreadableDatasetError as exc:
+                assert "Item tag" not in str(exc), f"{path.name}: {exc}"
+    assert checked >= 3
