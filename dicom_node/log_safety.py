@@ -127,3 +127,23 @@ class SafeFormatter(logging.Formatter):
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802  (logging's name)
         return stack_info  # frames of our own code only
+
+def escape_field(value: object) -> str:
+    """A value from the network, safe for one log field: as is when it is printable ASCII
+    without spaces at its ends, else quoted and escaped the way :func:`ascii` does.
+
+    >>> escape_field("MODALITY"), escape_field("EVIL\\nFAKE LINE"), escape_field(" PAD ")
+    ('MODALITY', "'EVIL\\\\nFAKE LINE'", "' PAD '")
+    """
+    text = str(value)
+    if text and text.isascii() and text.isprintable() and text == text.strip():
+        return text
+    return ascii(text)
+
+
+def pynetdicom_loggers() -> list[logging.Logger]:
+    """pynetdicom's module loggers (a filter on a logger does not apply to its children)."""
+    import pynetdicom  # noqa: F401  # its modules create their loggers at import
+
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n == "pynetdicom" or n.startswith("pynetdicom.")]
+    return [logging.getLogger(name) for name in names]

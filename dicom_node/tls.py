@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dicom_node.errors import ConfigError
+from dicom_node.log_safety import pynetdicom_loggers
 
 # BCP 195 (RFC 7525) TLS 1.2 suites: ECDHE/DHE key exchange, AES-GCM or ChaCha20-Poly1305.
 BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
@@ -384,10 +385,6 @@ def handshake_failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
 
 
-# pynetdicom's loggers that report socket errors (a logger's filters see only its own records).
-_PYNETDICOM_LOGGERS = ("pynetdicom.transport", "pynetdicom.dul", "pynetdicom.acse", "pynetdicom.association")
-
-
 class SocketErrorsWithoutTraceback(logging.Filter):
     """Keeps pynetdicom's line for a socket or TLS error but drops its traceback.
 
@@ -404,8 +401,7 @@ class SocketErrorsWithoutTraceback(logging.Filter):
 
 def quiet_pynetdicom_tls_errors() -> None:
     """Install :class:`SocketErrorsWithoutTraceback` on pynetdicom's loggers (idempotent)."""
-    for name in _PYNETDICOM_LOGGERS:
-        target = logging.getLogger(name)
+    for target in pynetdicom_loggers():
         if not any(isinstance(f, SocketErrorsWithoutTraceback) for f in target.filters):
             target.addFilter(SocketErrorsWithoutTraceback())
 
@@ -434,7 +430,7 @@ def quiet_failed_tls(context: ClientTLSContext | None) -> Iterator[None]:
         yield
         return
     quiet = _FailedTLSRecords(context, threading.get_ident())
-    targets = [logging.getLogger(name) for name in _PYNETDICOM_LOGGERS]
+    targets = pynetdicom_loggers()
     for target in targets:
         target.addFilter(quiet)
     try:

@@ -27,11 +27,10 @@ from pynetdicom.events import Event
 
 from dicom_node.config import NodeConfig
 from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
-from dicom_node.log_safety import describe_exception, escape_control
+from dicom_node.log_safety import describe_exception, escape_control, escape_field
 from dicom_node.receive import dimse_status
 from dicom_node.receive.incoming import IncomingFiles
 from dicom_node.receive.instance_check import InstanceIdentity, read_instance_identity
-from dicom_node.receive.server import escape_field
 from dicom_node.spool import Job, Spool
 from dicom_node.tls import Subject, describe_tls, format_subject, peer_subject
 

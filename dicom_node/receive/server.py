@@ -33,7 +33,6 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,6 +47,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
+from dicom_node.log_safety import pynetdicom_loggers
 from dicom_node.tls import handshake_failure_reason
 
 if TYPE_CHECKING:
@@ -67,17 +67,6 @@ _MAX_LINGERING = 256
 _PDU_TYPES = range(0x01, 0x08)
 
 
-def escape_field(value: object) -> str:
-    """A value from the network, safe for one log field: as is when it is printable ASCII
-    without spaces at its ends, else quoted and escaped the way :func:`ascii` does.
-
-    >>> escape_field("MODALITY"), escape_field("EVIL\\nFAKE LINE"), escape_field(" PAD ")
-    ('MODALITY', "'EVIL\\\\nFAKE LINE'", "' PAD '")
-    """
-    text = str(value)
-    if text and text.isascii() and text.isprintable() and text == text.strip():
-        return text
-    return ascii(text)
 
 
 @dataclass(frozen=True)
@@ -443,7 +432,7 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         self._log_filter = PynetdicomLineLimit(self)
         kwargs["request_handler"] = EdgeRequestHandler
         super().__init__(*args, **kwargs)
-        for logger_ in _pynetdicom_loggers():
+        for logger_ in pynetdicom_loggers():
             logger_.addFilter(self._log_filter)
 
     # ----- accepting -----------------------------------------------------------------------
@@ -672,17 +661,9 @@ class EdgeAssociationServer(ThreadedAssociationServer):
 
     def server_close(self) -> None:
         super().server_close()
-        for logger_ in _pynetdicom_loggers():
+        for logger_ in pynetdicom_loggers():
             logger_.removeFilter(self._log_filter)
 
-
-def _pynetdicom_loggers() -> Iterator[logging.Logger]:
-    """pynetdicom's module loggers (a filter on a logger does not apply to its children)."""
-    import pynetdicom  # noqa: F401  # its modules create their loggers at import
-
-    names = [n for n in list(logging.Logger.manager.loggerDict) if n == "pynetdicom" or n.startswith("pynetdicom.")]
-    for name in names:
-        yield logging.getLogger(name)
 
 
 def bind_edge_server(
