@@ -37,7 +37,6 @@ import enum
 import logging
 import math
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,14 +56,13 @@ from highdicom.sr import (
     SourceImageForMeasurementGroup,
     TrackingIdentifier,
 )
-from pydicom import config
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.uid import UID
-from pydicom.valuerep import validate_value
 
 from dicom_node.report import codes
+from dicom_node.report.source import checked_source
+from dicom_node.report.uids import derived_uid
 from monai_app.labels import CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
 
 logger = logging.getLogger(__name__)
@@ -75,47 +73,6 @@ DEFAULT_SERIES_NUMBER = 9000
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _LO_MAX = 64  # VR LO: Manufacturer, Manufacturer's Model Name, Software Versions, ...
-# Name-based UIDs (ISO/IEC 9834-8 "2.25." form of a UUID v5) live in this namespace.
-_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr-ai-node:dicom-uids")
-# Type 2 attributes of the Patient and General Study modules that highdicom reads
-# from the source; a source without them gets them empty rather than refused.
-_TYPE2_SOURCE_ATTRIBUTES = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
-# Text VRs whose invalid values are copied as empty (see _checked_source).
-_BLANKABLE_VRS = frozenset({"AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM"})
-_REQUIRED_SOURCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-
-
-def derived_uid(*names: str) -> UID:
-    """Return a UID that is a pure function of ``names`` (``2.25.`` + UUID version 5).
-
-    Parameters
-    ----------
-    *names : str
-        The values the UID stands for, e.g. a source SOP Instance UID and an algorithm
-        version. The same names always give the same UID; any change gives another.
-
-    Returns
-    -------
-    pydicom.uid.UID
-        A valid UID of at most 44 characters.
-
-    Examples
-    --------
-    >>> derived_uid("a", "b") == derived_uid("a", "b") != derived_uid("a", "c")
-    True
-    """
-    # The unit separator keeps ("ab", "c") and ("a", "bc") apart.
-    return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0x1F).join(names)).int}")
 
 
 def _check_text(argument: str, value: object, max_length: int = _LO_MAX) -> None:
@@ -312,51 +269,6 @@ def report_sop_instance_uid(source: Dataset, finding: Finding, algorithm: Algori
     )
 
 
-def _checked_source(source: object) -> Dataset:
-    """Return ``source``, or a copy fit to copy patient and study attributes from.
-
-    Decode tolerantly (highdicom's rule): a Type 2 attribute the source lacks is added
-    empty, and a text value invalid for its VR (de-identified test data carry hashes as
-    birth dates and 56-character accession numbers) is copied as empty, so the report
-    stays valid. UIDs are never blanked. The caller's data set is left untouched.
-    """
-    if not isinstance(source, Dataset):
-        raise TypeError('Argument "source" must be a pydicom Dataset.')
-    missing_uids = [keyword for keyword in _REQUIRED_SOURCE_UIDS if not source.get(keyword)]
-    if missing_uids:
-        raise ValueError(f'Argument "source" lacks {", ".join(missing_uids)}.')
-    missing = [keyword for keyword in _TYPE2_SOURCE_ATTRIBUTES if keyword not in source]
-    invalid = [element for element in source if _has_invalid_text_value(element)]
-    if not missing and not invalid:
-        return source
-    # Names only: the values may be patient identifiers.
-    logger.warning(
-        "source image: %s copied empty into the report (missing or invalid for its VR)",
-        ", ".join([*missing, *(element.keyword or str(element.tag) for element in invalid)]),
-    )
-    patched = Dataset()
-    for element in source:
-        patched.add(element)
-    # New elements, never element.value = ...: the elements are shared with the source.
-    for element in invalid:
-        patched.add(DataElement(element.tag, element.VR, None))
-    for keyword in missing:
-        setattr(patched, keyword, None)
-    return patched
-
-
-def _has_invalid_text_value(element: DataElement) -> bool:
-    if element.VR not in _BLANKABLE_VRS or element.value is None:
-        return False
-    values = element.value if element.VM > 1 else [element.value]
-    try:
-        for value in values:
-            validate_value(element.VR, str(value), config.RAISE)
-    except ValueError:
-        return True
-    return False
-
-
 def _algorithm_identification(algorithm: AlgorithmInfo, parameters: Sequence[str] | None = None) -> AlgorithmIdentification:
     return AlgorithmIdentification(
         name=algorithm.name,
@@ -474,7 +386,7 @@ def build_report(
         An argument has a wrong value (e.g. the source lacks its UIDs, two similar
         cases are the same image).
     """
-    source = _checked_source(source)
+    source = checked_source(source)
     if not isinstance(finding, Finding):
         raise TypeError('Argument "finding" must have type Finding.')
     if not isinstance(algorithm, AlgorithmInfo):

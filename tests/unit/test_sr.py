@@ -25,8 +25,8 @@ from dicom_node.report.sr import (
     Finding,
     SimilarStudy,
     build_report,
-    derived_uid,
 )
+from dicom_node.report.uids import derived_uid
 from testkit.sr import (
     ALGORITHM,
     CANON_DX,
@@ -44,7 +44,6 @@ from testkit.sr import (
 
 pytestmark = pytest.mark.usefixtures("strict_writing")  # any invalid value set fails the test
 
-
 def element_tree(dataset: Dataset) -> list[tuple]:
     """(tag, VR, value) of every element, recursively, values as text.
 
@@ -58,11 +57,9 @@ def element_tree(dataset: Dataset) -> list[tuple]:
         for element in dataset
     ]
 
-
 def parsed(report: Dataset) -> hd.sr.Comprehensive3DSR:
     """The report as a PACS would see it: encoded, read back and parsed as TID 1500."""
     return hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(encode(report))))
-
 
 def measurement_report(report: hd.sr.Comprehensive3DSR) -> hd.sr.MeasurementReport:
     """The parsed TID 1500 content (highdicom types ``content`` as a plain ContentSequence)."""
@@ -70,13 +67,10 @@ def measurement_report(report: hd.sr.Comprehensive3DSR) -> hd.sr.MeasurementRepo
     assert isinstance(content, hd.sr.MeasurementReport)
     return content
 
-
 def text_values(group: hd.sr.MeasurementsAndQualitativeEvaluations, name: Code) -> list[str]:
     return [item.TextValue for item in find_content_items(group[0], name=name)]
 
-
 # --- Round trip ----------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize("source_file", [CANON_DX, PHILIPS_CR])
 def test_round_trip_through_dcmread_is_identical(source_file: str) -> None:
@@ -90,9 +84,7 @@ def test_round_trip_through_dcmread_is_identical(source_file: str) -> None:
     assert element_tree(read_back.file_meta)[1:] == element_tree(report.file_meta)[1:]
     assert encode(read_back) == encoded
 
-
 # --- Content -------------------------------------------------------------------------------
-
 
 def test_finding_group_carries_probability_threshold_evaluation_and_source_image() -> None:
     source = read_source(PHILIPS_CR)
@@ -113,7 +105,6 @@ def test_finding_group_carries_probability_threshold_evaluation_and_source_image
     assert image.referenced_sop_instance_uid == source.SOPInstanceUID
     assert image.referenced_sop_class_uid == source.SOPClassUID
 
-
 @pytest.mark.parametrize(
     ("probability", "threshold", "expected"),
     [(0.49, 0.5, codes.ABSENT), (0.5, 0.5, codes.PRESENT), (0.2, 0.1, codes.PRESENT), (0.0, 0.5, codes.ABSENT)],
@@ -126,7 +117,6 @@ def test_finding_is_present_from_the_threshold_up(probability: float, threshold:
     [evaluation] = group.get_qualitative_evaluations(name=codes.COVID_19)
     assert evaluation.value == expected
 
-
 def test_algorithm_identification_names_algorithm_version_and_threshold() -> None:
     report = parsed(build_report(read_source(PHILIPS_CR), Finding(0.2, 0.35), SIMILAR, ALGORITHM))
 
@@ -135,7 +125,6 @@ def test_algorithm_identification_names_algorithm_version_and_threshold() -> Non
         assert text_values(group, pydicom_codes.DCM.AlgorithmVersion) == ["0.3.1"]
     [finding_group] = measurement_report(report).get_image_measurement_groups(finding_type=codes.COVID_19)
     assert text_values(finding_group, pydicom_codes.DCM.AlgorithmParameters) == ["threshold=0.35"]
-
 
 def test_each_similar_case_is_a_group_with_image_distance_and_known_label() -> None:
     report = parsed(build(read_source(CANON_DX)))
@@ -154,7 +143,6 @@ def test_each_similar_case_is_a_group_with_image_distance_and_known_label() -> N
         [evaluation] = group.get_qualitative_evaluations(name=codes.COVID_19)
         assert evaluation.value == label
 
-
 def test_evidence_lists_source_in_study_and_similar_images_with_their_study_and_series() -> None:
     source = read_source(CANON_DX)
     report = parsed(build(source))
@@ -167,13 +155,11 @@ def test_evidence_lists_source_in_study_and_similar_images_with_their_study_and_
         assert (case.study_instance_uid, case.series_instance_uid, case.sop_instance_uid, case.sop_class_uid) in everything
     assert len(report.PertinentOtherEvidenceSequence) == len(SIMILAR)
 
-
 def test_report_without_similar_cases_has_only_the_finding_group() -> None:
     report = parsed(build_report(read_source(PHILIPS_CR), Finding(0.1), [], ALGORITHM))
 
     assert len(measurement_report(report).get_image_measurement_groups()) == 1
     assert "PertinentOtherEvidenceSequence" not in report
-
 
 def test_every_non_standard_coding_scheme_is_declared() -> None:
     report = parsed(build(read_source(PHILIPS_CR)))
@@ -194,7 +180,6 @@ def test_every_non_standard_coding_scheme_is_declared() -> None:
     assert {d for d in used if d.startswith("99")} <= declared
     assert declared == set(codes.NON_STANDARD_SCHEME_DESIGNATORS)
 
-
 def test_contributing_equipment_describes_the_algorithm_as_ihe_air_requires() -> None:
     report = parsed(build(read_source(PHILIPS_CR)))
 
@@ -212,7 +197,6 @@ def test_contributing_equipment_describes_the_algorithm_as_ihe_air_requires() ->
     assert item.SoftwareVersions == "0.3.1"
     assert item.DeviceUID == ALGORITHM.device_uid
 
-
 def test_observer_is_the_algorithm_as_a_device() -> None:
     report = parsed(build(read_source(PHILIPS_CR)))
 
@@ -222,7 +206,6 @@ def test_observer_is_the_algorithm_as_a_device() -> None:
     assert isinstance(attributes, hd.sr.DeviceObserverIdentifyingAttributes)
     assert attributes.uid == ALGORITHM.device_uid
     assert attributes.name == "cxr_covid_classifier"
-
 
 def test_report_is_unverified_complete_and_in_a_new_series_of_the_source_study() -> None:
     source = read_source(PHILIPS_CR)
@@ -240,12 +223,10 @@ def test_report_is_unverified_complete_and_in_a_new_series_of_the_source_study()
     assert report.InstanceNumber == source.InstanceNumber
     assert report.Manufacturer == "CXR AI node project"
 
-
 PATIENT_AND_STUDY = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
     "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
 )
-
 
 def test_patient_and_study_attributes_equal_the_sources() -> None:
     source = read_source(PHILIPS_CR)
@@ -253,7 +234,6 @@ def test_patient_and_study_attributes_equal_the_sources() -> None:
 
     for keyword in PATIENT_AND_STUDY:
         assert report[keyword].value == source[keyword].value, keyword
-
 
 def test_invalid_source_values_are_copied_empty_and_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     source = read_source(CANON_DX)
@@ -268,7 +248,6 @@ def test_invalid_source_values_are_copied_empty_and_not_logged(caplog: pytest.Lo
     assert "PatientBirthDate" in caplog.text and "AccessionNumber" in caplog.text
     assert birth_date not in caplog.text and accession not in caplog.text
 
-
 def test_missing_type2_source_attributes_are_written_empty() -> None:
     source = read_source(FODICOM_CR)
     assert "PatientID" not in source and "StudyDate" not in source
@@ -278,9 +257,7 @@ def test_missing_type2_source_attributes_are_written_empty() -> None:
     assert report.PatientID == "" and report.StudyDate == "" and report.StudyID == ""
     assert "PatientID" not in source
 
-
 # --- UIDs ------------------------------------------------------------------------------------
-
 
 def test_device_uid_changes_when_weights_change_and_only_then() -> None:
     same_weights = AlgorithmInfo("other", "9.9", WEIGHTS_A, "Someone else")
@@ -290,14 +267,12 @@ def test_device_uid_changes_when_weights_change_and_only_then() -> None:
     assert ALGORITHM.device_uid != new_weights.device_uid
     assert ALGORITHM.device_uid.is_valid and new_weights.device_uid.is_valid
 
-
 def test_rebuilt_report_keeps_its_uids_so_the_pacs_stores_it_once() -> None:
     source = read_source(PHILIPS_CR)
 
     first, second = build(source), build(source, probability=0.1)
 
     assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (second.SOPInstanceUID, second.SeriesInstanceUID)
-
 
 @pytest.mark.parametrize(
     ("finding", "algorithm"),
@@ -316,7 +291,6 @@ def test_new_threshold_version_or_weights_give_a_new_report_uid(finding: Finding
 
     assert changed.SOPInstanceUID != reference.SOPInstanceUID
 
-
 def test_explicit_uids_numbers_and_description_are_used() -> None:
     report = build(
         read_source(PHILIPS_CR), series_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5",
@@ -326,14 +300,11 @@ def test_explicit_uids_numbers_and_description_are_used() -> None:
     assert (report.SeriesInstanceUID, report.SOPInstanceUID) == ("1.2.3.4", "1.2.3.4.5")
     assert (report.SeriesNumber, report.InstanceNumber, report.SeriesDescription) == (42, 7, "AI triage")
 
-
 def test_derived_uid_separates_its_parts() -> None:
     assert derived_uid("ab", "c") != derived_uid("a", "bc")
     assert len(derived_uid("x" * 1000)) <= 64
 
-
 # --- Input validation ------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize(
     ("make", "error", "message"),
@@ -364,7 +335,6 @@ def test_invalid_inputs_are_refused_naming_the_argument(make, error: type[Except
     with pytest.raises(error, match=message):
         make()
 
-
 def test_source_without_uids_is_refused() -> None:
     source = read_source(PHILIPS_CR)
     del source.SOPInstanceUID
@@ -372,11 +342,9 @@ def test_source_without_uids_is_refused() -> None:
     with pytest.raises(ValueError, match='Argument "source" lacks SOPInstanceUID'):
         build(source)
 
-
 def test_source_must_be_a_dataset() -> None:
     with pytest.raises(TypeError, match='Argument "source"'):
         build_report(str(DICOM_DIR / PHILIPS_CR), Finding(0.5), [], ALGORITHM)  # type: ignore[arg-type]
-
 
 def test_similar_cases_must_be_distinct_images_other_than_the_source() -> None:
     source = read_source(PHILIPS_CR)
@@ -388,13 +356,11 @@ def test_similar_cases_must_be_distinct_images_other_than_the_source() -> None:
     with pytest.raises(ValueError, match='Argument "similar" must list distinct images'):
         build_report(source, Finding(0.5), [itself], ALGORITHM)
 
-
 def test_report_series_must_differ_from_the_source_series() -> None:
     source = read_source(PHILIPS_CR)
 
     with pytest.raises(ValueError, match='Argument "series_instance_uid" must differ'):
         build(source, series_instance_uid=source.SeriesInstanceUID)
-
 
 @pytest.mark.parametrize("numbers", [{"series_number": 0}, {"instance_number": -1}])
 def test_series_and_instance_numbers_must_be_positive(numbers: dict[str, int]) -> None:
