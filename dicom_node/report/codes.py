@@ -33,8 +33,19 @@ PROBABILITY = codes.DCM.Probability
 # DCM 122411 "Threshold Value": the operating point that turns the probability into the
 # present/absent evaluation, recorded so that the evaluation can be audited.
 THRESHOLD_VALUE = codes.DCM.ThresholdValue
-# UCUM "1": a dimensionless number (probabilities, thresholds, embedding distances).
+# UCUM "1": a dimensionless number (embedding distances, similarities).
 NO_UNITS = codes.UCUM.NoUnits
+# UCUM "%": probabilities and thresholds are shown as percentages, the form radiologists
+# read in commercial chest X-ray AI reports (and in OHIF's measurement panel).
+PERCENT = codes.UCUM.Percent
+
+# --- Text a person reads -----------------------------------------------------------------
+# TID 1500 row "Qualitative Evaluations" (UMLS C0034375): the container for the summary
+# and the similar cases, which carry no image coordinates (OHIF v3 requires coordinates
+# on every group under "Imaging Measurements").
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+SUMMARY = codes.DCM.Summary  # 121111: the plain-language summary of the result
+COMMENT = codes.DCM.Comment  # 121106: the finding's label, drawn by viewers beside its region
 
 # --- Report, procedure and observer ------------------------------------------------------
 # SNOMED CT 399208008 "Plain chest X-ray (procedure)": the procedure reported (TID 1500).
@@ -53,6 +64,9 @@ PROCESSING_ALGORITHM = Code("Newcode1", IHE_INTERIM_SCHEME, "Processing Algorith
 # is a spatial length in mm), so these are private codes.
 SIMILAR_CASE = Code("SIMCASE", PRIVATE_SCHEME, "Similar case")
 EMBEDDING_DISTANCE = Code("EMBDIST", PRIVATE_SCHEME, "Embedding distance")
+# The image a similar-case line refers to (DCM 121112 "Source of Measurement" is for
+# measurements; this line is a retrieval result).
+SIMILAR_IMAGE = Code("SIMIMG", PRIVATE_SCHEME, "Similar image")
 
 # Designator -> (name, responsible organization) of each non-standard scheme used above.
 _NON_STANDARD_SCHEMES: dict[str, tuple[str, str]] = {

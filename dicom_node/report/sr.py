@@ -5,7 +5,8 @@ Results (AIR) profile: Contributing Equipment item with purpose of reference
 "Processing Algorithm" and a Device UID that changes with the weights, Verification Flag
 UNVERIFIED, patient and study attributes copied from the source.
 
-Content tree (TID 1500 "Imaging Measurement Report")::
+Content tree (TID 1500 "Imaging Measurement Report"); every container is SEPARATE, so
+viewers and ``dsr2html`` show each concept name beside its value::
 
     CONTAINER Imaging Measurement Report
       HAS CONCEPT MOD  Language of Content Item and Descendants = English
@@ -17,18 +18,24 @@ Content tree (TID 1500 "Imaging Measurement Report")::
           Finding = COVID-19, Finding Site = Lung
           Algorithm Name / Algorithm Version / Algorithm Parameters   (TID 4019)
           Source of Measurement = IMAGE <source image>
-          NUM Probability (1), NUM Threshold Value (1)
+          NUM Probability (%)
+            INFERRED FROM SCOORD POLYLINE <image region>      (closed outline on the source)
+              SELECTED FROM IMAGE <source image>
+          NUM Threshold Value (%)
           CODE COVID-19 = Present | Absent
-        CONTAINS CONTAINER Measurement Group                  (TID 1501, one per similar case)
-          Tracking Identifier "Similar case <rank>", Tracking Unique Identifier
-          Finding = Similar case (99CXRAI)
-          Algorithm Name / Version                            (TID 4019)
-          Source of Measurement = IMAGE <similar image>
-          NUM Embedding distance (1)
-          CODE COVID-19 = Present | Absent                    (the case's known label)
+          TEXT Comment = "COVID-19 suggested: 71 % (threshold 13 %)"  (the label viewers draw)
+      CONTAINS CONTAINER Qualitative Evaluations
+        TEXT Summary = finding, probability, threshold, "unverified AI result", model and version
+        TEXT Similar case = "1. Known COVID-19; similarity 0.93; ..."   (one per similar case)
+          INFERRED FROM IMAGE Similar image <similar image>
 
-The similar images belong to other studies: highdicom lists each one, with its Study
-and Series Instance UIDs, in the Pertinent Other Evidence Sequence.
+The image region is where the classifier looked (the region of highest Grad-CAM
+relevance) or, without a relevance map, the lung fields the U-Net found; OHIF v3 draws it
+on the radiograph with the group's values and the Comment as its label. The similar cases
+carry no coordinates on the source, so they sit under Qualitative Evaluations, as lines a
+radiologist reads. The summary image and the segmentation are listed with the source in
+the Current Requested Procedure Evidence Sequence. The similar images belong to other studies: highdicom lists each one,
+with its Study and Series Instance UIDs, in the Pertinent Other Evidence Sequence.
 """
 
 from __future__ import annotations
@@ -41,19 +48,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
+import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
     CodedConcept,
     Comprehensive3DSR,
+    ContainerContentItem,
+    ContentSequence,
+    CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
+    GraphicTypeValues,
+    ImageContentItem,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
     QualitativeEvaluation,
+    RelationshipTypeValues,
     SourceImageForMeasurementGroup,
+    SourceImageForRegion,
+    TextContentItem,
     TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
@@ -72,6 +88,8 @@ DEFAULT_SERIES_DESCRIPTION = "AI chest X-ray: COVID-19 classification"
 DEFAULT_SERIES_NUMBER = 9000
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_DICOM_DATE = re.compile(r"[0-9]{8}")
+DISCLAIMER = "Unverified AI research result, not for diagnostic use."
 _LO_MAX = 64  # VR LO: Manufacturer, Manufacturer's Model Name, Software Versions, ...
 
 
@@ -171,6 +189,37 @@ class Finding:
         """Whether the finding is reported as present at the threshold."""
         return self.probability >= self.threshold
 
+    @property
+    def probability_percent(self) -> float:
+        """The probability in percent, to one decimal: the precision the model supports."""
+        return round(100 * self.probability, 1)
+
+    @property
+    def threshold_percent(self) -> float:
+        """The threshold in percent, to one decimal."""
+        return round(100 * self.threshold, 1)
+
+    def label(self) -> str:
+        """Short label viewers draw beside the region, e.g. ``"COVID-19 suggested: 71.2 % (threshold 13 %)"``.
+
+        >>> Finding(0.0645, 0.13).label()
+        'COVID-19 not suggested: 6.5 % (threshold 13 %)'
+        """
+        call = "suggested" if self.is_present else "not suggested"
+        return f"COVID-19 {call}: {self.probability_percent:g} % (threshold {self.threshold_percent:g} %)"
+
+    def summary(self, algorithm: AlgorithmInfo, region: ImageRegion | None = None) -> str:
+        """The result in plain language: finding, probability, threshold, status and model."""
+        verdict = "suggests" if self.is_present else "does not suggest"
+        sign = ">=" if self.is_present else "<"
+        text = (
+            f"The AI model {verdict} COVID-19: probability {self.probability_percent:g} % "
+            f"{sign} operating threshold {self.threshold_percent:g} %. "
+        )
+        if region is not None:
+            text += f"Outlined on the image: {region.description}. "
+        return text + f"{DISCLAIMER} Model: {algorithm.name} {algorithm.version}."
+
 
 class KnownLabel(enum.Enum):
     """Ground-truth label of a case in the similarity index (``manifest.csv`` ``label``)."""
@@ -191,6 +240,10 @@ class SimilarStudy:
         Distance between the two embeddings (finite, >= 0; smaller is more similar).
     label : KnownLabel or str
         The case's known label, ``"covid"`` or ``"non_covid"``.
+    similarity : float or None
+        Cosine similarity of the two embeddings (-1..1; 1 = same direction), when known.
+    study_date : str or None
+        The similar study's date (DICOM DA, ``YYYYMMDD``), when known.
     """
 
     study_instance_uid: str
@@ -199,6 +252,8 @@ class SimilarStudy:
     sop_class_uid: str
     distance: float
     label: KnownLabel | str
+    similarity: float | None = None
+    study_date: str | None = None
 
     def __post_init__(self) -> None:
         for argument in ("study_instance_uid", "series_instance_uid", "sop_instance_uid", "sop_class_uid"):
@@ -212,6 +267,23 @@ class SimilarStudy:
         except ValueError:
             known = ", ".join(f'"{label.value}"' for label in KnownLabel)
             raise ValueError(f'Argument "label" must be one of {known}, got {self.label!r}.') from None
+        if self.similarity is not None:
+            if isinstance(self.similarity, bool) or not isinstance(self.similarity, (int, float)):
+                raise TypeError('Argument "similarity" must be a number.')
+            if not (math.isfinite(self.similarity) and -1.0 - 1e-6 <= self.similarity <= 1.0 + 1e-6):
+                raise ValueError('Argument "similarity" must be in [-1, 1].')
+        if self.study_date is not None and not _DICOM_DATE.fullmatch(self.study_date):
+            raise ValueError('Argument "study_date" must be a DICOM date (YYYYMMDD).')
+
+    def summary_line(self, rank: int) -> str:
+        """The case as one line a radiologist reads, e.g. ``"1. Known label: COVID-19; similarity 0.93; ..."``."""
+        parts = [f"{rank}. Known label: {_LABEL_WORDS[KnownLabel(self.label)]}"]
+        if self.similarity is not None:
+            parts.append(f"similarity {self.similarity:.2f}")
+        parts.append(f"embedding distance {self.distance:.2f}")
+        if self.study_date is not None:
+            parts.append(f"study date {self.study_date[:4]}-{self.study_date[4:6]}-{self.study_date[6:]}")
+        return "; ".join(parts)
 
     def as_evidence(self) -> Dataset:
         """The identifiers highdicom needs to list this image as evidence."""
@@ -221,6 +293,47 @@ class SimilarStudy:
         reference.SOPInstanceUID = self.sop_instance_uid
         reference.SOPClassUID = self.sop_class_uid
         return reference
+
+
+_LABEL_WORDS = {KnownLabel.COVID: "COVID-19", KnownLabel.NON_COVID: "no COVID-19"}
+
+
+@dataclass(frozen=True)
+class ImageRegion:
+    """A closed outline on the source image that the finding was inferred from.
+
+    Parameters
+    ----------
+    points : Sequence of (row, column)
+        At least three vertices in the source's pixel grid, continuous coordinates with
+        the top-left corner of the top-left pixel at (0, 0) (the DICOM SCOORD convention);
+        the outline is closed by repeating the first point.
+    description : str
+        What the region is, for the summary text (e.g. "region of highest relevance").
+    """
+
+    points: tuple[tuple[float, float], ...]
+    description: str
+
+    def __post_init__(self) -> None:
+        points = tuple((float(row), float(column)) for row, column in self.points)
+        if len(points) < 3:
+            raise ValueError('Argument "points" must have at least three vertices.')
+        if not all(math.isfinite(v) and v >= 0 for point in points for v in point):
+            raise ValueError('Argument "points" must be finite, non-negative coordinates.')
+        object.__setattr__(self, "points", points)
+        _check_text("description", self.description)
+
+    def graphic_data(self) -> np.ndarray:
+        """SCOORD Graphic Data: (column, row) pairs, closed (first point repeated at the end)."""
+        columns_rows = np.array([(column, row) for row, column in self.points], dtype=np.float32)
+        if not np.array_equal(columns_rows[0], columns_rows[-1]):
+            columns_rows = np.vstack([columns_rows, columns_rows[:1]])
+        return columns_rows
+
+    def fits(self, rows: int, columns: int) -> bool:
+        """Whether every vertex lies on an image of ``rows`` x ``columns`` pixels."""
+        return all(row <= rows and column <= columns for row, column in self.points)
 
 
 class ProcessingAlgorithmEquipment(hd.ContributingEquipment):
@@ -279,9 +392,18 @@ def _algorithm_identification(algorithm: AlgorithmInfo, parameters: Sequence[str
 
 
 def _finding_group(
-    source: Dataset, finding: Finding, algorithm: AlgorithmInfo, sop_instance_uid: str
+    source: Dataset, finding: Finding, algorithm: AlgorithmInfo, sop_instance_uid: str, region: ImageRegion | None
 ) -> MeasurementsAndQualitativeEvaluations:
-    return MeasurementsAndQualitativeEvaluations(
+    coordinates = None
+    if region is not None:
+        coordinates = [
+            CoordinatesForMeasurement(
+                graphic_type=GraphicTypeValues.POLYLINE,
+                graphic_data=region.graphic_data(),
+                source_image=SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
+            )
+        ]
+    group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             identifier="COVID-19 classification",
             uid=derived_uid("tracking", sop_instance_uid, "finding"),
@@ -291,8 +413,11 @@ def _finding_group(
         algorithm_id=_algorithm_identification(algorithm, [f"threshold={finding.threshold:g}"]),
         source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
         measurements=[
-            Measurement(name=codes.PROBABILITY, value=finding.probability, unit=codes.NO_UNITS),
-            Measurement(name=codes.THRESHOLD_VALUE, value=finding.threshold, unit=codes.NO_UNITS),
+            Measurement(
+                name=codes.PROBABILITY, value=finding.probability_percent, unit=codes.PERCENT,
+                referenced_coordinates=coordinates,
+            ),
+            Measurement(name=codes.THRESHOLD_VALUE, value=finding.threshold_percent, unit=codes.PERCENT),
         ],
         qualitative_evaluations=[
             QualitativeEvaluation(
@@ -301,34 +426,49 @@ def _finding_group(
             )
         ],
     )
-
-
-def _similar_case_group(
-    rank: int, similar: SimilarStudy, algorithm: AlgorithmInfo, sop_instance_uid: str
-) -> MeasurementsAndQualitativeEvaluations:
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            identifier=f"Similar case {rank}",
-            uid=derived_uid("tracking", sop_instance_uid, "similar", similar.sop_instance_uid),
-        ),
-        finding_type=codes.SIMILAR_CASE,
-        algorithm_id=_algorithm_identification(algorithm),
-        source_images=[
-            SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=similar.sop_class_uid,
-                referenced_sop_instance_uid=similar.sop_instance_uid,
-            )
-        ],
-        measurements=[
-            Measurement(name=codes.EMBEDDING_DISTANCE, value=similar.distance, unit=codes.NO_UNITS)
-        ],
-        qualitative_evaluations=[
-            QualitativeEvaluation(
-                name=codes.COVID_19,
-                value=codes.PRESENT if similar.label is KnownLabel.COVID else codes.ABSENT,
-            )
-        ],
+    group[0].ContentSequence.append(
+        TextContentItem(name=codes.COMMENT, value=finding.label(), relationship_type=RelationshipTypeValues.CONTAINS)
     )
+    return group
+
+
+def _qualitative_evaluations(
+    finding: Finding, similar: Sequence[SimilarStudy], algorithm: AlgorithmInfo, region: ImageRegion | None
+) -> ContainerContentItem:
+    container = ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = ContentSequence()
+    container.ContentSequence.append(
+        TextContentItem(
+            name=codes.SUMMARY, value=finding.summary(algorithm, region), relationship_type=RelationshipTypeValues.CONTAINS
+        )
+    )
+    for rank, case in enumerate(similar, start=1):
+        line = TextContentItem(
+            name=codes.SIMILAR_CASE, value=case.summary_line(rank), relationship_type=RelationshipTypeValues.CONTAINS
+        )
+        line.ContentSequence = ContentSequence(
+            [
+                ImageContentItem(
+                    name=codes.SIMILAR_IMAGE,
+                    referenced_sop_class_uid=case.sop_class_uid,
+                    referenced_sop_instance_uid=case.sop_instance_uid,
+                    relationship_type=RelationshipTypeValues.INFERRED_FROM,
+                )
+            ]
+        )
+        container.ContentSequence.append(line)
+    return container
+
+
+def _separate_containers(items: Sequence[Dataset]) -> None:
+    """Make every container SEPARATE: its items are read one by one, each with its name."""
+    for item in items:
+        if item.get("ValueType") == "CONTAINER":
+            item.ContinuityOfContent = "SEPARATE"
+        if "ContentSequence" in item:
+            _separate_containers(item.ContentSequence)
 
 
 def build_report(
@@ -337,6 +477,8 @@ def build_report(
     similar: Sequence[SimilarStudy],
     algorithm: AlgorithmInfo,
     *,
+    region: ImageRegion | None = None,
+    companions: Sequence[Dataset] = (),
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     series_number: int = DEFAULT_SERIES_NUMBER,
@@ -357,6 +499,12 @@ def build_report(
         Similar cases from the embedding index, most similar first (may be empty).
     algorithm : AlgorithmInfo
         Name, version, weights hash and manufacturer of the algorithm.
+    region : ImageRegion or None
+        The outline on the source the finding was inferred from (a SCOORD viewers draw).
+        Without one the finding has no image coordinates, which OHIF v3 cannot display.
+    companions : Sequence[pydicom.dataset.Dataset]
+        Objects the node made with the report in the source's study (summary image,
+        segmentation): listed as evidence (Current Requested Procedure Evidence).
     series_instance_uid : str or None
         ``None`` derives it from the source series and the algorithm
         (:func:`report_series_instance_uid`).
@@ -397,6 +545,15 @@ def build_report(
     referenced = [source.SOPInstanceUID, *(case.sop_instance_uid for case in similar)]
     if len(set(referenced)) != len(referenced):
         raise ValueError('Argument "similar" must list distinct images other than the source.')
+    if region is not None:
+        if not isinstance(region, ImageRegion):
+            raise TypeError('Argument "region" must have type ImageRegion.')
+        if "Rows" in source and not region.fits(int(source.Rows), int(source.Columns)):
+            raise ValueError('Argument "region" must lie on the source image.')
+    companions = list(companions)
+    for companion in companions:
+        if not isinstance(companion, Dataset) or companion.get("StudyInstanceUID") != source.StudyInstanceUID:
+            raise ValueError('Argument "companions" must be data sets in the source\'s study.')
     _check_text("series_description", series_description)
     if instance_number is None:
         instance_number = _positive_int_or_one(source.get("InstanceNumber"))
@@ -419,18 +576,15 @@ def build_report(
             model_name=algorithm.manufacturer_model_name,
         ),
     )
-    groups = [_finding_group(source, finding, algorithm, sop_instance_uid)]
-    groups += [
-        _similar_case_group(rank, case, algorithm, sop_instance_uid)
-        for rank, case in enumerate(similar, start=1)
-    ]
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PLAIN_CHEST_XRAY,
-        imaging_measurements=groups,
+        imaging_measurements=[_finding_group(source, finding, algorithm, sop_instance_uid, region)],
     )
+    report[0].ContentSequence.append(_qualitative_evaluations(finding, similar, algorithm, region))
+    _separate_containers(report)
     return Comprehensive3DSR(
-        evidence=[source, *(case.as_evidence() for case in similar)],
+        evidence=[source, *companions, *(case.as_evidence() for case in similar)],
         content=report,
         series_instance_uid=series_instance_uid,
         series_number=series_number,

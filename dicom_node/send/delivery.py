@@ -1,7 +1,7 @@
-"""Delivery of reports to the PACS: destinations, backoff, C-STORE of one file.
+"""Delivery of results to the PACS: destinations, backoff, C-STORE of a result's files.
 
 The pieces the outbox is built from. :func:`next_retry_delay` and :func:`is_delivered`
-are pure; :func:`send_file` is the only one touching the network, and it never raises:
+are pure; :func:`send_files` is the only one touching the network, and it never raises:
 whatever happens, it returns a :class:`DeliveryResult` the outbox can record.
 
 "Delivered" means the peer answered the C-STORE with a Success or Warning status
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,19 +141,38 @@ def send_file(
     dimse_timeout: float = 60,
     network_timeout: float = 60,
 ) -> DeliveryResult:
-    """C-STORE one DICOM file to ``destination``; never raises.
+    """C-STORE one DICOM file to ``destination``; never raises (see :func:`send_files`)."""
+    return send_files(
+        [path], destination, calling_ae_title=calling_ae_title, acse_timeout=acse_timeout,
+        dimse_timeout=dimse_timeout, network_timeout=network_timeout,
+    )
 
-    The file is sent in its own transfer syntax, which is the only one proposed, so
-    the bytes the PACS receives are the bytes on disk. With ``destination.tls`` the
-    association runs over TLS (:func:`client_context`); a failed handshake is one
-    "not delivered" line with its reason.
+
+def send_files(
+    paths: Sequence[Path | str],
+    destination: PacsDestination,
+    *,
+    calling_ae_title: str,
+    acse_timeout: float = 30,
+    dimse_timeout: float = 60,
+    network_timeout: float = 60,
+) -> DeliveryResult:
+    """C-STORE DICOM files to ``destination`` in order, on one association; never raises.
+
+    Each file is sent in its own transfer syntax, the only one proposed for its SOP
+    class, so the bytes the PACS receives are the bytes on disk. The result is delivered
+    only when every file is: a failure stops the sending, and the next attempt sends
+    them all again (same SOP Instance UIDs, so the PACS stores each once). With
+    ``destination.tls`` the association runs over TLS (:func:`client_context`); a failed
+    handshake is one "not delivered" line with its reason.
 
     Parameters
     ----------
-    path : pathlib.Path or str
-        The DICOM file (with file meta information).
+    paths : Sequence of pathlib.Path or str
+        The DICOM files (with file meta information), in sending order: objects a
+        report references come before the report.
     destination : PacsDestination
-        Where to send it.
+        Where to send them.
     calling_ae_title : str
         The node's AE title, as registered in the PACS.
     acse_timeout, dimse_timeout, network_timeout : float
@@ -161,53 +181,64 @@ def send_file(
     Returns
     -------
     DeliveryResult
-        ``delivered`` is true only for a Success or Warning response.
+        ``delivered`` is true only when every file got a Success or Warning response;
+        otherwise ``status`` and ``error`` are those of the first file that did not.
     """
-    path = Path(path)
-    try:
-        header = dcmread(path, stop_before_pixels=True)
-        sop_class_uid = header.SOPClassUID
-        transfer_syntax = header.file_meta.TransferSyntaxUID
-    except (OSError, InvalidDicomError, AttributeError) as exc:
-        return _failed(path, destination, f"cannot read {path.name}: {type(exc).__name__}")
+    paths = [Path(path) for path in paths]
+    if not paths:
+        raise ValueError("send_files needs at least one file")
+    contexts: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            header = dcmread(path, stop_before_pixels=True)
+            context_key = (str(header.SOPClassUID), str(header.file_meta.TransferSyntaxUID))
+        except (OSError, InvalidDicomError, AttributeError) as exc:
+            return _failed(path, destination, f"cannot read {path.name}: {type(exc).__name__}")
+        if context_key not in contexts:
+            contexts.append(context_key)
 
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = acse_timeout
     ae.dimse_timeout = dimse_timeout
     ae.network_timeout = network_timeout
     ae.connection_timeout = network_timeout
-    ae.add_requested_context(sop_class_uid, transfer_syntax)
+    for sop_class_uid, transfer_syntax in contexts:
+        ae.add_requested_context(sop_class_uid, transfer_syntax)
     context: ClientTLSContext | None = None
+    first = paths[0]
     if destination.tls:
         try:
             context = client_context(destination)
         except ConfigError as exc:  # a file changed since start-up
-            return _failed(path, destination, f"TLS configuration: {exc}")
+            return _failed(first, destination, f"TLS configuration: {exc}")
     tls_args = (context, destination.server_name) if context is not None else None
     try:
         with quiet_failed_tls(context):
             assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     except (OSError, RuntimeError, ValueError) as exc:
-        return _failed(path, destination, f"association failed: {describe_exception(exc)}")
+        return _failed(first, destination, f"association failed: {describe_exception(exc)}")
     if not assoc.is_established:
         if context is not None and context.last_error is not None:
-            return _failed(path, destination, f"TLS handshake failed: {handshake_failure_reason(context.last_error)}")
+            return _failed(first, destination, f"TLS handshake failed: {handshake_failure_reason(context.last_error)}")
         reason = "rejected" if assoc.is_rejected else "aborted or no answer"
-        return _failed(path, destination, f"association {reason}")
-    try:
-        response = assoc.send_c_store(path)
-    except (OSError, RuntimeError, ValueError, AttributeError) as exc:
-        assoc.abort()
-        return _failed(path, destination, f"C-STORE failed: {describe_exception(exc)}")
-    assoc.release()
-
-    code = response.get("Status")
-    if is_delivered(response):
+        return _failed(first, destination, f"association {reason}")
+    last_code = None
+    for path in paths:
+        try:
+            response = assoc.send_c_store(path)
+        except (OSError, RuntimeError, ValueError, AttributeError) as exc:
+            assoc.abort()
+            return _failed(path, destination, f"C-STORE failed: {describe_exception(exc)}")
+        code = response.get("Status")
+        if not is_delivered(response):
+            assoc.release()
+            if code is None:
+                return _failed(path, destination, "no C-STORE response (timeout or abort)")
+            return _failed(path, destination, f"C-STORE status 0x{code:04X}", status=code)
         logger.info("%s delivered to %s, status 0x%04X", path.name, destination.name, code)
-        return DeliveryResult(delivered=True, status=code)
-    if code is None:
-        return _failed(path, destination, "no C-STORE response (timeout or abort)")
-    return _failed(path, destination, f"C-STORE status 0x{code:04X}", status=code)
+        last_code = code
+    assoc.release()
+    return DeliveryResult(delivered=True, status=last_code)
 
 
 def _failed(path: Path, destination: PacsDestination, error: str, status: int | None = None) -> DeliveryResult:

@@ -1,4 +1,4 @@
-"""The outbox: deliver each report to each PACS destination, retrying until done or given up.
+"""The outbox: deliver each result (the report and the objects it references) to each PACS destination, retrying until done or given up.
 
 The decisions are pure functions of a job's record and the time (:func:`record_attempt`,
 :func:`is_due`, :func:`final_state`); :class:`Outbox` is the thin loop around them that
@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from dicom_node.config import NodeConfig, PacsDestination
-from dicom_node.send.delivery import DeliveryResult, next_retry_delay, send_file
+from dicom_node.send.delivery import DeliveryResult, next_retry_delay, send_files
 from dicom_node.spool import DeliveryState, Job, JobState, Spool
 
 logger = logging.getLogger(__name__)
 
-SendFile = Callable[..., DeliveryResult]
+SendFiles = Callable[..., DeliveryResult]
+""":func:`dicom_node.send.delivery.send_files` or a stand-in: ``(paths, destination, **options)``."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Outbox:
     calling_ae_title : str
         The node's AE title, as the PACS knows it.
     send : callable
-        :func:`dicom_node.send.delivery.send_file` or a stand-in with its signature.
+        :func:`dicom_node.send.delivery.send_files` or a stand-in with its signature.
     clock : callable
         Unix time now.
     """
@@ -119,7 +120,7 @@ class Outbox:
         policy: RetryPolicy,
         calling_ae_title: str,
         *,
-        send: SendFile = send_file,
+        send: SendFiles = send_files,
         clock: Callable[[], float] = time.time,
         timeout: float = 30,
     ) -> None:
@@ -149,7 +150,7 @@ class Outbox:
             if destination is None or not is_due(delivery, self.clock()):
                 continue  # a destination removed from the config waits until it is back
             result = self.send(
-                self.spool.result_path(job), destination, calling_ae_title=self.calling_ae_title,
+                self.spool.result_paths(job), destination, calling_ae_title=self.calling_ae_title,
                 acse_timeout=self.timeout, dimse_timeout=self.timeout, network_timeout=self.timeout,
             )
             updated = record_attempt(delivery, result, self.clock(), self.policy)

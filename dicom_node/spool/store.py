@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +89,9 @@ class Job:
     detail: str = ""
     history: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     result_file: str = ""  # the report, relative to the spool root, once there is one
+    # Objects the report references (summary image, segmentation), sent before it so the
+    # PACS holds them when the report arrives; relative to the spool root.
+    companion_files: tuple[str, ...] = ()
     deliveries: tuple[DeliveryState, ...] = field(default_factory=tuple)
 
     @property
@@ -107,6 +110,7 @@ class Job:
         record["state"] = JobState(record["state"])
         record["history"] = tuple(tuple(h) for h in record.get("history", ()))
         record["deliveries"] = tuple(DeliveryState(**d) for d in record.get("deliveries", ()))
+        record["companion_files"] = tuple(record.get("companion_files", ()))  # absent in older records
         return cls(**record)
 
     def entered_state_at(self) -> datetime:
@@ -254,15 +258,40 @@ class Spool:
         return job
 
     def result_path(self, job: Job) -> Path:
+        """The job's report."""
         return self.root / job.result_file
 
-    def put_result(self, job: Job, report: bytes, destinations: Iterable[str]) -> Job:
-        """Store ``job``'s report durably and move the job to the outbox, one delivery per destination."""
+    def result_paths(self, job: Job) -> list[Path]:
+        """Every object of the job's result in sending order: the companions, then the report."""
+        return [*(self.root / name for name in job.companion_files), self.result_path(job)]
+
+    def put_result(
+        self,
+        job: Job,
+        report: bytes,
+        destinations: Iterable[str],
+        companions: Sequence[tuple[str, bytes]] = (),
+    ) -> Job:
+        """Store ``job``'s result durably and move the job to the outbox, one delivery per destination.
+
+        ``companions`` are ``(kind, encoded object)`` pairs (kind: a short lower-case word such
+        as ``"sc"``, part of the file name). Every file is on disk before the job enters the
+        outbox; a crash before that leaves the job in ``processing``, and its re-analysis
+        rewrites the same files (the objects' UIDs are deterministic).
+        """
+        companion_files = []
+        for kind, data in companions:
+            if not re.fullmatch(r"[a-z]{1,16}", kind):
+                raise ValueError(f"companion kind must be 1-16 lower-case letters, got {kind!r}")
+            path = self.results_dir / f"{job.job_id}.{kind}.dcm"
+            write_atomically(path, [data], fsync=self.fsync)
+            companion_files.append(str(path.relative_to(self.root)))
         path = self.results_dir / f"{job.job_id}.dcm"
         write_atomically(path, [report], fsync=self.fsync)
         return self.transition(
             job, JobState.OUTBOX,
             result_file=str(path.relative_to(self.root)),
+            companion_files=tuple(companion_files),
             deliveries=tuple(DeliveryState(name) for name in destinations),
         )
 

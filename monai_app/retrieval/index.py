@@ -51,6 +51,19 @@ class Neighbour:
     item: ReferenceItem
     distance: float
     position: int
+    similarity: float | None = None  # cosine similarity of the two embeddings (-1..1), whatever the metric
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Cosine of the angle between two vectors; ``None`` when one is zero.
+
+    >>> round(cosine_similarity(np.array([1.0, 0.0]), np.array([1.0, 1.0])), 4)
+    0.7071
+    """
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0.0:
+        return None
+    return float(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
 
 
 def reference_uids(image_path: str) -> tuple[UID, UID, UID]:
@@ -126,7 +139,10 @@ class SimilarityIndex:
         if k < 1:
             raise ValueError('Argument "k" must be >= 1.')
         ids, distances = self._annoy.get_nns_by_vector(vector, k, search_k=search_k, include_distances=True)
-        return [Neighbour(self.items[i], float(d), i) for i, d in zip(ids, distances)]
+        return [
+            Neighbour(self.items[i], float(d), i, cosine_similarity(vector, self.vector(i)))
+            for i, d in zip(ids, distances)
+        ]
 
     def vector(self, item_index: int) -> np.ndarray:
         return np.asarray(self._annoy.get_item_vector(item_index), dtype=np.float32)

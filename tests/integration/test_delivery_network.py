@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
-from dicom_node.send.delivery import DeliveryResult, PacsDestination, send_file
+from dicom_node.send.delivery import DeliveryResult, PacsDestination, send_file, send_files
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
 from testkit.peers import free_port
 from testkit.shared_data import shared_data_dir
@@ -70,6 +70,26 @@ def test_sending_the_same_report_twice_stores_it_once(orthanc: OrthancServer, re
     assert first.delivered and second.delivered
     assert len(orthanc.find_instances(sop_instance_uid)) == 1
     assert len(orthanc.get("/instances")) == 1
+
+
+def test_a_result_of_several_files_goes_on_one_association_in_order(orthanc: OrthancServer, report_file: Path) -> None:
+    # A compressed radiograph and the report: two SOP classes, two transfer syntaxes.
+    image = shared_data_dir() / "dicom" / "pydicom-data" / "RG1_J2KI.dcm"
+    uids = [str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in (image, report_file)]
+
+    result = send_files([image, report_file], pacs(orthanc), calling_ae_title=CALLING_AE)
+
+    assert result == DeliveryResult(delivered=True, status=0x0000)
+    assert all(len(orthanc.find_instances(uid)) == 1 for uid in uids)
+
+
+def test_a_result_with_an_unreadable_file_is_not_delivered(orthanc: OrthancServer, report_file: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not DICOM")
+
+    result = send_files([report_file, broken], pacs(orthanc), calling_ae_title=CALLING_AE)
+
+    assert not result.delivered and result.error == "cannot read broken.dcm: InvalidDicomError"
 
 
 def test_unknown_calling_ae_is_rejected_and_not_delivered(orthanc: OrthancServer, report_file: Path) -> None:

@@ -7,13 +7,15 @@ checks are in ``tests/unit/test_sr.py``.
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from testkit.sr import ALL_SOURCES, CANON_DX, PHILIPS_CR, SIMILAR, build, read_source, write
+from dicom_node.report.sr import Finding, ImageRegion, build_report
+from testkit.sr import ALGORITHM, ALL_SOURCES, CANON_DX, PHILIPS_CR, SIMILAR, build, read_source, write
 
 pytestmark = pytest.mark.usefixtures("strict_writing")  # any invalid value set fails the test
 
@@ -60,8 +62,20 @@ def test_dciodvfy_reports_errors_on_a_broken_report(tmp_path: Path) -> None:
     assert any("<VerificationFlag>" in e for e in errors)
 
 
-def test_dsrdump_renders_the_tree_with_finding_and_similar_cases(tmp_path: Path) -> None:
-    path = write(build(read_source(CANON_DX)), tmp_path / "sr.dcm")
+REGION = ImageRegion(((100.0, 200.0), (100.0, 900.0), (1500.0, 900.0), (1500.0, 200.0)), "region of highest relevance")
+
+
+def test_report_with_a_region_has_no_dciodvfy_errors(tmp_path: Path) -> None:
+    path = write(build(read_source(CANON_DX), region=REGION), tmp_path / "sr.dcm")
+
+    errors, warnings = dciodvfy_messages(path)
+
+    assert errors == []
+    assert [w for w in warnings if not any(re.search(p, w) for p in JUSTIFIED_WARNINGS)] == []
+
+
+def test_dsrdump_renders_the_tree_with_finding_region_and_similar_cases(tmp_path: Path) -> None:
+    path = write(build(read_source(CANON_DX), region=REGION), tmp_path / "sr.dcm")
 
     result = subprocess.run(["/usr/bin/dsrdump", "+Pu", "+Pt", str(path)], capture_output=True, text=True, timeout=60)
 
@@ -70,10 +84,31 @@ def test_dsrdump_renders_the_tree_with_finding_and_similar_cases(tmp_path: Path)
     assert "Imaging Measurement Report" in tree
     assert "Verification Flag   : UNVERIFIED" in tree
     assert '(840539006,SCT,"COVID-19")' in tree
-    assert re.search(r'NUM:\(,,"Probability"\)="0\.73" \(1,UCUM,"no units"\)', tree)
+    assert re.search(r'NUM:\(,,"Probability"\)="73(\.0)?" \(%,UCUM,"Percent"\)', tree)
+    assert re.search(r'<inferred from SCOORD:\(,,"Source"\)=\(POLYLINE,200/100,', tree)
     assert '<contains CODE:(,,"COVID-19")=(52101004,SCT,"Present")>' in tree
     for rank, case in enumerate(SIMILAR, start=1):
-        assert f'"Similar case {rank}"' in tree
+        assert f'"{rank}. Known label: ' in tree
         assert case.sop_instance_uid in tree
-    assert re.search(r'NUM:\(,,"Embedding distance"\)="0\.1234"', tree)
     assert "TID 1500 (DCMR)" in tree
+
+
+def html_text(path: Path) -> str:
+    """``dsr2html``'s page as the reader sees it: tags removed, white space collapsed."""
+    result = subprocess.run(["/usr/bin/dsr2html", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", result.stdout)))
+
+
+def test_dsr2html_shows_each_concept_name_beside_its_value(tmp_path: Path) -> None:
+    report = build_report(read_source(CANON_DX), Finding(0.06457494199276, 0.13), SIMILAR, ALGORITHM, region=REGION)
+    text = html_text(write(report, tmp_path / "sr.dcm"))
+
+    assert "Probability: 6.5 %" in text
+    assert re.search(r"Threshold Value: 13(\.0)? %", text)
+    assert "COVID-19: Absent" in text
+    assert "Comment: COVID-19 not suggested: 6.5 % (threshold 13 %)" in text
+    assert "Summary: The AI model does not suggest COVID-19: probability 6.5 % < operating threshold 13 %." in text
+    assert "not for diagnostic use" in text
+    assert "Similar case: 1. Known label: " in text
+    assert "0.06457494199276" not in text

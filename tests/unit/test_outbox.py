@@ -71,8 +71,8 @@ class ScriptedSend:
         self.results, self.clock = list(results), clock
         self.calls: list[tuple[str, float]] = []
 
-    def __call__(self, path: Path, destination: PacsDestination, **_: object) -> DeliveryResult:
-        assert path.is_file()
+    def __call__(self, paths: list[Path], destination: PacsDestination, **_: object) -> DeliveryResult:
+        assert paths and all(path.is_file() for path in paths)
         self.calls.append((destination.name, self.clock[0]))
         return self.results.pop(0)
 

@@ -125,3 +125,38 @@ def test_job_records_being_written_are_not_jobs(tmp_path: Path) -> None:
     assert spool.counts()["received"] == 0
     assert spool.recover()["temp_files_removed"] == 1
     assert not in_flight.exists()
+
+
+def test_put_result_stores_companions_before_the_report_in_sending_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job, _ = _store(spool, "1.2.3")
+    job = spool.transition(job, JobState.PROCESSING)
+
+    done = spool.put_result(job, b"report", ["pacs"], companions=[("sc", b"summary"), ("seg", b"lungs")])
+
+    assert done.state is JobState.OUTBOX
+    found = Spool(tmp_path).find_job("1.2.3")  # read back from disk
+    assert found is not None and found.companion_files == done.companion_files
+    paths = spool.result_paths(found)
+    assert [p.name for p in paths] == ["1.2.3.sc.dcm", "1.2.3.seg.dcm", "1.2.3.dcm"]
+    assert [p.read_bytes() for p in paths] == [b"summary", b"lungs", b"report"]
+    assert spool.result_path(found) == paths[-1]
+
+
+def test_put_result_refuses_a_companion_kind_unfit_for_a_file_name(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job, _ = _store(spool, "1.2.3")
+    with pytest.raises(ValueError, match="companion kind"):
+        spool.put_result(job, b"report", [], companions=[("../x", b"")])
+    assert spool.find_job("1.2.3").state is JobState.RECEIVED  # type: ignore[union-attr]
+
+
+def test_a_job_record_written_before_companions_existed_still_reads(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    job, _ = _store(spool, "1.2.3")
+    record = job.to_json().replace(b'"companion_files": [],', b"")
+    assert b"companion_files" not in record
+
+    old = Job.from_json(record)
+
+    assert old.companion_files == () and spool.result_paths(replace(old, result_file="results/1.2.3.dcm"))[0].name == "1.2.3.dcm"
