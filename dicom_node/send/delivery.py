@@ -184,11 +184,11 @@ def send_files(
         ``delivered`` is true only when every file got a Success or Warning response;
         otherwise ``status`` and ``error`` are those of the first file that did not.
     """
-    paths = [Path(path) for path in paths]
-    if not paths:
+    files = [Path(path) for path in paths]
+    if not files:
         raise ValueError("send_files needs at least one file")
     contexts: list[tuple[str, str]] = []
-    for path in paths:
+    for path in files:
         try:
             header = dcmread(path, stop_before_pixels=True)
             context_key = (str(header.SOPClassUID), str(header.file_meta.TransferSyntaxUID))
@@ -205,7 +205,7 @@ def send_files(
     for sop_class_uid, transfer_syntax in contexts:
         ae.add_requested_context(sop_class_uid, transfer_syntax)
     context: ClientTLSContext | None = None
-    first = paths[0]
+    first = files[0]
     if destination.tls:
         try:
             context = client_context(destination)
@@ -223,7 +223,7 @@ def send_files(
         reason = "rejected" if assoc.is_rejected else "aborted or no answer"
         return _failed(first, destination, f"association {reason}")
     last_code = None
-    for path in paths:
+    for path in files:
         try:
             response = assoc.send_c_store(path)
         except (OSError, RuntimeError, ValueError, AttributeError) as exc:
