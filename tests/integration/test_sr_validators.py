@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.dciodvfy import dciodvfy_messages, unexplained
 from testkit.sr import ALL_SOURCES, CANON_DX, PHILIPS_CR, SIMILAR, build, read_source, write
 
 pytestmark = pytest.mark.usefixtures("strict_writing")  # any invalid value set fails the test
@@ -35,12 +36,6 @@ JUSTIFIED_WARNINGS = (
 )
 
 
-def dciodvfy_messages(path: Path) -> tuple[list[str], list[str]]:
-    result = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
-
-
 @pytest.mark.parametrize("source_file", ALL_SOURCES)
 def test_report_has_no_dciodvfy_errors_and_only_justified_warnings(source_file: str, tmp_path: Path) -> None:
     path = write(build(read_source(source_file)), tmp_path / "sr.dcm")
@@ -48,8 +43,7 @@ def test_report_has_no_dciodvfy_errors_and_only_justified_warnings(source_file: 
     errors, warnings = dciodvfy_messages(path)
 
     assert errors == []
-    unexplained = [w for w in warnings if not any(re.search(p, w) for p in JUSTIFIED_WARNINGS)]
-    assert unexplained == []
+    assert unexplained(warnings, JUSTIFIED_WARNINGS) == []
 
 
 def test_dciodvfy_reports_errors_on_a_broken_report(tmp_path: Path) -> None:
