@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# DCMTK (storescu, dcmdump, dsrdump), dicom3tools (dciodvfy) and Orthanc (the test PACS).
-apt_packages=(dcmtk dicom3tools orthanc curl openssl)
+# DCMTK (storescu, dcmdump, dsrdump), dicom3tools (dciodvfy), Orthanc (the test PACS) and
+# DejaVu Sans (the banner font of the summary image).
+apt_packages=(dcmtk dicom3tools orthanc curl openssl fonts-dejavu-core)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

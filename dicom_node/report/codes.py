@@ -1,4 +1,4 @@
-"""Every coded concept the node writes into its Structured Reports, named once.
+"""Every coded concept the node writes into its reports and derived images, named once.
 
 Standard codes come from :data:`pydicom.sr.codedict.codes` where pydicom has them; the
 few it lacks are spelled out with their source. Codes from a non-standard coding scheme
@@ -67,6 +67,15 @@ EMBEDDING_DISTANCE = Code("EMBDIST", PRIVATE_SCHEME, "Embedding distance")
 # The image a similar-case line refers to (DCM 121112 "Source of Measurement" is for
 # measurements; this line is a retrieval result).
 SIMILAR_IMAGE = Code("SIMIMG", PRIVATE_SCHEME, "Similar image")
+
+# --- Derived images (summary Secondary Capture, lung Segmentation) -------------------------
+# DCM 121322 (CID 7202): purpose of the Source Image Sequence item of a derived image.
+SOURCE_IMAGE_FOR_PROCESSING = codes.DCM.SourceImageForImageProcessingOperation
+# Segment of the lung segmentation: category SCT 91723000 "Anatomical Structure", the
+# code CID 7150 lists today (SCT 123037004 "Body structure" is its older form), type Lung.
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
+# DCM 123110 (CID 7162): algorithm family of the U-Net.
+ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence
 
 # Designator -> (name, responsible organization) of each non-standard scheme used above.
 _NON_STANDARD_SCHEMES: dict[str, tuple[str, str]] = {

@@ -8,6 +8,7 @@ copied is valid.
 from __future__ import annotations
 
 import logging
+import re
 
 from pydicom import config
 from pydicom.dataelem import DataElement
@@ -31,6 +32,7 @@ _TYPE2_SOURCE_ATTRIBUTES = (
 )
 # Text VRs whose invalid values are copied as empty (see checked_source).
 _BLANKABLE_VRS = frozenset({"AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM"})
+_ORIENTATION = re.compile(r"[APRLHF]{1,3}")
 _REQUIRED_SOURCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -65,6 +67,53 @@ def checked_source(source: object) -> Dataset:
     for keyword in missing:
         setattr(patched, keyword, None)
     return patched
+
+
+def source_instance_number(source: Dataset) -> int:
+    """The source's Instance Number for a derived object: a positive int, else 1.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The image the object is made from.
+
+    Returns
+    -------
+    int
+        Its Instance Number if that is an integer >= 1, else 1 (Instance Number is Type 2
+        in images and may be missing, empty or invalid).
+    """
+    try:
+        number = int(source.get("InstanceNumber"))  # IS values arrive as IS (an int subclass) or str
+    except (TypeError, ValueError):
+        return 1
+    return number if number >= 1 else 1
+
+
+def source_patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation when it is valid, else ``None`` (to be written empty).
+
+    An object on the source's pixel grid, or a scaled copy of it, has the source's
+    orientation. Valid: two values, each one to three of the biped direction letters
+    ``A P R L H F`` (PS3.3 C.7.6.1.1.1); quadruped and empty values give ``None``.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The image the object is made from.
+
+    Returns
+    -------
+    tuple[str, str] or None
+        The row and column directions, e.g. ``("L", "F")``.
+    """
+    values = source.get("PatientOrientation")
+    if values is None or isinstance(values, str) or len(values) != 2:
+        return None
+    row, column = (str(value) for value in values)
+    if all(_ORIENTATION.fullmatch(direction) for direction in (row, column)):
+        return row, column
+    return None
 
 
 def _has_invalid_text_value(element: DataElement) -> bool:

@@ -77,7 +77,7 @@ from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.uid import UID
 
 from dicom_node.report import codes
-from dicom_node.report.source import checked_source
+from dicom_node.report.source import checked_source, source_instance_number
 from dicom_node.report.uids import derived_uid
 from monai_app.labels import CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
 
@@ -556,7 +556,7 @@ def build_report(
             raise ValueError('Argument "companions" must be data sets in the source\'s study.')
     _check_text("series_description", series_description)
     if instance_number is None:
-        instance_number = _positive_int_or_one(source.get("InstanceNumber"))
+        instance_number = source_instance_number(source)
 
     if series_instance_uid is None:
         series_instance_uid = report_series_instance_uid(source, algorithm)
@@ -602,10 +602,3 @@ def build_report(
         contributing_equipment=[ProcessingAlgorithmEquipment(algorithm)],
     )
 
-
-def _positive_int_or_one(value: object) -> int:
-    try:
-        number = int(value)  # type: ignore[call-overload]  # IS values arrive as IS (an int subclass) or str
-    except (TypeError, ValueError):
-        return 1
-    return number if number >= 1 else 1

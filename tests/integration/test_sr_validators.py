@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dicom_node.report.sr import Finding, ImageRegion, build_report
+from testkit.dciodvfy import dciodvfy_messages, unexplained
 from testkit.sr import ALGORITHM, ALL_SOURCES, CANON_DX, PHILIPS_CR, SIMILAR, build, read_source, write
 
 pytestmark = pytest.mark.usefixtures("strict_writing")  # any invalid value set fails the test
@@ -37,12 +38,6 @@ JUSTIFIED_WARNINGS = (
 )
 
 
-def dciodvfy_messages(path: Path) -> tuple[list[str], list[str]]:
-    result = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
-
-
 @pytest.mark.parametrize("source_file", ALL_SOURCES)
 def test_report_has_no_dciodvfy_errors_and_only_justified_warnings(source_file: str, tmp_path: Path) -> None:
     path = write(build(read_source(source_file)), tmp_path / "sr.dcm")
@@ -50,8 +45,7 @@ def test_report_has_no_dciodvfy_errors_and_only_justified_warnings(source_file: 
     errors, warnings = dciodvfy_messages(path)
 
     assert errors == []
-    unexplained = [w for w in warnings if not any(re.search(p, w) for p in JUSTIFIED_WARNINGS)]
-    assert unexplained == []
+    assert unexplained(warnings, JUSTIFIED_WARNINGS) == []
 
 
 def test_dciodvfy_reports_errors_on_a_broken_report(tmp_path: Path) -> None:
@@ -71,7 +65,7 @@ def test_report_with_a_region_has_no_dciodvfy_errors(tmp_path: Path) -> None:
     errors, warnings = dciodvfy_messages(path)
 
     assert errors == []
-    assert [w for w in warnings if not any(re.search(p, w) for p in JUSTIFIED_WARNINGS)] == []
+    assert unexplained(warnings, JUSTIFIED_WARNINGS) == []
 
 
 def test_dsrdump_renders_the_tree_with_finding_region_and_similar_cases(tmp_path: Path) -> None:

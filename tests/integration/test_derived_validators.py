@@ -1,0 +1,105 @@
+"""The summary Secondary Capture and the lung Segmentation pass dicom3tools' ``dciodvfy``.
+
+Each object is built from a real CR/DX header (the summary from a real radiograph's
+pixels), written, and checked: no errors, and every warning one of the justified ones
+below. The content checks are in ``tests/unit/test_summary_image.py`` and
+``tests/unit/test_segmentation.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_node.report.segmentation import build_lung_segmentation
+from dicom_node.report.sr import Finding
+from dicom_node.report.summary_image import build_summary_image
+from dicom_node.report.summary_picture import banner_lines, render_summary
+from testkit.dciodvfy import dciodvfy_messages, unexplained
+from testkit.derived import display_pixels, ellipses, lung_probability, relevance_blob
+from testkit.sr import ALGORITHM, ALL_SOURCES, CANON_DX, read_source, write
+
+pytestmark = pytest.mark.usefixtures("strict_writing")  # any invalid value set fails the test
+
+# dciodvfy warnings that are acceptable, and why (as for the SR, test_sr_validators.py).
+JUSTIFIED_WARNINGS = (
+    # IHE AIR requires Device UID in the algorithm's Contributing Equipment item; this
+    # dciodvfy (dicom3tools 2022-06) does not list it there, hence also "Standard Extended".
+    r"Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID",
+    r"Dicom dataset contains attributes not present in standard DICOM IOD - "
+    r"this is a Standard Extended SOP Class",
+    # Copied unchanged from the de-identified sources (empty Type 2 study attributes,
+    # single-component patient and physician names such as "Anonymized").
+    r"Missing attribute or value that would be needed to build DICOMDIR - "
+    r"(Patient ID|Study Date|Study Time|Study ID)",
+    r"Value dubious for this VR - \(0x00(10,0x0010|08,0x0090)\) PN .* - Retired Person Name form",
+)
+
+
+def summary(source_file: str, max_size: int = 512):
+    film = display_pixels(source_file)
+    rows, cols = film.shape
+    finding = Finding(0.71)
+    pixels = render_summary(
+        film, relevance_blob(rows, cols), lung_probability(rows, cols), banner_lines(finding, ALGORITHM),
+        max_size=max_size,
+    )
+    return build_summary_image(read_source(source_file), pixels, finding, ALGORITHM)
+
+
+@pytest.mark.parametrize("source_file", ALL_SOURCES)
+def test_summary_image_has_no_dciodvfy_errors_and_only_justified_warnings(source_file: str, tmp_path: Path) -> None:
+    errors, warnings = dciodvfy_messages(write(summary(source_file), tmp_path / "sc.dcm"))
+
+    assert errors == []
+    assert unexplained(warnings, JUSTIFIED_WARNINGS) == []
+
+
+def test_full_size_summary_image_has_no_dciodvfy_errors(tmp_path: Path) -> None:
+    errors, warnings = dciodvfy_messages(write(summary(CANON_DX, max_size=2048), tmp_path / "sc.dcm"))
+
+    assert errors == []
+    assert unexplained(warnings, JUSTIFIED_WARNINGS) == []
+
+
+def test_summary_image_of_a_source_without_body_part_gives_laterality_empty(tmp_path: Path) -> None:
+    # Laterality is Type 2C for a paired body part; with none known it is written empty,
+    # which dciodvfy accepts with this one warning.
+    source = read_source(CANON_DX)
+    del source.BodyPartExamined
+    image = build_summary_image(source, summary(CANON_DX).pixel_array, Finding(0.2), ALGORITHM)
+
+    errors, warnings = dciodvfy_messages(write(image, tmp_path / "sc.dcm"))
+
+    assert errors == []
+    assert unexplained(warnings, JUSTIFIED_WARNINGS) == [
+        "Warning - is only permitted to be empty when actually unknown; should be absent (not empty) if an "
+        "unpaired body part, and have a value if a paired body part - attribute <Laterality>"
+    ]
+
+
+@pytest.mark.parametrize("source_file", ALL_SOURCES)
+def test_lung_segmentation_has_no_dciodvfy_errors_and_only_justified_warnings(source_file: str, tmp_path: Path) -> None:
+    source = read_source(source_file)
+    segmentation = build_lung_segmentation(source, ellipses(source.Rows, source.Columns), ALGORITHM)
+
+    errors, warnings = dciodvfy_messages(write(segmentation, tmp_path / "seg.dcm"))
+
+    assert errors == []
+    assert unexplained(warnings, JUSTIFIED_WARNINGS) == []
+
+
+def test_dciodvfy_reports_errors_on_broken_objects(tmp_path: Path) -> None:
+    # The checks above can fail: dciodvfy flags a missing Conversion Type and a missing
+    # Patient Orientation (Type 2C without a Frame of Reference).
+    image = summary(CANON_DX)
+    del image.ConversionType
+    errors, _ = dciodvfy_messages(write(image, tmp_path / "sc.dcm"))
+    assert any("<ConversionType>" in e for e in errors)
+
+    source = read_source(CANON_DX)
+    segmentation = build_lung_segmentation(source, ellipses(source.Rows, source.Columns), ALGORITHM)
+    del segmentation.PatientOrientation
+    errors, _ = dciodvfy_messages(write(segmentation, tmp_path / "seg.dcm"))
+    assert any("<PatientOrientation>" in e for e in errors)
