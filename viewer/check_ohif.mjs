@@ -60,7 +60,8 @@ function collect() {
   // Runs in the page: canvases, annotation layers, visible text.
   const viewports = [...document.querySelectorAll('.viewport-element')].map(element => {
     const canvas = element.querySelector('canvas.cornerstone-canvas') ?? element.querySelector('canvas');
-    const out = { canvas: null, mean: null, std: null, shapes: 0, texts: [] };
+    const r = element.getBoundingClientRect();
+    const out = { box: [r.x, r.y, r.width, r.height].map(Math.round), canvas: null, mean: null, std: null, shapes: 0, texts: [] };
     if (canvas && canvas.width > 0 && canvas.height > 0) {
       out.canvas = [canvas.width, canvas.height];
       try {
