@@ -4,13 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# DCMTK (storescu, dcmdump, dsrdump), dicom3tools (dciodvfy), Orthanc (the test PACS) and
+# DCMTK (storescu, dcmdump, dsrdump), dicom3tools (dciodvfy), Orthanc (the test PACS) with its
+# DICOMweb plugin, Chromium plus Node for the OHIF viewer checks (testkit/viewer.py), and
 # DejaVu Sans (the banner font of the summary image).
-apt_packages=(dcmtk dicom3tools orthanc curl openssl fonts-dejavu-core)
+apt_packages=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium nodejs curl openssl fonts-dejavu-core)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# Debian's nodejs comes without npm; NodeSource's nodejs bundles it (and conflicts with Debian's npm).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: need root to apt-get install ${missing[*]}" >&2
@@ -29,3 +32,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # Pinned CPU torch first: anything unpinned would pull a CUDA build of several GB.
 .venv/bin/pip install -q --no-cache-dir torch==2.13.0
 .venv/bin/pip install -q --no-cache-dir -e ".[test]"
+
+# The OHIF v3 viewer harness: puppeteer-core and the pinned @ohif/app dist (viewer/install.sh).
+bash viewer/install.sh

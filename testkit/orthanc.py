@@ -2,7 +2,9 @@
 
 Started as a plain process with its own config and database in a temporary folder,
 accepting C-STORE only from the calling AE titles it is given, and stopped by PID.
-With :class:`OrthancTLS` its DICOM port speaks DICOM TLS only (``DicomTlsEnabled``).
+With :class:`OrthancTLS` its DICOM port speaks DICOM TLS only (``DicomTlsEnabled``); with
+``dicomweb=True`` it loads Debian's ``orthanc-dicomweb`` plugin (QIDO/WADO-RS under
+``/dicom-web/``, WADO-URI at ``/wado``), which the OHIF viewer checks (testkit/viewer.py) read.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any
 from testkit.peers import free_port
 
 ORTHANC_AE_TITLE = "ORTHANC"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_ROOT = "/dicom-web/"
+WADO_URI_ROOT = "/wado"
 
 
 def orthanc_binary() -> str | None:
@@ -28,6 +33,11 @@ def orthanc_binary() -> str | None:
     return shutil.which("Orthanc") or next(
         (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).exists()), None
     )
+
+
+def dicomweb_plugin() -> Path | None:
+    """Path of the DICOMweb plugin (Debian ``orthanc-dicomweb``), or ``None`` when missing."""
+    return DICOMWEB_PLUGIN if DICOMWEB_PLUGIN.exists() else None
 
 
 @dataclass(frozen=True)
@@ -45,12 +55,23 @@ class OrthancTLS:
 
 
 class OrthancServer:
-    """Orthanc listening on ``127.0.0.1:dicom_port`` (AE ``ORTHANC``) and ``http_port``."""
+    """Orthanc listening on ``127.0.0.1:dicom_port`` (AE ``ORTHANC``) and ``http_port``.
 
-    def __init__(self, workdir: Path, calling_ae_titles: tuple[str, ...], tls: OrthancTLS | None = None) -> None:
+    ``dicomweb=True`` adds the DICOMweb plugin with full study/series metadata, as OHIF needs.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        calling_ae_titles: tuple[str, ...],
+        tls: OrthancTLS | None = None,
+        *,
+        dicomweb: bool = False,
+    ) -> None:
         self.workdir = workdir
         self.calling_ae_titles = calling_ae_titles
         self.tls = tls
+        self.dicomweb = dicomweb
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -59,13 +80,19 @@ class OrthancServer:
         binary = orthanc_binary()
         if binary is None:
             raise RuntimeError("Orthanc is not installed: run scripts/setup.sh")
+        plugins: list[str] = []
+        if self.dicomweb:
+            plugin = dicomweb_plugin()
+            if plugin is None:
+                raise RuntimeError(f"{DICOMWEB_PLUGIN} missing: run scripts/setup.sh (orthanc-dicomweb)")
+            plugins.append(str(plugin))
         db = self.workdir / "db"
         db.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "TEST-PACS",
             "StorageDirectory": str(db),
             "IndexDirectory": str(db),
-            "Plugins": [],
+            "Plugins": plugins,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
@@ -81,6 +108,15 @@ class OrthancServer:
             "SaveJobs": False,
             "ExecuteLuaEnabled": False,
         }
+        if self.dicomweb:
+            config["DicomWeb"] = {
+                "Enable": True,
+                "Root": DICOMWEB_ROOT,
+                "EnableWado": True,
+                "WadoRoot": WADO_URI_ROOT,
+                "StudiesMetadata": "Full",
+                "SeriesMetadata": "Full",
+            }
         if self.tls is not None:
             config |= {
                 "DicomTlsEnabled": True,
