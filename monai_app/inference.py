@@ -5,6 +5,8 @@ channel from the U-Net, resize, CLAHE, channel stacking), the classifier and its
 postprocessing are the bundle's own MONAI standard IDs (``preprocessing``, ``network``,
 ``postprocessing``, plus ``model_file``, ``cls_lung_model_file`` and ``threshold``), parsed with
 MONAI's ``ConfigParser`` from ``configs/common.yaml`` with ``inference_classifier.yaml`` stacked on it.
+On request ``predict`` adds the classifier's Grad-CAM (:mod:`monai_app.relevance`); each prepared
+image carries the geometry back to its source pixels (:mod:`monai_app.transforms.geometry`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from monai_app.labels import DEFAULT_THRESHOLD
+from monai_app.labels import DEFAULT_THRESHOLD, POSITIVE_CLASS
 from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
+from monai_app.relevance import GradCamRelevance
 from monai_app.retrieval.index import Neighbour, SimilarityIndex
 from monai_app.transforms.chest_appearance import AppearanceModel
+from monai_app.transforms.dictionary import LoadChestXrayd
+from monai_app.transforms.geometry import ModelGrid, grid_from_meta
 from monai_app.transforms.lung_fields import LungFields, measure_lung_fields
 from monai_app.weights import sha256_of
 
@@ -69,15 +74,36 @@ class ModelIdentity:
     files: tuple[tuple[str, str], ...]  # (file name, its SHA-256): U-Net, classifier, then the appearance model
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """An image in [0, 1] as 8-bit grey (``round(255 x)``), the display form of the loaded source.
+
+    >>> to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist()
+    [0, 128, 255]
+    """
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class PreparedImage:
-    """An image after the bundle's preprocessing: the classifier input and whether it looks like a frontal chest."""
+    """An image after the bundle's preprocessing: the classifier input and whether it looks like a frontal chest.
+
+    ``grid`` maps the model grid (``tensor``'s rows and columns) back to the source image;
+    ``source_image`` is the loaded image before the crop, for a picture of the result: one byte
+    per source pixel (about 4 MiB for a 2,000 x 2,000 radiograph), kept while the image is.
+    """
 
     tensor: torch.Tensor  # (3, rows, columns): image, lung probability, zeros
     lung_fraction: float  # share of pixels the U-Net calls lung (probability >= 0.5)
     lung_fields: LungFields | None = None  # the U-Net's lung fields, measured and judged
     appearance_residual: float = float("nan")  # of the chest appearance model (nan: no model)
     appearance_limit: float = float("inf")
+    grid: ModelGrid | None = None  # model grid -> source pixel grid (None: geometry not recorded)
+    source_image: np.ndarray | None = None  # (source rows, columns) uint8, the loaded image x 255
+
+    @property
+    def lung_probability(self) -> np.ndarray:
+        """The U-Net's lung probability on the model grid, ``(rows, columns)`` float32 in [0, 1]."""
+        return self.tensor[LUNG_CHANNEL].numpy()
 
     @property
     def not_chest_reason(self) -> str:
@@ -100,6 +126,7 @@ class Prediction:
 
     probability: float  # of COVID-19
     embedding: np.ndarray  # (embedding_dim,) float32, what the similar-study index is built on
+    relevance: np.ndarray | None = None  # Grad-CAM of COVID-19, model grid (rows, columns) float32 in [0, 1]
 
 
 class BundleAnalyser:
@@ -139,6 +166,9 @@ class BundleAnalyser:
             if not path.is_file():
                 raise FileNotFoundError(f"the bundle has no weights file {path}")
         self.preprocessing = parser.get_parsed_content("preprocessing")
+        if not isinstance(self.preprocessing.transforms[0], LoadChestXrayd):
+            # prepare() keeps the loaded image by running the loader apart from the rest.
+            raise TypeError(f"preprocessing must start with LoadChestXrayd, got {type(self.preprocessing.transforms[0]).__name__}")
         self.postprocessing = parser.get_parsed_content("postprocessing")
         network = parser.get_parsed_content("network")
         if not isinstance(network, CovidClassifier):
@@ -170,6 +200,7 @@ class BundleAnalyser:
             if not index_dir.is_dir():
                 raise FileNotFoundError(f"the bundle has no similar-study index {index_dir}")
             self.index = SimilarityIndex.load(index_dir)
+        self._relevance: GradCamRelevance | None = None  # made on the first predict(relevance=True)
 
     def prepare(self, path: str | Path) -> PreparedImage:
         """Load and preprocess one image file (DICOM, PNG or JPEG) with the bundle's ``preprocessing``.
@@ -179,32 +210,46 @@ class BundleAnalyser:
         monai_app.errors.UndecodableImageError
             Possibly wrapped by MONAI in a ``RuntimeError``: see :func:`monai_app.errors.find_cause`.
         """
-        data = self.preprocessing({"image": str(path)})
+        # The bundle's own Compose, in two parts: the loader, then the rest on its output.
+        loaded = self.preprocessing({"image": str(path)}, end=1)
+        source_image = to_uint8(np.asarray(loaded["image"])[0])
+        data = self.preprocessing(loaded, start=1)
+        grid = grid_from_meta(getattr(data["image"], "meta", {}), data["image"].shape[-2:])
         tensor = torch.as_tensor(data["image"]).float()
         lung_fraction = float((tensor[LUNG_CHANNEL] >= 0.5).float().mean())
         image, lung = tensor[IMAGE_CHANNEL].numpy(), tensor[LUNG_CHANNEL].numpy()
-        if self.appearance is None:
-            return PreparedImage(tensor, lung_fraction, measure_lung_fields(lung))
+        appearance = (float("nan"), float("inf"))
+        if self.appearance is not None:
+            appearance = (self.appearance.residual(image, lung), self.appearance.limit)
         return PreparedImage(
-            tensor, lung_fraction, measure_lung_fields(lung),
-            self.appearance.residual(image, lung), self.appearance.limit,
+            tensor, lung_fraction, measure_lung_fields(lung), *appearance, grid=grid, source_image=source_image,
         )
 
-    @torch.inference_mode()
-    def predict(self, images: Sequence[PreparedImage]) -> list[Prediction]:
-        """Classify a batch: COVID-19 probability (the bundle's ``postprocessing``) and embedding."""
+    def predict(self, images: Sequence[PreparedImage], *, relevance: bool = False) -> list[Prediction]:
+        """Classify a batch: COVID-19 probability (the bundle's ``postprocessing``) and embedding.
+
+        With ``relevance``, each prediction also carries the Grad-CAM map of COVID-19
+        (:class:`monai_app.relevance.GradCamRelevance`), a second pass with gradients that leaves
+        probabilities and embeddings as they are without it.
+        """
         if not images:
             return []
         batch = torch.stack([image.tensor for image in images]).to(self.device)
-        embeddings = self.network.embed(batch)
-        logits = self.network.head(embeddings)
-        predictions = []
-        for logit, embedding in zip(logits, embeddings):
-            probabilities = self.postprocessing({"pred": logit})["pred"]
-            predictions.append(
-                Prediction(float(probabilities[1]), embedding.float().cpu().numpy().astype(np.float32))
-            )
-        return predictions
+        with torch.inference_mode():
+            embeddings = self.network.embed(batch)
+            logits = self.network.head(embeddings)
+            probabilities = [self.postprocessing({"pred": logit})["pred"] for logit in logits]
+        maps: Sequence[np.ndarray | None] = [None] * len(images)
+        if relevance:
+            if self._relevance is None:
+                self._relevance = GradCamRelevance(self.network, POSITIVE_CLASS)
+            maps = list(self._relevance(batch))
+        elif self._relevance is not None:
+            self._relevance.clear()  # its hooks kept this pass's features
+        return [
+            Prediction(float(p[POSITIVE_CLASS]), embedding.float().cpu().numpy().astype(np.float32), relevance_map)
+            for p, embedding, relevance_map in zip(probabilities, embeddings, maps)
+        ]
 
     def similar(self, embedding: np.ndarray, k: int) -> list[Neighbour]:
         """The ``k`` reference images nearest to ``embedding`` (none without an index or for k = 0)."""

@@ -21,7 +21,8 @@ from monai_app.data.image_io import load_chest_xray
 from monai_app.data.masks import mask_to_label
 from monai_app.data.raster_image import read_mask
 from monai_app.transforms.clahe import clahe
-from monai_app.transforms.normalisation import content_box, crop_to_box, pad_to_square
+from monai_app.transforms.geometry import CONTENT_BOX_KEY, SOURCE_SHAPE_KEY, SQUARE_PADDING_KEY
+from monai_app.transforms.normalisation import content_box, crop_to_box, pad_to_square, square_padding
 from monai_app.utils import as_bool
 
 
@@ -82,6 +83,11 @@ class LoadLungMaskd(MapTransform):
 class CropBordersd(MapTransform):
     """Crop black borders and text-only margins, found on ``source_key``, from all ``keys``.
 
+    Each cropped value's meta data record the source shape before the crop
+    (``"source_shape"``: rows, columns) and the kept box (``"content_box"``: top, bottom,
+    left, right), plain ints, so that results on the model grid can be mapped back to the
+    source image (:mod:`monai_app.transforms.geometry`).
+
     Parameters
     ----------
     keys : KeysCollection
@@ -115,24 +121,36 @@ class CropBordersd(MapTransform):
         box = content_box(
             source[0], self.dark_threshold, self.min_content_fraction, self.max_crop_fraction
         )
+        geometry = {
+            SOURCE_SHAPE_KEY: (int(source.shape[-2]), int(source.shape[-1])),
+            CONTENT_BOX_KEY: tuple(int(v) for v in box),
+        }
         for key in self.key_iterator(d):
             value = d[key]
             cropped = np.ascontiguousarray(crop_to_box(_as_numpy(value), box))
             meta = value.meta if isinstance(value, MetaTensor) else {}
-            d[key] = MetaTensor(torch.from_numpy(cropped), meta=dict(meta))
+            d[key] = MetaTensor(torch.from_numpy(cropped), meta={**meta, **geometry})
         return d
 
 
 class PadToSquared(MapTransform):
-    """Pad ``keys`` with zeros to a centred square (aspect ratio kept by the later resize)."""
+    """Pad ``keys`` with zeros to a centred square (aspect ratio kept by the later resize).
+
+    Each padded value's meta data record the padding (``"square_padding"``: ``((top, bottom),
+    (left, right))``, plain ints; see :mod:`monai_app.transforms.geometry`).
+    """
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
             value = d[key]
-            padded = pad_to_square(_as_numpy(value), 0)
+            array = _as_numpy(value)
+            padding = square_padding(*array.shape[-2:])
+            padded = pad_to_square(array, 0)
             meta = value.meta if isinstance(value, MetaTensor) else {}
-            d[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(padded)), meta=dict(meta))
+            d[key] = MetaTensor(
+                torch.from_numpy(np.ascontiguousarray(padded)), meta={**meta, SQUARE_PADDING_KEY: padding}
+            )
         return d
 
 

@@ -1,0 +1,212 @@
+"""Relevance maps of the COVID-19 classifier: Grad-CAM on the ResNet50's last block, and its main region.
+
+:class:`GradCamRelevance` wraps MONAI's :class:`monai.visualize.GradCAM` (Selvaraju et al.
+2017) for the positive class of :class:`~monai_app.networks.classifier.CovidClassifier`. The
+target is ``backbone.layer4``, whose output is a 7 x 7 grid of 2048 features on a 224 x 224
+input; the map is upsampled bilinearly to the input grid and scaled to [0, 1] per image.
+
+:func:`relevance_region` turns a map into one closed outline, "the region the model looked
+at", for a picture or a DICOM SR (map it to the source image with
+:meth:`monai_app.transforms.geometry.ModelGrid.points_to_source`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from monai.visualize import GradCAM
+from scipy import ndimage
+from torch import nn
+
+from monai_app.labels import POSITIVE_CLASS
+
+TARGET_LAYER = "backbone.layer4"
+"""The ResNet50's last residual block: the finest features that still see the whole chest."""
+REGION_LEVEL = 0.5
+"""Share of the map's maximum above which a pixel belongs to the region (half maximum)."""
+REGION_SIGMAS = 2.0
+"""Semi-axes of the region's ellipse in standard deviations: the edge of a filled ellipse."""
+REGION_POINTS = 32
+"""Points sampled on the region's outline (the closing point is added to them)."""
+_PIXEL_VARIANCE = 1.0 / 12.0  # second moment of one pixel of width 1 about its centre
+
+
+def unit_range(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map of a batch ``(B, ...)`` linearly to [0, 1], its maximum to 1; flat maps become 0.
+
+    MONAI's default Grad-CAM postprocessing maps the maximum to 0 (inverted); this one keeps
+    "1 = most relevant".
+    """
+    flat = maps.detach().reshape(maps.shape[0], -1).float()
+    low = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - low
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(flat))
+    return scaled.reshape(maps.shape)
+
+
+def _leaf_output(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor | None:
+    """Forward hook: the target layer's output as a leaf that requires grad (only when grad is on).
+
+    With the parameters frozen, autograd then records nothing before the target layer, and the
+    backward pass runs through the head alone: the Grad-CAM costs about one forward pass.
+    Under ``no_grad``/``inference_mode`` (``predict``) it does nothing.
+    """
+    if not torch.is_grad_enabled():
+        return None
+    return output.detach().requires_grad_(True)
+
+
+@contextmanager
+def _frozen(network: nn.Module) -> Iterator[None]:
+    """Parameters without ``requires_grad`` for the duration, restored after (values untouched)."""
+    flags = [(parameter, parameter.requires_grad) for parameter in network.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+class GradCamRelevance:
+    """Grad-CAM maps of a classifier for one class, on batches of its input.
+
+    The hooks are registered once, on construction (MONAI's ``GradCAM`` keeps them for the
+    network's lifetime): a forward and a backward hook of MONAI and a forward hook that makes the
+    target's output the start of the backward graph. Outside gradient mode they only store the
+    target layer's last output (dropped by :meth:`clear`), so other forward passes are not slowed.
+    Not thread-safe: one call at a time per network.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The classifier (:class:`~monai_app.networks.classifier.CovidClassifier`); run in eval
+        mode, its parameters are neither changed nor left with gradients.
+    class_index : int
+        The class whose logit is explained (default COVID-19).
+    target_layer : str
+        Name of the module whose output is weighted (``network.named_modules()``).
+
+    Raises
+    ------
+    ValueError
+        If ``network`` has no module ``target_layer``.
+    """
+
+    def __init__(self, network: nn.Module, class_index: int = POSITIVE_CLASS, target_layer: str = TARGET_LAYER) -> None:
+        if target_layer not in dict(network.named_modules()):
+            raise ValueError(f'network has no module "{target_layer}"')
+        self.network = network
+        self.class_index = int(class_index)
+        self._cam = GradCAM(nn_module=network, target_layers=target_layer, postprocessing=unit_range)
+        # After MONAI's hooks: MONAI stores the plain output, the backward hook sees the leaf.
+        network.get_submodule(target_layer).register_forward_hook(_leaf_output)
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        """Relevance maps of a batch ``(B, C, rows, columns)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(B, rows, columns)`` float32 in [0, 1], 1 at each map's maximum; all zeros where
+            no location raises the class's logit.
+
+        Raises
+        ------
+        RuntimeError
+            Under ``torch.inference_mode``, which cannot record gradients.
+        """
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("Grad-CAM needs gradients: call it outside torch.inference_mode")
+        try:
+            with _frozen(self.network), torch.enable_grad(), warnings.catch_warnings():
+                # Intended: no input requires grad, so the backward hook fires on the target's output.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                maps = self._cam(batch, class_idx=self.class_index)
+        finally:
+            self.clear()
+        return maps[:, 0].detach().float().cpu().numpy()
+
+    def clear(self) -> None:
+        """Drop the activations, gradients and score MONAI's hooks keep from the last pass."""
+        hooks = self._cam.nn_module
+        hooks.activations.clear()
+        hooks.gradients.clear()
+        hooks.score = None
+
+
+def relevance_region(
+    relevance: np.ndarray,
+    level: float = REGION_LEVEL,
+    n_points: int = REGION_POINTS,
+    bounds: tuple[float, float, float, float] | None = None,
+) -> np.ndarray | None:
+    """The region of highest relevance as a closed outline: the ellipse of its second moments.
+
+    The region is the 8-connected component, containing the maximum, of the pixels at or
+    above ``level`` times the maximum. It is drawn as the ellipse with the region's centre and
+    covariance and semi-axes of 2 standard deviations: for a filled ellipse this is exactly its
+    edge (variance a^2/4 along a semi-axis a), so the outline has the region's area,
+    position and orientation without following the jagged edges of a map computed on a 7 x 7 grid.
+
+    Parameters
+    ----------
+    relevance : numpy.ndarray
+        ``(rows, columns)`` map, higher = more relevant (e.g. a :class:`GradCamRelevance` map).
+    level : float
+        Threshold as a share of the maximum, in (0, 1].
+    n_points : int
+        Points on the ellipse (at least 4); the first point is repeated at the end.
+    bounds : tuple of float, optional
+        ``(top, bottom, left, right)`` the outline is clipped to, in the map's coordinates
+        (e.g. :meth:`~monai_app.transforms.geometry.ModelGrid.content_bounds`); default the map.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(n_points + 1, 2)`` float64 ``(row, column)`` in the SCOORD convention (pixel ``i``
+        spans ``[i, i + 1)``), closed; ``None`` for a map without a maximum above its minimum.
+
+    Raises
+    ------
+    ValueError
+        If ``relevance`` is not a finite 2-D map or an argument is out of range.
+
+    Examples
+    --------
+    >>> blob = np.zeros((9, 9)); blob[3:6, 3:6] = 1.0
+    >>> outline = relevance_region(blob, n_points=4)
+    >>> outline.round(2).tolist()
+    [[6.23, 4.5], [4.5, 6.23], [2.77, 4.5], [4.5, 2.77], [6.23, 4.5]]
+    """
+    values = np.asarray(relevance, np.float64)
+    if values.ndim != 2 or not np.isfinite(values).all():
+        raise ValueError(f"relevance must be a finite 2-D map, got shape {values.shape}")
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f'Argument "level" must be in (0, 1], got {level}')
+    if n_points < 4:
+        raise ValueError(f'Argument "n_points" must be >= 4, got {n_points}')
+    peak = float(values.max())
+    if peak <= 0.0 or peak <= float(values.min()):
+        return None
+    labels, _ = ndimage.label(values >= level * peak, structure=np.ones((3, 3), bool))
+    rows, cols = np.nonzero(labels == labels[np.unravel_index(np.argmax(values), values.shape)])
+    centres = np.stack([rows, cols], axis=1) + 0.5
+    mean = centres.mean(axis=0)
+    # Population covariance of the pixel centres plus each pixel's own extent: one pixel
+    # still gives an ellipse of about its size.
+    covariance = np.cov(centres, rowvar=False, bias=True).reshape(2, 2) + _PIXEL_VARIANCE * np.eye(2)
+    variances, axes = np.linalg.eigh(covariance)
+    semi_axes = REGION_SIGMAS * np.sqrt(np.clip(variances, 0.0, None))
+    angles = 2.0 * np.pi * np.arange(n_points) / n_points
+    unit = np.stack([np.cos(angles), np.sin(angles)], axis=1) * semi_axes
+    outline = mean + unit @ axes.T
+    top, bottom, left, right = bounds if bounds is not None else (0.0, values.shape[0], 0.0, values.shape[1])
+    outline[:, 0] = np.clip(outline[:, 0], top, bottom)
+    outline[:, 1] = np.clip(outline[:, 1], left, right)
+    return np.vstack([outline, outline[:1]])
