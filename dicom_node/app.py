@@ -216,6 +216,8 @@ def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None]
         batch_size=config.batch_size, batch_wait_seconds=config.batch_wait_ms / 1000,
         similar_k=config.similar_k, threshold=threshold,
         destinations=tuple(d.name for d in config.destinations),
+        relevance_map=config.relevance_map, summary_image=config.summary_image,
+        lung_segmentation=config.lung_segmentation,
     )
     return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result)
 

@@ -253,6 +253,9 @@ class NodeConfig:
     similar_k: int = 4
     threshold: float | None = None
     num_threads: int = 0
+    relevance_map: bool = True
+    summary_image: bool = True
+    lung_segmentation: bool = False
     tls_enabled: bool = False
     tls_port: int = 2762
     tls_only: bool = False
@@ -290,6 +293,8 @@ class NodeConfig:
         if self.threshold is not None:
             object.__setattr__(self, "threshold", check_unit_interval("inference.threshold", self.threshold))
         check_int("inference.num_threads", self.num_threads, 0, 1024)
+        for key in ("relevance_map", "summary_image", "lung_segmentation"):
+            check_bool(f"results.{key}", getattr(self, key))
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise ConfigError(f'"destinations.name" must be unique, got {names}')
@@ -364,6 +369,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "inference": {
         k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads")
     },
+    "results": {k: k for k in ("relevance_map", "summary_image", "lung_segmentation")},
     "tls": {k: f"tls_{k}" for k in ("enabled", "port", "only", "certificate", "private_key", "ca_file")},
 }
 _TABLE_ARRAYS = ("allowed_callers", "destinations")

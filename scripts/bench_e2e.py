@@ -10,6 +10,12 @@ chest images from the shared data, 2500 x 2048, 12 bits, ~10 MB, from
 * ``burst``: all N over one association, as a modality flushing its queue: throughput, and
   the latency under load.
 
+Each batch size runs under each ``--results`` profile, the ``[results]`` switches of the node:
+``off`` (SR only, its region the lung fields), ``relevance`` (Grad-CAM for the SR's region),
+``summary`` (the default: Grad-CAM and the Secondary Capture summary image, a second C-STORE),
+``segmentation`` (``summary`` plus the lung DICOM Segmentation). The difference between
+profiles is the added cost per study of the relevance map, the summary image and its sending.
+
 Latency is from the C-STORE response for an image (DCMTK ``storescu -v`` log line, read as it
 is printed) to its SR appearing in Orthanc (``/changes``, polled every 20 ms). The peer
 measured in the same run is the *model floor*: the bundle's preprocessing and classifier on
@@ -18,7 +24,7 @@ the same files in this process, without DICOM networking, spool or report. Node 
 
 Usage (from the repo root)::
 
-    python -m scripts.bench_e2e --n 20 --batch-sizes 1,4 --device auto --out bench-out
+    python -m scripts.bench_e2e --n 20 --batch-sizes 1,4 --results off,summary --device auto --out bench-out
 
 Writes ``OUT/bench_e2e.json``; output never contains patient data.
 """
@@ -48,11 +54,21 @@ NODE_AE = "CXR_AI"
 CALLING_AE = "BENCH_SCU"
 
 
+RESULT_PROFILES: dict[str, dict[str, bool]] = {
+    "off": {"relevance_map": False, "summary_image": False, "lung_segmentation": False},
+    "relevance": {"relevance_map": True, "summary_image": False, "lung_segmentation": False},
+    "summary": {"relevance_map": True, "summary_image": True, "lung_segmentation": False},
+    "segmentation": {"relevance_map": True, "summary_image": True, "lung_segmentation": True},
+}
+"""``--results`` profile -> the node's ``[results]`` switches."""
+
+
 @dataclass(frozen=True)
 class PassResult:
-    """One pass (sequential or burst) at one batch size."""
+    """One pass (sequential or burst) at one batch size and results profile."""
 
     mode: str
+    results: str
     batch_size: int
     n: int
     seconds: float  # first C-STORE sent -> last SR in Orthanc
@@ -148,9 +164,10 @@ def wait_for_reports(watcher: ArrivalWatcher, orthanc: OrthancServer, sources: s
         time.sleep(0.02)
 
 
-def node_config(path: Path, orthanc: OrthancServer, batch_size: int, device: str) -> Path:
+def node_config(path: Path, orthanc: OrthancServer, batch_size: int, device: str, results: str) -> Path:
+    switches = "".join(f"{key} = {str(value).lower()}\n" for key, value in RESULT_PROFILES[results].items())
     path.write_text(
-        f'[inference]\ndevice = "{device}"\nbatch_size = {batch_size}\n'
+        f'[inference]\ndevice = "{device}"\nbatch_size = {batch_size}\n[results]\n{switches}'
         f'[[destinations]]\nname = "pacs"\nae_title = "{ORTHANC_AE_TITLE}"\nhost = "127.0.0.1"\n'
         f"port = {orthanc.dicom_port}\n"
     )
@@ -165,7 +182,7 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run_pass(mode: str, batch_size: int, files: list[Path], uids: list[str], port: int,
+def run_pass(mode: str, results: str, batch_size: int, files: list[Path], uids: list[str], port: int,
              orthanc: OrthancServer, timeout_s: float) -> PassResult:
     watcher = ArrivalWatcher(orthanc)
     watcher.start()
@@ -184,7 +201,7 @@ def run_pass(mode: str, batch_size: int, files: list[Path], uids: list[str], por
         watcher.stop()
     seconds = max(found.values()) - started
     latencies = [found[u] - responded[u] for u in uids]
-    return PassResult(mode, batch_size, len(files), round(seconds, 3), round(len(files) / seconds, 3),
+    return PassResult(mode, results, batch_size, len(files), round(seconds, 3), round(len(files) / seconds, 3),
                       round(percentile(latencies, 0.5), 3), round(percentile(latencies, 0.95), 3),
                       round(max(latencies), 3))
 
@@ -193,32 +210,33 @@ class ModelFloor(TypedDict):
     """One :func:`model_floor` measurement."""
 
     batch_size: int
+    relevance: bool
     seconds: float
     files_per_second: float
     device: str
 
 
-def model_floor(files: list[Path], batch_size: int, device: str) -> ModelFloor:
-    """Files/s of the bundle's preprocessing + classifier alone, in this process."""
+def model_floor(files: list[Path], batch_size: int, device: str, relevance: bool = False) -> ModelFloor:
+    """Files/s of the bundle's preprocessing + classifier (+ Grad-CAM) alone, in this process."""
     from monai_app.inference import BundleAnalyser
 
     analyser = BundleAnalyser(REPO / "bundle", device)
-    analyser.predict([analyser.prepare(files[0])])  # warm-up
+    analyser.predict([analyser.prepare(files[0])], relevance=relevance)  # warm-up
     started = time.monotonic()
     for i in range(0, len(files), batch_size):
-        analyser.predict([analyser.prepare(p) for p in files[i:i + batch_size]])
+        analyser.predict([analyser.prepare(p) for p in files[i:i + batch_size]], relevance=relevance)
     seconds = time.monotonic() - started
-    return {"batch_size": batch_size, "seconds": round(seconds, 3), "files_per_second": round(len(files) / seconds, 3),
-            "device": str(analyser.device)}
+    return {"batch_size": batch_size, "relevance": relevance, "seconds": round(seconds, 3),
+            "files_per_second": round(len(files) / seconds, 3), "device": str(analyser.device)}
 
 
-def bench_batch_size(batch_size: int, args: argparse.Namespace, files: list[Path], uids: list[str],
+def bench_batch_size(batch_size: int, results: str, args: argparse.Namespace, files: list[Path], uids: list[str],
                      work: Path) -> dict[str, Any]:
-    run_dir = Path(tempfile.mkdtemp(prefix=f"b{batch_size}_", dir=work))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"b{batch_size}_{results}_", dir=work))
     orthanc = OrthancServer(run_dir / "orthanc", calling_ae_titles=(NODE_AE,)).start()
     port = free_port()
     log_path = run_dir / "node.log"
-    config = node_config(run_dir / "node.toml", orthanc, batch_size, args.device)
+    config = node_config(run_dir / "node.toml", orthanc, batch_size, args.device, results)
     argv = [sys.executable, "-m", "dicom_node", "serve", "--ae-title", NODE_AE, "--port", str(port),
             "--bind", "127.0.0.1", "--spool", str(run_dir / "spool"), "--config", str(config)]
     with open(log_path, "ab") as log:
@@ -229,7 +247,7 @@ def bench_batch_size(batch_size: int, args: argparse.Namespace, files: list[Path
         for mode in ("sequential", "burst"):
             # Each pass sends the files under new UIDs, so no report is a re-send.
             pass_files, pass_uids = relabel(files, run_dir / mode)
-            passes.append(asdict(run_pass(mode, batch_size, pass_files, pass_uids, port, orthanc, args.timeout)))
+            passes.append(asdict(run_pass(mode, results, batch_size, pass_files, pass_uids, port, orthanc, args.timeout)))
             print(json.dumps(passes[-1]), flush=True)
         rss = peak_rss_mib(node.pid)
     except Exception as exc:
@@ -237,7 +255,22 @@ def bench_batch_size(batch_size: int, args: argparse.Namespace, files: list[Path
     finally:
         stop(node)
         orthanc.stop()
-    return {"batch_size": batch_size, "passes": passes, "node_peak_rss_mib": round(rss, 1)}
+    return {"batch_size": batch_size, "results": results, "passes": passes, "node_peak_rss_mib": round(rss, 1)}
+
+
+def profile_summary(results: list[dict[str, Any]], floors: list[ModelFloor]) -> dict[str, Any]:
+    """Best burst throughput of one results profile, against the model floor it needs."""
+    relevance = RESULT_PROFILES[results[0]["results"]]["relevance_map"]
+    best = max(results, key=lambda r: r["passes"][1]["studies_per_second"])
+    floor = max((f for f in floors if f["relevance"] == relevance), key=lambda f: f["files_per_second"])
+    return {
+        "best_batch_size": best["batch_size"],
+        "burst_studies_per_second": best["passes"][1]["studies_per_second"],
+        "model_floor_files_per_second": floor["files_per_second"],
+        "node_over_floor": round(best["passes"][1]["studies_per_second"] / floor["files_per_second"], 3),
+        "sequential_latency_p50_s_batch_1": next(
+            (r["passes"][0]["latency_p50_s"] for r in results if r["batch_size"] == 1), None),
+    }
 
 
 def relabel(files: list[Path], out_dir: Path) -> tuple[list[Path], list[str]]:
@@ -258,6 +291,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20, help="studies per pass (default 20)")
     parser.add_argument("--batch-sizes", default="1,4", help="comma-separated node batch sizes (default 1,4)")
+    parser.add_argument("--results", default="off,summary",
+                        help=f"comma-separated results profiles, of {', '.join(RESULT_PROFILES)} (default off,summary)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the reports of a pass")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for bench_e2e.json")
@@ -272,29 +307,37 @@ def main(argv: list[str] | None = None) -> int:
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
     facts = machine_facts(work)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    results = [bench_batch_size(b, args, files, uids, work) for b in batch_sizes]
-    floors = [model_floor(files, b, args.device) for b in batch_sizes]
-    best = max(results, key=lambda r: r["passes"][1]["studies_per_second"])
-    best_floor = max(floors, key=lambda f: f["files_per_second"])
-    summary = {
-        "best_batch_size": best["batch_size"],
-        "burst_studies_per_second": best["passes"][1]["studies_per_second"],
-        "model_floor_files_per_second": best_floor["files_per_second"],
-        "node_over_floor": round(best["passes"][1]["studies_per_second"] / best_floor["files_per_second"], 3),
-        "sequential_latency_p50_s_batch_1": next(
-            (r["passes"][0]["latency_p50_s"] for r in results if r["batch_size"] == 1), None),
-    }
+    profiles = args.results.split(",")
+    unknown = [p for p in profiles if p not in RESULT_PROFILES]
+    if unknown:
+        raise SystemExit(f"unknown --results profile(s) {unknown}; known: {', '.join(RESULT_PROFILES)}")
+    results = [bench_batch_size(b, p, args, files, uids, work) for p in profiles for b in batch_sizes]
+    floors = [model_floor(files, b, args.device, relevance) for relevance in (False, True) for b in batch_sizes]
+    summary = {"per_profile": {p: profile_summary([r for r in results if r["results"] == p], floors) for p in profiles}}
+    if "off" in profiles:
+        off = summary["per_profile"]["off"]
+        summary["added_seconds_per_study_vs_off"] = {
+            p: {
+                "burst": round(1 / s["burst_studies_per_second"] - 1 / off["burst_studies_per_second"], 3),
+                "sequential_latency_p50": round(
+                    s["sequential_latency_p50_s_batch_1"] - off["sequential_latency_p50_s_batch_1"], 3)
+                if s["sequential_latency_p50_s_batch_1"] is not None
+                and off["sequential_latency_p50_s_batch_1"] is not None else None,
+            }
+            for p, s in summary["per_profile"].items() if p != "off"
+        }
     out = {"machine": facts, "n": args.n, "device": args.device, "results": results, "model_floor": floors,
            "summary": summary}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_e2e.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(f"{'batch':>5} {'mode':>10} {'studies/s':>10} {'p50 s':>7} {'p95 s':>7} {'RSS MiB':>8}")
+    print(f"{'results':>12} {'batch':>5} {'mode':>10} {'studies/s':>10} {'p50 s':>7} {'p95 s':>7} {'RSS MiB':>8}")
     for r in results:
         for p in r["passes"]:
-            print(f"{r['batch_size']:>5} {p['mode']:>10} {p['studies_per_second']:>10.2f} "
+            print(f"{r['results']:>12} {r['batch_size']:>5} {p['mode']:>10} {p['studies_per_second']:>10.2f} "
                   f"{p['latency_p50_s']:>7.2f} {p['latency_p95_s']:>7.2f} {r['node_peak_rss_mib']:>8.0f}")
     for f in floors:
-        print(f"model floor (batch {f['batch_size']}, {f['device']}): {f['files_per_second']:.2f} files/s")
+        print(f"model floor (batch {f['batch_size']}, relevance {f['relevance']}, {f['device']}): "
+              f"{f['files_per_second']:.2f} files/s")
     print(json.dumps(summary))
     return 0
 

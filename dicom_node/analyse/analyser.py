@@ -34,6 +34,37 @@ class PreparedImage(Protocol):
         """The lung-field measurements as short text, for reasons and logs (no patient data)."""
         ...
 
+    @property
+    def lung_probability(self) -> np.ndarray:
+        """The U-Net's lung probability on the model grid."""
+        ...
+
+    @property
+    def source_image(self) -> np.ndarray | None:
+        """The loaded source image, (rows, columns) uint8 for display; ``None`` if not kept."""
+        ...
+
+    @property
+    def grid(self) -> ModelGrid | None:
+        """The way back to the source grid; ``None`` if not known."""
+        ...
+
+
+class ModelGrid(Protocol):
+    """The way from the classifier's input grid back to the source image's pixel grid."""
+
+    def to_source(self, model_map: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """A map on the model grid, resampled onto the source grid."""
+        ...
+
+    def points_to_source(self, points: np.ndarray) -> np.ndarray:
+        """(n, 2) (row, column) model-grid coordinates as source-grid coordinates (SCOORD convention)."""
+        ...
+
+    def content_bounds(self) -> tuple[float, float, float, float]:
+        """(top, bottom, left, right) of the image content on the model grid (the rest is padding)."""
+        ...
+
 
 class Prediction(Protocol):
     """The classifier's output for one image."""
@@ -46,6 +77,11 @@ class Prediction(Protocol):
     @property
     def embedding(self) -> np.ndarray:
         """The image's embedding, what the similar-study index is built on."""
+        ...
+
+    @property
+    def relevance(self) -> np.ndarray | None:
+        """Where the classifier looked (model grid, 0..1); ``None`` when not asked for."""
         ...
 
 
@@ -73,6 +109,10 @@ class Neighbour(Protocol):
     def item(self) -> ReferenceStudy: ...
     @property
     def distance(self) -> float: ...
+    @property
+    def similarity(self) -> float | None:
+        """Cosine similarity of the two embeddings, when known."""
+        ...
 
 
 PreparedT = TypeVar("PreparedT", bound=PreparedImage)
@@ -90,8 +130,8 @@ class Analyser(Protocol[PreparedT]):
         """Load and preprocess one image file."""
         ...
 
-    def predict(self, images: Sequence[PreparedT]) -> Sequence[Prediction]:
-        """Classify a batch of prepared images, in order."""
+    def predict(self, images: Sequence[PreparedT], *, relevance: bool = False) -> Sequence[Prediction]:
+        """Classify a batch of prepared images, in order; with ``relevance`` also say where the classifier looked."""
         ...
 
     def similar(self, embedding: np.ndarray, k: int) -> Sequence[Neighbour]:

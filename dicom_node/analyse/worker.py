@@ -23,8 +23,10 @@ from pydicom.dataset import Dataset
 
 from dicom_node.analyse.analyser import Analyser, Neighbour, Prediction, PreparedImage
 from dicom_node.analyse.applicability import check_frontal_chest, check_header, check_lung_fraction
+from dicom_node.analyse.image_evidence import image_evidence
 from dicom_node.log_safety import describe_exception
-from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
+from dicom_node.report.result import build_result
+from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy
 from dicom_node.spool import Job, JobState, Spool
 from monai_app.errors import UndecodableImageError, find_cause
 from monai_app.labels import DEFAULT_THRESHOLD
@@ -44,6 +46,9 @@ class WorkerSettings:
     similar_k: int = 4
     threshold: float = DEFAULT_THRESHOLD
     destinations: tuple[str, ...] = ()
+    relevance_map: bool = True  # Grad-CAM, for the SR's region and the summary image's heatmap
+    summary_image: bool = True
+    lung_segmentation: bool = False
 
 
 def similar_studies(neighbours: Sequence[Neighbour]) -> list[SimilarStudy]:
@@ -56,6 +61,7 @@ def similar_studies(neighbours: Sequence[Neighbour]) -> list[SimilarStudy]:
             sop_class_uid=n.item.sop_class_uid,
             distance=max(0.0, float(n.distance)),
             label=n.item.label,
+            similarity=None if n.similarity is None else min(1.0, max(-1.0, float(n.similarity))),
         )
         for n in neighbours
     ]
@@ -163,7 +169,9 @@ class InferenceWorker:
         if not ready:
             return
         try:
-            predictions = self.analyser.predict([image for _, _, image in ready])
+            predictions = self.analyser.predict(
+                [image for _, _, image in ready], relevance=self.settings.relevance_map
+            )
         except Exception as exc:
             for job, _, _ in ready:
                 self._retry_or_give_up(job, exc)
@@ -207,12 +215,19 @@ class InferenceWorker:
     def _report(self, job: Job, header: Dataset, image: PreparedImage, prediction: Prediction) -> None:
         finding = Finding(probability=prediction.probability, threshold=self.settings.threshold)
         similar = similar_studies(self.analyser.similar(prediction.embedding, self.settings.similar_k))
-        report = build_report(header, finding, similar, self.algorithm)
-        self.spool.put_result(job, encode(report), self.settings.destinations)
+        result = build_result(
+            header, finding, similar, self.algorithm, image_evidence(image, prediction.relevance),
+            summary_image=self.settings.summary_image, lung_segmentation=self.settings.lung_segmentation,
+        )
+        self.spool.put_result(
+            job, encode(result.report), self.settings.destinations,
+            companions=[(kind, encode(dataset)) for kind, dataset in result.companions],
+        )
         logger.info(
-            "job %s: covid_probability=%.3f finding=%s similar=%d lung=%.0f%% report=%s",
+            "job %s: covid_probability=%.3f finding=%s similar=%d lung=%.0f%% report=%s with=%s",
             job.job_id, finding.probability, "present" if finding.is_present else "absent",
-            len(similar), 100 * image.lung_fraction, report.SOPInstanceUID,
+            len(similar), 100 * image.lung_fraction, result.report.SOPInstanceUID,
+            ",".join(kind for kind, _ in result.companions) or "-",
         )
 
     def _not_analysed(self, job: Job, reason: str) -> None:

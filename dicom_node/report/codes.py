@@ -60,10 +60,8 @@ PROCESSING_ALGORITHM = Code("Newcode1", IHE_INTERIM_SCHEME, "Processing Algorith
 
 # --- Image retrieval (no standard concepts exist) ---------------------------------------
 # DICOM and SNOMED CT have no concept for "a prior case retrieved as similar by an
-# embedding index" nor for a distance in a learned feature space (DCM 121206 "Distance"
-# is a spatial length in mm), so these are private codes.
+# embedding index", so these are private codes.
 SIMILAR_CASE = Code("SIMCASE", PRIVATE_SCHEME, "Similar case")
-EMBEDDING_DISTANCE = Code("EMBDIST", PRIVATE_SCHEME, "Embedding distance")
 # The image a similar-case line refers to (DCM 121112 "Source of Measurement" is for
 # measurements; this line is a retrieval result).
 SIMILAR_IMAGE = Code("SIMIMG", PRIVATE_SCHEME, "Similar image")

@@ -14,6 +14,8 @@ Transfer syntax: Explicit VR Little Endian, as the summary image and for the sam
 
 from __future__ import annotations
 
+import math
+
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -153,7 +155,26 @@ def build_lung_segmentation(
     # mask is on the source's grid, so the source's orientation; empty when unknown.
     orientation = source_patient_orientation(source)
     segmentation.PatientOrientation = list(orientation) if orientation else []
+    spacing = _source_pixel_spacing(source)
+    if spacing is not None and "PixelMeasuresSequence" not in segmentation.SharedFunctionalGroupsSequence[0]:
+        # OHIF v3 reads the Pixel Measures of every SEG (its viewport fails without them);
+        # the mask is on the source's grid, so the source's spacing, without Slice Thickness.
+        measures = Dataset()
+        measures.PixelSpacing = list(spacing)
+        segmentation.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence = [measures]
     return segmentation
+
+
+def _source_pixel_spacing(source: Dataset) -> tuple[float, float] | None:
+    """The source's Pixel Spacing, else its Imager Pixel Spacing (mm, row then column); ``None`` if neither is valid."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            rows, columns = (float(v) for v in source.get(keyword) or ())
+        except (TypeError, ValueError):
+            continue
+        if rows > 0 and columns > 0 and all(map(math.isfinite, (rows, columns))):
+            return rows, columns
+    return None
 
 
 def _without_pixel_spacing(source: Dataset) -> Dataset:
@@ -162,8 +183,8 @@ def _without_pixel_spacing(source: Dataset) -> Dataset:
     highdicom copies a projection radiograph's Pixel Spacing into the Pixel Measures
     Sequence without Slice Thickness (which a radiograph has not): dciodvfy accepts that,
     but highdicom 0.28.2's own reader (``segread``) refuses it, and zero spacings (seen in
-    real CR files) are errors. The mask is on the source's grid, so a viewer takes the
-    spacing from the source.
+    real CR files) are errors. :func:`build_lung_segmentation` adds the source's valid
+    spacing afterwards, without Slice Thickness.
     """
     if "PixelSpacing" not in source or "FrameOfReferenceUID" in source:
         return source

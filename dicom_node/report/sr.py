@@ -191,7 +191,19 @@ class Finding:
 
     @property
     def probability_percent(self) -> float:
-        """The probability in percent, to one decimal: the precision the model supports."""
+        """The probability in percent, to one decimal (the precision the model supports).
+
+        More decimals only where rounding would contradict the finding: 12.96 % with a
+        threshold of 13 % must not read "13.0 % < 13 %".
+
+        >>> Finding(0.0645749, 0.13).probability_percent, Finding(0.12996, 0.13).probability_percent
+        (6.5, 12.996)
+        """
+        threshold = 100 * self.threshold
+        for decimals in range(1, 10):
+            value = round(100 * self.probability, decimals)
+            if (value >= threshold) == self.is_present:
+                return value
         return round(100 * self.probability, 1)
 
     @property

@@ -68,7 +68,21 @@ def _heat_lut(size: int = 256) -> np.ndarray:
 _HEAT_LUT = _heat_lut()
 
 
-def banner_lines(finding: Finding, algorithm: AlgorithmInfo) -> list[str]:
+def legend_line(heatmap: bool, contour: bool) -> str | None:
+    """What the colours mean, for the banner; ``None`` when nothing is drawn on the radiograph.
+
+    >>> legend_line(True, True)
+    'Heatmap: where the classifier looked (Grad-CAM). Cyan: lung fields (U-Net)'
+    """
+    parts = []
+    if heatmap:
+        parts.append("Heatmap: where the classifier looked (Grad-CAM)")
+    if contour:
+        parts.append("Cyan: lung fields (U-Net)")
+    return ". ".join(parts) or None
+
+
+def banner_lines(finding: Finding, algorithm: AlgorithmInfo, legend: str | None = None) -> list[str]:
     """The banner's text: the result, the model and the disclaimer.
 
     Parameters
@@ -77,11 +91,13 @@ def banner_lines(finding: Finding, algorithm: AlgorithmInfo) -> list[str]:
         Probability and threshold of COVID-19.
     algorithm : AlgorithmInfo
         The algorithm that produced it (name and version are shown).
+    legend : str or None
+        What the overlays mean (:func:`legend_line`), shown before the disclaimer.
 
     Returns
     -------
     list[str]
-        Three lines, e.g. ``"COVID-19: SUGGESTED (probability 0.71 >= threshold 0.13)"``,
+        Three lines, e.g. ``"COVID-19: SUGGESTED (probability 71.2 % >= threshold 13 %)"``,
         ``"Model: cxr_covid_classifier 0.3.1"``, ``"AI result, not for diagnostic use"``.
 
     Examples
@@ -89,25 +105,17 @@ def banner_lines(finding: Finding, algorithm: AlgorithmInfo) -> list[str]:
     >>> from dicom_node.report.sr import AlgorithmInfo, Finding
     >>> algorithm = AlgorithmInfo("cxr_covid_classifier", "0.3.1", "ab" * 32, "CXR AI node project")
     >>> banner_lines(Finding(0.06, 0.13), algorithm)[0]
-    'COVID-19: NOT SUGGESTED (probability 0.06 < threshold 0.13)'
+    'COVID-19: NOT SUGGESTED (probability 6 % < threshold 13 %)'
     """
     verdict, relation = ("SUGGESTED", ">=") if finding.is_present else ("NOT SUGGESTED", "<")
-    threshold = f"{finding.threshold:g}"
+    # In percent, as in the report (Finding.probability_percent never contradicts the verdict).
     return [
-        f"COVID-19: {verdict} (probability {_probability_text(finding)} {relation} threshold {threshold})",
+        f"COVID-19: {verdict} (probability {finding.probability_percent:g} % {relation} "
+        f"threshold {finding.threshold_percent:g} %)",
         f"Model: {algorithm.name} {algorithm.version}",
+        *([legend] if legend else []),
         DISCLAIMER,
     ]
-
-
-def _probability_text(finding: Finding) -> str:
-    # Two decimals, more only where rounding would contradict the verdict
-    # (0.1299 with threshold 0.13 must not read "0.13 < threshold 0.13").
-    for decimals in range(2, 10):
-        text = f"{finding.probability:.{decimals}f}"
-        if (float(text) >= finding.threshold) == finding.is_present:
-            return text
-    return f"{finding.probability:.2f}"
 
 
 def render_summary(

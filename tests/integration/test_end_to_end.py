@@ -29,6 +29,7 @@ from testkit.shared_data import REPO_ROOT
 
 NODE_AE = "CXR_AI"
 COVID_CODE = "840539006"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 REPORT_TIMEOUT = 180  # seconds for a handful of CPU analyses on a loaded 2-core CI machine
 
 
@@ -158,10 +159,12 @@ def test_chest_radiographs_come_back_to_orthanc_as_valid_reports(
         assert COVID_CODE in codes, "the finding COVID-19 is not in the report"
         probabilities = [float(i.MeasuredValueSequence[0].NumericValue) for i in items if "MeasuredValueSequence" in i
                          and i.ConceptNameCodeSequence[0].CodeMeaning == "Probability"]
-        assert len(probabilities) == 1 and 0.0 <= probabilities[0] <= 1.0
+        assert len(probabilities) == 1 and 0.0 <= probabilities[0] <= 100.0  # percent
         assert len(_referenced_images(report)) == 1 + 4, "the source image and four similar studies"
-        tracking = [i for i in items if i.get("ValueType") == "TEXT" and str(i.get("TextValue", "")).startswith("Similar case")]
-        assert len(tracking) == 4, "four similar studies (k = 4) expected"
+        similar = [i for i in items if i.get("ValueType") == "TEXT" and i.ConceptNameCodeSequence[0].CodeMeaning == "Similar case"]
+        assert len(similar) == 4, "four similar studies (k = 4) expected"
+        regions = [i for i in items if i.get("ValueType") == "SCOORD"]
+        assert len(regions) == 1 and regions[0].GraphicType == "POLYLINE", "the finding's image region"
         purposes = [e.PurposeOfReferenceCodeSequence[0].CodeMeaning for e in report.ContributingEquipmentSequence]
         assert "Processing Algorithm" in purposes, purposes
         path = tmp_path / f"{source_uid}.sr.dcm"
@@ -169,6 +172,14 @@ def test_chest_radiographs_come_back_to_orthanc_as_valid_reports(
         check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
         assert errors == [], errors
+        # The summary image: in the source's study, sent with the report, listed as its evidence.
+        [summary_id] = orthanc.post("/tools/find", {"Level": "Instance", "Query": {
+            "StudyInstanceUID": source.StudyInstanceUID, "SOPClassUID": SECONDARY_CAPTURE}})
+        summary = orthanc.get(f"/instances/{summary_id}/simplified-tags")
+        assert summary["BurnedInAnnotation"] == "YES" and summary["SeriesInstanceUID"] != report.SeriesInstanceUID
+        evidence = {str(i.ReferencedSOPInstanceUID) for s in report.CurrentRequestedProcedureEvidenceSequence
+                    for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+        assert summary["SOPInstanceUID"] in evidence
 
     spool = Spool(tmp_path / "spool")
     _wait_for(lambda: spool.counts()["sent"] == len(frontal_chests), 30, "jobs marked sent", node.log)

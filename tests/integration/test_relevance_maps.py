@@ -17,8 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from monai_app.data.dicom_image import decode_pixels
 from monai_app.data.image_io import load_chest_xray
 from monai_app.inference import BundleAnalyser, Prediction, PreparedImage, to_uint8
-from monai_app.relevance import relevance_region
 from monai_app.transforms.normalisation import Box
+from monai_app.transforms.regions import relevance_region
 from testkit.bundle import BUNDLE
 
 NON_SQUARE_CHESTS = ("dicom/pydicom-data/RG1_J2KI.dcm", "dicom/pylibjpeg-data/DX_chest_Canon_966_fixed.dcm")

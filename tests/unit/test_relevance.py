@@ -8,7 +8,8 @@ import torch
 from monai.visualize import GradCAM
 
 from monai_app.networks.classifier import CovidClassifier
-from monai_app.relevance import TARGET_LAYER, GradCamRelevance, relevance_region, unit_range
+from monai_app.relevance import TARGET_LAYER, GradCamRelevance, unit_range
+from monai_app.transforms.regions import relevance_region
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from dicom_node.report.summary_picture import (
 from testkit.derived import display_pixels, ellipses, lung_probability, relevance_blob
 from testkit.sr import ALGORITHM, CANON_DX
 
-BANNER = ["COVID-19: SUGGESTED (probability 0.71 >= threshold 0.5)", "Model: m 1", DISCLAIMER]
+BANNER = ["COVID-19: SUGGESTED (probability 71 % >= threshold 50 %)", "Model: m 1", DISCLAIMER]
 
 
 def gradient(rows: int, cols: int) -> np.ndarray:
@@ -44,12 +44,12 @@ def is_grey(rgb: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("finding", "first_line"),
     [
-        (Finding(0.06, 0.13), "COVID-19: NOT SUGGESTED (probability 0.06 < threshold 0.13)"),
-        (Finding(0.71, 0.13), "COVID-19: SUGGESTED (probability 0.71 >= threshold 0.13)"),
-        (Finding(0.13, 0.13), "COVID-19: SUGGESTED (probability 0.13 >= threshold 0.13)"),
-        # Two decimals would read "0.13 < threshold 0.13": more are shown, never a contradiction.
-        (Finding(0.1299, 0.13), "COVID-19: NOT SUGGESTED (probability 0.1299 < threshold 0.13)"),
-        (Finding(0.0, 0.125), "COVID-19: NOT SUGGESTED (probability 0.00 < threshold 0.125)"),
+        (Finding(0.0645, 0.13), "COVID-19: NOT SUGGESTED (probability 6.5 % < threshold 13 %)"),
+        (Finding(0.712, 0.13), "COVID-19: SUGGESTED (probability 71.2 % >= threshold 13 %)"),
+        (Finding(0.13, 0.13), "COVID-19: SUGGESTED (probability 13 % >= threshold 13 %)"),
+        # One decimal would read "13 % < threshold 13 %": more are shown, never a contradiction.
+        (Finding(0.12996, 0.13), "COVID-19: NOT SUGGESTED (probability 12.996 % < threshold 13 %)"),
+        (Finding(0.0, 0.125), "COVID-19: NOT SUGGESTED (probability 0 % < threshold 12.5 %)"),
     ],
 )
 def test_banner_states_verdict_probability_and_threshold(finding: Finding, first_line: str) -> None:

@@ -1,0 +1,107 @@
+"""Every DICOM object of one analysed image: the SR report and the objects it references (pure).
+
+Order matters twice: the summary image and the segmentation are built first, so the report
+can list them as evidence, and they are sent first (see :meth:`Spool.put_result`), so a
+viewer that opens the report finds them in the PACS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom_node.report.segmentation import build_lung_segmentation
+from dicom_node.report.sr import AlgorithmInfo, Finding, ImageRegion, SimilarStudy, build_report
+from dicom_node.report.summary_image import build_summary_image
+from dicom_node.report.summary_picture import banner_lines, legend_line, render_summary
+
+LUNG_LEVEL = 0.5
+"""Lung probability at or above which a pixel belongs to the lung segment."""
+SUMMARY_MAX_SIZE = 1024
+"""Longest side of the summary image, pixels: readable on any screen, about 2.5 MB uncompressed
+(2048 would be 10 MB per study for a picture whose heatmap has the classifier's 224-pixel detail)."""
+
+
+@dataclass(frozen=True)
+class ImageEvidence:
+    """What the models saw, on the source image's pixel grid.
+
+    Parameters
+    ----------
+    source_image : numpy.ndarray
+        (rows, columns) uint8, the radiograph as the model loaded it (windowed, 255 = white).
+    relevance : numpy.ndarray or None
+        (rows, columns) float in [0, 1]: the classifier's relevance (``None``: not computed).
+    lung : numpy.ndarray or None
+        (rows, columns) float in [0, 1]: the U-Net's lung probability.
+    region : ImageRegion or None
+        The outline the report draws on the source.
+    """
+
+    source_image: np.ndarray
+    relevance: np.ndarray | None
+    lung: np.ndarray | None
+    region: ImageRegion | None
+
+
+@dataclass(frozen=True)
+class ResultObjects:
+    """The report and, in sending order before it, the objects it references."""
+
+    report: Dataset
+    companions: tuple[tuple[str, Dataset], ...]  # (kind, object): "sc" summary image, "seg" segmentation
+
+
+def build_result(
+    source: Dataset,
+    finding: Finding,
+    similar: Sequence[SimilarStudy],
+    algorithm: AlgorithmInfo,
+    evidence: ImageEvidence | None,
+    *,
+    summary_image: bool = True,
+    lung_segmentation: bool = False,
+) -> ResultObjects:
+    """Build the report on ``source`` and, with ``evidence``, the summary image and segmentation.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The analysed image's header (pixel data not needed).
+    finding, similar, algorithm
+        As for :func:`dicom_node.report.sr.build_report`.
+    evidence : ImageEvidence or None
+        Maps and region on the source grid; ``None`` gives a report without coordinates
+        and no other object.
+    summary_image : bool
+        Add the Secondary Capture summary image.
+    lung_segmentation : bool
+        Add the DICOM Segmentation of the lung fields (needs ``evidence.lung``).
+
+    Returns
+    -------
+    ResultObjects
+        Every object with a UID that is a function of the source, the algorithm and the
+        threshold: a re-analysis rebuilds the same objects.
+    """
+    companions: list[tuple[str, Dataset]] = []
+    if evidence is not None and summary_image:
+        legend = legend_line(evidence.relevance is not None, evidence.lung is not None)
+        pixels = render_summary(
+            evidence.source_image, evidence.relevance, evidence.lung, banner_lines(finding, algorithm, legend),
+            max_size=SUMMARY_MAX_SIZE,
+        )
+        companions.append(("sc", build_summary_image(source, pixels, finding, algorithm)))
+    if evidence is not None and lung_segmentation and evidence.lung is not None:
+        mask = evidence.lung >= LUNG_LEVEL
+        if mask.any():  # a Segmentation needs a segment with pixels
+            companions.append(("seg", build_lung_segmentation(source, mask, algorithm)))
+    report = build_report(
+        source, finding, similar, algorithm,
+        region=None if evidence is None else evidence.region,
+        companions=[dataset for _, dataset in companions],
+    )
+    return ResultObjects(report, tuple(companions))
