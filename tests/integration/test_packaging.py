@@ -54,7 +54,8 @@ def test_a_non_editable_install_serves_with_its_shipped_bundle(tmp_path: Path, s
         chest = shared_data / "dicom" / "pydicom-data" / "RG1_J2KI.dcm"
         subprocess.run([dcmtk("dcmsend"), "-aec", "CXR_AI", "127.0.0.1", str(port), str(chest)],
                        env=dcmtk_env(), check=True, capture_output=True, timeout=60)
-        while not list((spool / "results").glob("*.dcm")):
+        # The job enters the outbox once all its objects are on disk (summary image, then report).
+        while not list((spool / "jobs" / "outbox").glob("*.json")):
             assert node.poll() is None and time.monotonic() < deadline + 60, log.read_text(errors="replace")
             time.sleep(0.2)
     finally:
@@ -62,5 +63,7 @@ def test_a_non_editable_install_serves_with_its_shipped_bundle(tmp_path: Path, s
         node.wait(timeout=60)
     text = log.read_text(errors="replace")
     assert f"bundle={target / 'cxr_bundle'} " in text, text
-    report = pydicom.dcmread(next((spool / "results").glob("*.dcm")))
+    source_uid = pydicom.dcmread(chest, stop_before_pixels=True).SOPInstanceUID
+    report = pydicom.dcmread(spool / "results" / f"{source_uid}.dcm")
+    assert pydicom.dcmread(spool / "results" / f"{source_uid}.sc.dcm").Modality == "OT"  # the summary image
     assert report.Modality == "SR" and report.StudyInstanceUID == pydicom.dcmread(chest).StudyInstanceUID
