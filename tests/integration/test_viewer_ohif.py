@@ -128,3 +128,5 @@ def test_ohif_overlays_the_lung_segmentation(results_in_pacs) -> None:
     assert seen["ok"], seen
     assert seen["pageErrors"] == [] and seen["errorBoundary"] == []
     assert "Error loading displaySet" not in seen["text"], seen["text"]
+    # What OHIF shows once a SEG has loaded on its image (checked with a SEG that loads).
+    assert "Do you want to open this Segmentation" in seen["text"] or "Lung" in seen["text"], seen["text"]
