@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 
 from dicom_node.analyse.image_evidence import LUNG_FIELDS_REGION, RELEVANCE_REGION, image_evidence, lung_box
 from dicom_node.report.result import ImageEvidence, build_result
@@ -35,7 +36,8 @@ def _prepared(rows: int = 400, columns: int = 300) -> Prepared:
 def test_lung_box_is_the_bounding_box_of_the_lung_pixels() -> None:
     lung = np.zeros((10, 10))
     lung[2:6, 3:8] = 0.9
-    assert lung_box(lung).tolist() == [[2, 3], [2, 8], [6, 8], [6, 3]]
+    box = lung_box(lung)
+    assert box is not None and box.tolist() == [[2, 3], [2, 8], [6, 8], [6, 3]]
     assert lung_box(np.zeros((10, 10))) is None
 
 
@@ -69,7 +71,7 @@ def test_an_analyser_without_source_image_gives_no_evidence() -> None:
     assert image_evidence(prepared, None) is None  # type: ignore[arg-type]
 
 
-def _evidence(source) -> ImageEvidence:  # type: ignore[no-untyped-def]
+def _evidence(source: Dataset) -> ImageEvidence:
     pixels = display_pixels(CANON_DX)
     rows, columns = pixels.shape
     region = ImageRegion(((100.0, 100.0), (100.0, 600.0), (900.0, 600.0), (900.0, 100.0)), RELEVANCE_REGION)
