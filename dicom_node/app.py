@@ -21,6 +21,7 @@ from dicom_node.report.sr import AlgorithmInfo
 from dicom_node.send.delivery import client_context
 from dicom_node.send.outbox import Outbox, RetryPolicy
 from dicom_node.spool import Spool
+from dicom_node.spool.owner import SpoolOwnership
 from dicom_node.tls import build_server_context, quiet_pynetdicom_tls_errors
 
 logger = logging.getLogger(__name__)
@@ -37,16 +38,22 @@ class ReceiverNode:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.spool = Spool(config.spool, fsync=config.fsync)
-        self.ae: AE = build_ae(config)
-        # Received data sets stream to temp files in the spool, capped at max_instance_bytes.
-        self.incoming = IncomingFiles(self.spool.instances_dir, config.max_instance_bytes)
-        self.incoming.install()
-        # TLS files are read now, before the models load: a bad one stops start-up (exit 2).
-        self.tls_context = build_tls_context(config)
-        for destination in config.destinations:
-            if destination.tls:
-                client_context(destination)
+        # Before anything touches the spool: a second node on it stops here (exit 2).
+        self.ownership = SpoolOwnership(config.spool).acquire()
+        try:
+            self.spool = Spool(config.spool, fsync=config.fsync)
+            self.ae: AE = build_ae(config)
+            # Received data sets stream to temp files in the spool, capped at max_instance_bytes.
+            self.incoming = IncomingFiles(self.spool.instances_dir, config.max_instance_bytes)
+            self.incoming.install()
+            # TLS files are read now, before the models load: a bad one stops start-up (exit 2).
+            self.tls_context = build_tls_context(config)
+            for destination in config.destinations:
+                if destination.tls:
+                    client_context(destination)
+        except BaseException:
+            self.ownership.release()
+            raise
         quiet_pynetdicom_tls_errors()
         self._servers: list[EdgeAssociationServer] = []
         self.outbox = Outbox(
@@ -169,12 +176,13 @@ class ReceiverNode:
 
     def serve_until(self, stop_event: threading.Event) -> None:
         """Start, block until ``stop_event`` is set, then stop cleanly."""
-        self.start()
         try:
+            self.start()
             while not stop_event.wait(0.5):
                 pass
         finally:
             self.stop()
+            self.ownership.release()
 
 
 def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None] | None = None) -> InferenceWorker:
