@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 import time
@@ -13,6 +14,7 @@ from pynetdicom import AE
 from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
+from dicom_node.metrics import MetricsServer, NodeMetrics
 from dicom_node.receive.handlers import build_event_handlers
 from dicom_node.receive.incoming import IncomingFiles
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, build_ae, connection_limits
@@ -42,6 +44,7 @@ class ReceiverNode:
         self.ownership = SpoolOwnership(config.spool).acquire()
         try:
             self.spool = Spool(config.spool, fsync=config.fsync)
+            self.metrics = NodeMetrics(self.spool)
             self.ae: AE = build_ae(config)
             # Received data sets stream to temp files in the spool, capped at max_instance_bytes.
             self.incoming = IncomingFiles(self.spool.instances_dir, config.max_instance_bytes)
@@ -58,8 +61,9 @@ class ReceiverNode:
         self._servers: list[EdgeAssociationServer] = []
         self.outbox = Outbox(
             self.spool, config.destinations, RetryPolicy.from_config(config), config.ae_title,
-            timeout=config.acse_timeout,
+            timeout=config.acse_timeout, metrics=self.metrics,
         )
+        self._metrics_server: MetricsServer | None = None
         self._stop_outbox = threading.Event()
         self._outbox_thread: threading.Thread | None = None
         self.worker: InferenceWorker | None = None
@@ -76,9 +80,16 @@ class ReceiverNode:
         """
         servers = self._bind()
         try:
+            if self.config.metrics_port:
+                self._metrics_server = self._start_metrics()
             self.spool.recover()
             if self.config.analysis:
                 self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set)
+                self.worker.metrics = self.metrics
+                self.metrics.model.info({
+                    "name": self.worker.algorithm.name, "version": self.worker.algorithm.version,
+                    "weights_sha256": self.worker.algorithm.weights_sha256,
+                })
                 self._worker_thread = threading.Thread(
                     target=self.worker.run, args=(self._stop_worker,), name="inference", daemon=True
                 )
@@ -86,6 +97,8 @@ class ReceiverNode:
         except BaseException:
             for server in servers:
                 server.server_close()
+            if self._metrics_server is not None:
+                self._metrics_server.stop()
             raise
         if self.config.destinations:
             self._outbox_thread = threading.Thread(
@@ -111,12 +124,34 @@ class ReceiverNode:
             self.config.association_request_timeout,
         )
 
+    def _start_metrics(self) -> MetricsServer:
+        address = (self.config.metrics_bind, self.config.metrics_port)
+        try:
+            server = MetricsServer(address, self.metrics, self.readiness).start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {address[0]}:{address[1]} (metrics.bind, metrics.port): {exc.strerror or exc}"
+            ) from None
+        logger.info("metrics: http://%s:%d/metrics, /healthz, /readyz", address[0], server.port)
+        return server
+
+    def readiness(self) -> list[str]:
+        """What keeps the node from serving fully (empty: ready): for ``/readyz``."""
+        problems = []
+        if not self._servers:
+            problems.append("not listening")
+        if not os.access(self.spool.root, os.W_OK):
+            problems.append("spool not writable")
+        if self.config.analysis and self.worker is None:
+            problems.append("models not loaded")
+        return problems
+
     def _bind(self) -> list[EdgeAssociationServer]:
         """Bind and listen on the plaintext and the TLS port (connections wait in the backlog
         until the node accepts). Both listeners share one ``max_associations`` pool."""
         evt_handlers = build_event_handlers(
             self.config, self.spool, on_stored=lambda: self.worker.wake.set() if self.worker else None,
-            incoming=self.incoming,
+            incoming=self.incoming, metrics=self.metrics,
         )
         limits = connection_limits(self.config)
         slots = SlotPool(limits.max_associations)
@@ -172,6 +207,9 @@ class ReceiverNode:
         self.outbox.wake.set()
         if self._outbox_thread is not None:
             self._outbox_thread.join(timeout=self.config.acse_timeout + 5)  # one C-STORE at most
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
         logger.info("stopped")
 
     def serve_until(self, stop_event: threading.Event) -> None:

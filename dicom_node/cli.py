@@ -35,6 +35,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the models run (default auto)")
     serve.add_argument("--bundle", type=Path, help="MONAI bundle folder (default: the repository's bundle/)")
     serve.add_argument("--batch-size", type=int, help="images analysed together (default 4)")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics, /healthz, /readyz on this port (loopback)")
     serve.add_argument(
         "--analysis", action=argparse.BooleanOptionalAction, default=None,
         help="analyse received images (default); --no-analysis only receives and spools",
@@ -71,6 +72,7 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
         bundle=getattr(args, "bundle", None),
         batch_size=getattr(args, "batch_size", None),
         analysis=getattr(args, "analysis", None),
+        metrics_port=getattr(args, "metrics_port", None),
     )
 
 

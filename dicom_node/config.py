@@ -256,6 +256,8 @@ class NodeConfig:
     relevance_map: bool = True
     summary_image: bool = True
     lung_segmentation: bool = False
+    metrics_port: int = 0  # 0: no metrics endpoint
+    metrics_bind: str = "127.0.0.1"
     tls_enabled: bool = False
     tls_port: int = 2762
     tls_only: bool = False
@@ -295,6 +297,10 @@ class NodeConfig:
         check_int("inference.num_threads", self.num_threads, 0, 1024)
         for key in ("relevance_map", "summary_image", "lung_segmentation"):
             check_bool(f"results.{key}", getattr(self, key))
+        check_int("metrics.port", self.metrics_port, 0, 65535)
+        object.__setattr__(self, "metrics_bind", check_ip("metrics.bind", self.metrics_bind))
+        if self.metrics_port and self.metrics_port == self.port and self.metrics_bind == self.bind:
+            raise ConfigError(f'"metrics.port" must differ from node.port ({self.port})')
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise ConfigError(f'"destinations.name" must be unique, got {names}')
@@ -370,6 +376,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads")
     },
     "results": {k: k for k in ("relevance_map", "summary_image", "lung_segmentation")},
+    "metrics": {"port": "metrics_port", "bind": "metrics_bind"},
     "tls": {k: f"tls_{k}" for k in ("enabled", "port", "only", "certificate", "private_key", "ca_file")},
 }
 _TABLE_ARRAYS = ("allowed_callers", "destinations")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testkit.peers import free_port
+from testkit.peers import free_port, stop_process
 
 ORTHANC_AE_TITLE = "ORTHANC"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -77,6 +76,18 @@ class OrthancServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> OrthancServer:
+        # free_port() can race with another process; only the HTTP port is safe to change
+        # (callers may have given the DICOM port to a node already).
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if "HTTP server is privileged or already in use" not in str(exc):
+                    raise
+                self.http_port = free_port()
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> OrthancServer:
         binary = orthanc_binary()
         if binary is None:
             raise RuntimeError("Orthanc is not installed: run scripts/setup.sh")
@@ -167,11 +178,4 @@ class OrthancServer:
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM and wait: Orthanc takes 4-5 s to exit and free its ports."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process, timeout)

@@ -109,6 +109,18 @@ def instance_dataset_bytes(path: Path) -> bytes:
         return f.read()
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    """SIGTERM and wait ``timeout`` s, then SIGKILL: a peer started by a test, stopped by its PID."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> bool:
     """Poll ``predicate`` every 0.2 s until it holds (``True``) or ``timeout`` s pass (``False``)."""
     deadline = time.monotonic() + timeout

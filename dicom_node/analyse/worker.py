@@ -25,6 +25,7 @@ from dicom_node.analyse.analyser import Analyser, Neighbour, Prediction, Prepare
 from dicom_node.analyse.applicability import check_frontal_chest, check_header, check_lung_fraction
 from dicom_node.analyse.image_evidence import image_evidence
 from dicom_node.log_safety import describe_exception
+from dicom_node.metrics import NodeMetrics
 from dicom_node.report.result import build_result
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy
 from dicom_node.spool import Job, JobState, Spool
@@ -112,6 +113,8 @@ class InferenceWorker:
         Called after reports were put in the outbox (wakes the outbox).
     clock : callable
         Unix time now.
+    metrics : NodeMetrics or None
+        Where batch times and outcomes are counted.
     """
 
     def __init__(
@@ -123,7 +126,9 @@ class InferenceWorker:
         *,
         on_result: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.spool = spool
         self.analyser = analyser
         self.algorithm = algorithm
@@ -182,6 +187,8 @@ class InferenceWorker:
             except Exception as exc:
                 self._retry_or_give_up(job, exc)
         elapsed_ms = (time.monotonic() - started) * 1000
+        if self.metrics is not None:
+            self.metrics.batch_seconds.observe(elapsed_ms / 1000)
         logger.info("batch: %d job(s), %d classified, %.0f ms", len(jobs), len(ready), elapsed_ms)
         if self.on_result is not None:
             self.on_result()
@@ -223,6 +230,9 @@ class InferenceWorker:
             job, encode(result.report), self.settings.destinations,
             companions=[(kind, encode(dataset)) for kind, dataset in result.companions],
         )
+        if self.metrics is not None:
+            self.metrics.analysed.labels("report").inc()
+            self.metrics.report_ready_seconds.observe(self.metrics.since(job.received_at, self.clock()))
         logger.info(
             "job %s: covid_probability=%.3f finding=%s similar=%d lung=%.0f%% report=%s with=%s",
             job.job_id, finding.probability, "present" if finding.is_present else "absent",
@@ -232,6 +242,8 @@ class InferenceWorker:
 
     def _not_analysed(self, job: Job, reason: str) -> None:
         self.spool.transition(job, JobState.NOT_ANALYSED, detail=reason)
+        if self.metrics is not None:
+            self.metrics.analysed.labels("not_analysed").inc()
         # The log gets the reason's category only: its detail may quote a header value (a body
         # part, a view); the job record keeps it for `cxr-node status`.
         logger.warning("job %s: not analysed (%s)", job.job_id, reason.split(":", 1)[0])
@@ -244,4 +256,6 @@ class InferenceWorker:
             self._not_analysed(job, f"analysis error: {what}")
         else:
             self.spool.transition(job, JobState.RECEIVED, detail=f"attempt {job.attempts} failed: {what}")
+            if self.metrics is not None:
+                self.metrics.analysed.labels("retry").inc()
             logger.error("job %s: attempt %d failed (%s); will retry", job.job_id, job.attempts, what)

@@ -28,6 +28,7 @@ from pynetdicom.events import Event
 from dicom_node.config import NodeConfig
 from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
 from dicom_node.log_safety import describe_exception, escape_control, escape_field
+from dicom_node.metrics import NodeMetrics
 from dicom_node.receive import dimse_status
 from dicom_node.receive.incoming import IncomingFiles
 from dicom_node.receive.instance_check import InstanceIdentity, read_instance_identity
@@ -138,6 +139,7 @@ def handle_store(
     association_log: AssociationLog,
     on_stored: Callable[[], None] | None = None,
     incoming: IncomingFiles | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> Dataset:
     """C-STORE: persist the instance and its job durably, then answer.
 
@@ -151,6 +153,10 @@ def handle_store(
     request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
     code, comment, size = _store(event, spool, calling_ae, incoming)
     association_log.count(event.assoc, code == dimse_status.SUCCESS)
+    if metrics is not None:
+        metrics.c_store_responses.labels(f"0x{code:04X}").inc()
+        if code == dimse_status.SUCCESS:
+            metrics.received_bytes.inc(size)
     if code == dimse_status.SUCCESS and on_stored is not None:
         on_stored()
     log = logger.info if code == dimse_status.SUCCESS else logger.warning
@@ -307,23 +313,35 @@ def build_event_handlers(
     spool: Spool,
     on_stored: Callable[[], None] | None = None,
     incoming: IncomingFiles | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> list[tuple[Any, ...]]:
     """Bind the handlers to their dependencies for ``AE.start_server``.
 
     With ``incoming`` (installed: :meth:`IncomingFiles.install`), data sets are streamed to
-    the spool and unfinished transfers are cleaned up when their connection closes.
+    the spool and unfinished transfers are cleaned up when their connection closes. With
+    ``metrics``, associations and C-STORE responses are counted.
     """
     association_log = AssociationLog()
     streaming: list[tuple[Any, ...]] = (
         [(evt.EVT_CONN_CLOSE, discard_unfinished_transfers, [incoming])] if incoming is not None else []
     )
+    counting: list[tuple[Any, ...]] = (
+        [
+            (evt.EVT_ACCEPTED, metrics.on_accepted),
+            (evt.EVT_REJECTED, metrics.on_rejected),
+            (evt.EVT_RELEASED, metrics.on_released),
+            (evt.EVT_ABORTED, metrics.on_aborted),
+        ]
+        if metrics is not None else []
+    )
     return [
         *streaming,
+        *counting,
         (evt.EVT_REQUESTED, reject_unlisted_hosts, [config]),
         (evt.EVT_ACCEPTED, association_log.on_association_accepted),
         (evt.EVT_REJECTED, association_log.on_association_rejected),
         (evt.EVT_RELEASED, association_log.on_association_released),
         (evt.EVT_ABORTED, association_log.on_association_aborted),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, association_log, on_stored, incoming]),
+        (evt.EVT_C_STORE, handle_store, [spool, association_log, on_stored, incoming, metrics]),
     ]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from dicom_node.config import NodeConfig, PacsDestination
+from dicom_node.metrics import NodeMetrics
 from dicom_node.send.delivery import DeliveryResult, next_retry_delay, send_files
 from dicom_node.spool import DeliveryState, Job, JobState, Spool
 
@@ -123,7 +124,9 @@ class Outbox:
         send: SendFiles = send_files,
         clock: Callable[[], float] = time.time,
         timeout: float = 30,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.spool = spool
         self.destinations = {d.name: d for d in destinations}
         self.policy = policy
@@ -154,6 +157,12 @@ class Outbox:
                 acse_timeout=self.timeout, dimse_timeout=self.timeout, network_timeout=self.timeout,
             )
             updated = record_attempt(delivery, result, self.clock(), self.policy)
+            if self.metrics is not None:
+                self.metrics.delivery_attempts.labels(destination.name, "delivered" if result.delivered else "failed").inc()
+                if result.delivered:
+                    self.metrics.delivered_seconds.labels(destination.name).observe(
+                        self.metrics.since(job.received_at, self.clock())
+                    )
             job = self.spool.update(
                 replace(job, deliveries=(*job.deliveries[:index], updated, *job.deliveries[index + 1:]))
             )
