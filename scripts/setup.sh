@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # DCMTK (storescu, dcmdump, dsrdump), dicom3tools (dciodvfy), Orthanc (the test PACS) with its
 # DICOMweb plugin, Chromium plus Node for the OHIF viewer checks (testkit/viewer.py), and
-# DejaVu Sans (the banner font of the summary image), and Prometheus (scrapes the node's /metrics in tests).
-apt_packages=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium nodejs curl openssl fonts-dejavu-core prometheus)
+# DejaVu Sans (the banner font of the summary image), Prometheus (scrapes the node's /metrics in
+# tests) and systemd (systemd-analyze verifies the shipped unit).
+apt_packages=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium nodejs curl openssl fonts-dejavu-core prometheus systemd)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
