@@ -84,8 +84,7 @@ class ReceiverNode:
                 self._metrics_server = self._start_metrics()
             self.spool.recover()
             if self.config.analysis:
-                self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set)
-                self.worker.metrics = self.metrics
+                self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set, metrics=self.metrics)
                 self.metrics.model.info({
                     "name": self.worker.algorithm.name, "version": self.worker.algorithm.version,
                     "weights_sha256": self.worker.algorithm.weights_sha256,
@@ -223,7 +222,9 @@ class ReceiverNode:
             self.ownership.release()
 
 
-def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None] | None = None) -> InferenceWorker:
+def build_worker(
+    config: NodeConfig, spool: Spool, on_result: Callable[[], None] | None = None, metrics: NodeMetrics | None = None
+) -> InferenceWorker:
     """Load the bundle's models and index, log their identity, and build the worker.
 
     Raises
@@ -265,7 +266,7 @@ def build_worker(config: NodeConfig, spool: Spool, on_result: Callable[[], None]
         relevance_map=config.relevance_map, summary_image=config.summary_image,
         lung_segmentation=config.lung_segmentation,
     )
-    return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result)
+    return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result, metrics=metrics)
 
 
 def build_tls_context(config: NodeConfig) -> ssl.SSLContext | None:

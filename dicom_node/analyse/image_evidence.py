@@ -13,10 +13,9 @@ import numpy as np
 from dicom_node.analyse.analyser import PreparedImage
 from dicom_node.report.result import ImageEvidence
 from dicom_node.report.sr import ImageRegion
+from monai_app.transforms.lung_fields import LUNG_LEVEL
 from monai_app.transforms.regions import relevance_region
 
-LUNG_LEVEL = 0.5
-"""Lung probability at or above which a pixel is lung (the U-Net's operating point)."""
 RELEVANCE_REGION = "region of highest classifier relevance (Grad-CAM)"
 LUNG_FIELDS_REGION = "lung fields found by the U-Net (bounding box)"
 

@@ -62,7 +62,7 @@ def similar_studies(neighbours: Sequence[Neighbour]) -> list[SimilarStudy]:
             sop_class_uid=n.item.sop_class_uid,
             distance=max(0.0, float(n.distance)),
             label=n.item.label,
-            similarity=None if n.similarity is None else min(1.0, max(-1.0, float(n.similarity))),
+            similarity=None if n.similarity is None else float(n.similarity),
         )
         for n in neighbours
     ]

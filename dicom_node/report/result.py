@@ -14,12 +14,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.report.segmentation import build_lung_segmentation
+from dicom_node.report.source import checked_source
 from dicom_node.report.sr import AlgorithmInfo, Finding, ImageRegion, SimilarStudy, build_report
 from dicom_node.report.summary_image import build_summary_image
 from dicom_node.report.summary_picture import banner_lines, legend_line, render_summary
+from monai_app.transforms.lung_fields import LUNG_LEVEL
 
-LUNG_LEVEL = 0.5
-"""Lung probability at or above which a pixel belongs to the lung segment."""
 SUMMARY_MAX_SIZE = 1024
 """Longest side of the summary image, pixels: readable on any screen, about 2.5 MB uncompressed
 (2048 would be 10 MB per study for a picture whose heatmap has the classifier's 224-pixel detail)."""
@@ -87,6 +87,8 @@ def build_result(
         Every object with a UID that is a function of the source, the algorithm and the
         threshold: a re-analysis rebuilds the same objects.
     """
+    # Once for all objects: each builder would otherwise log the same blanked attributes.
+    source = checked_source(source)
     companions: list[tuple[str, Dataset]] = []
     if evidence is not None and summary_image:
         legend = legend_line(evidence.relevance is not None, evidence.lung is not None)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from monai_app.transforms.lung_fields import LUNG_LEVEL
+
 if TYPE_CHECKING:  # the value types only: rendering needs no highdicom
     from dicom_node.report.sr import AlgorithmInfo, Finding
 
@@ -37,7 +39,6 @@ DEFAULT_MAX_SIZE = 2048
 RELEVANCE_FLOOR = 0.2
 # Opacity of the heatmap at relevance 1; the radiograph stays visible under it.
 MAX_HEAT_ALPHA = 0.55
-LUNG_THRESHOLD = 0.5
 CONTOUR_RGB = (0, 255, 255)  # cyan: absent from the heat colormap and from grey
 BANNER_RGB = (16, 16, 16)
 TEXT_RGB = (255, 255, 255)
@@ -167,7 +168,7 @@ def render_summary(
         picture = _blend_heat(picture, heat)
     rgb = np.clip(np.rint(picture), 0, 255).astype(np.uint8)
     if lung is not None:
-        inside = _resized(lung.astype(np.float32), width, image_height) >= LUNG_THRESHOLD
+        inside = _resized(lung.astype(np.float32), width, image_height) >= LUNG_LEVEL
         rgb[_boundary(inside, _line_width(width, image_height))] = CONTOUR_RGB
     if band_height == 0:
         return rgb

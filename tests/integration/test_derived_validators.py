@@ -16,25 +16,14 @@ from dicom_node.report.segmentation import build_lung_segmentation
 from dicom_node.report.sr import Finding
 from dicom_node.report.summary_image import build_summary_image
 from dicom_node.report.summary_picture import banner_lines, render_summary
-from testkit.dciodvfy import dciodvfy_messages, unexplained
+from testkit.dciodvfy import JUSTIFIED_FOR_EVERY_OBJECT, dciodvfy_messages, unexplained
 from testkit.derived import display_pixels, ellipses, lung_probability, relevance_blob
 from testkit.sr import ALGORITHM, ALL_SOURCES, CANON_DX, read_source, write
 
 pytestmark = pytest.mark.usefixtures("strict_writing")  # any invalid value set fails the test
 
-# dciodvfy warnings that are acceptable, and why (as for the SR, test_sr_validators.py).
-JUSTIFIED_WARNINGS = (
-    # IHE AIR requires Device UID in the algorithm's Contributing Equipment item; this
-    # dciodvfy (dicom3tools 2022-06) does not list it there, hence also "Standard Extended".
-    r"Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID",
-    r"Dicom dataset contains attributes not present in standard DICOM IOD - "
-    r"this is a Standard Extended SOP Class",
-    # Copied unchanged from the de-identified sources (empty Type 2 study attributes,
-    # single-component patient and physician names such as "Anonymized").
-    r"Missing attribute or value that would be needed to build DICOMDIR - "
-    r"(Patient ID|Study Date|Study Time|Study ID)",
-    r"Value dubious for this VR - \(0x00(10,0x0010|08,0x0090)\) PN .* - Retired Person Name form",
-)
+# dciodvfy warnings that are acceptable, and why: those of every object the node makes.
+JUSTIFIED_WARNINGS = JUSTIFIED_FOR_EVERY_OBJECT
 
 
 def summary(source_file: str, max_size: int = 512):
