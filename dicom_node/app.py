@@ -24,6 +24,8 @@ from dicom_node.send.delivery import client_context
 from dicom_node.send.outbox import Outbox, RetryPolicy
 from dicom_node.spool import Spool
 from dicom_node.spool.owner import SpoolOwnership
+from dicom_node.spool.purge_loop import PeriodicPurge
+from dicom_node.spool.retention import PurgeOutcome, policy_from_config
 from dicom_node.tls import build_server_context, quiet_pynetdicom_tls_errors
 
 logger = logging.getLogger(__name__)
@@ -69,30 +71,29 @@ class ReceiverNode:
         self.worker: InferenceWorker | None = None
         self._stop_worker = threading.Event()
         self._worker_thread: threading.Thread | None = None
+        self.purger = PeriodicPurge(
+            self.spool, policy_from_config(config), config.retention_interval_minutes * 60,
+            on_purged=self._count_purge,
+        )
+        self._stop_purger = threading.Event()
+        self._purger_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Bind the ports, recover the spool, load the models, start worker and outbox, then
-        accept associations.
+        """Bind the ports, recover the spool, start the outbox and the purge, accept
+        associations, then load the models and start the worker.
 
-        The ports are bound first, so a port in use stops the node before the models load
-        (:class:`~dicom_node.errors.ConfigError` naming address and port). Returns once the
-        ports accept associations.
+        The ports are bound first, so a port in use stops the node at once
+        (:class:`~dicom_node.errors.ConfigError` naming address and port). Receiving needs no
+        model: the node accepts and stores while the models load, and analyses what arrived
+        once they are loaded. Returns once both are done; a bundle that cannot be loaded
+        raises :class:`~dicom_node.errors.ConfigError` (what was stored stays in the spool).
         """
+        started = time.monotonic()
         servers = self._bind()
         try:
             if self.config.metrics_port:
                 self._metrics_server = self._start_metrics()
             self.spool.recover()
-            if self.config.analysis:
-                self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set, metrics=self.metrics)
-                self.metrics.model.info({
-                    "name": self.worker.algorithm.name, "version": self.worker.algorithm.version,
-                    "weights_sha256": self.worker.algorithm.weights_sha256,
-                })
-                self._worker_thread = threading.Thread(
-                    target=self.worker.run, args=(self._stop_worker,), name="inference", daemon=True
-                )
-                self._worker_thread.start()
         except BaseException:
             for server in servers:
                 server.server_close()
@@ -100,17 +101,31 @@ class ReceiverNode:
                 self._metrics_server.stop()
             raise
         if self.config.destinations:
-            self._outbox_thread = threading.Thread(
-                target=self.outbox.run, args=(self._stop_outbox,), name="outbox", daemon=True
-            )
-            self._outbox_thread.start()
+            self._outbox_thread = _start_thread("outbox", self.outbox.run, self._stop_outbox)
+        if self.config.retention_enabled:
+            self._purger_thread = _start_thread("retention", self.purger.run, self._stop_purger)
         self._servers = servers
         for server in servers:
             serve_edge_server(self.ae, server)
+        self._log_listening(time.monotonic() - started)
+        if self.config.analysis:
+            logger.info("loading the models from %s (receiving meanwhile)", self.config.bundle.resolve())
+            self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set, metrics=self.metrics)
+            self.metrics.model.info({
+                "name": self.worker.algorithm.name, "version": self.worker.algorithm.version,
+                "weights_sha256": self.worker.algorithm.weights_sha256,
+            })
+            self._worker_thread = _start_thread("inference", self.worker.run, self._stop_worker)
+        logger.info(
+            "ready: %s in %.1f s from start", "analysing" if self.config.analysis else "receiving only (analysis off)",
+            time.monotonic() - started,
+        )
+
+    def _log_listening(self, seconds: float) -> None:
         logger.info(
             "listening: ae_title=%s bind=%s port=%s tls_port=%s mutual_tls=%s spool=%s fsync=%s sop_classes=%d "
             "transfer_syntaxes=%d allowed_callers=%s destinations=%s max_associations=%d per_host=%d "
-            "association_request_timeout=%ds",
+            "association_request_timeout=%ds retention=%s after=%.1fs",
             self.config.ae_title, self.config.bind, self.config.plaintext_port or "off",
             self.config.tls_port if self.config.tls_enabled else "off",
             "on" if self.config.tls_enabled and self.config.tls_ca_file else "off",
@@ -121,6 +136,12 @@ class ReceiverNode:
             ) or "none",
             self.config.max_associations, self.config.max_associations_per_host,
             self.config.association_request_timeout,
+            (
+                f"instances {self.config.retention_instances_days:g}d results {self.config.retention_results_days:g}d "
+                f"records {self.config.retention_records_days:g}d high_water {self.config.retention_high_water_percent:g}%"
+                if self.config.retention_enabled else "off"
+            ),
+            seconds,
         )
 
     def _start_metrics(self) -> MetricsServer:
@@ -134,6 +155,12 @@ class ReceiverNode:
         logger.info("metrics: http://%s:%d/metrics, /healthz, /readyz", address[0], server.port)
         return server
 
+    def _count_purge(self, outcome: PurgeOutcome) -> None:
+        counts = outcome.plan.counts()
+        for kind in ("instances", "results", "records"):
+            self.metrics.purged_files.labels(kind.removesuffix("s")).inc(counts[kind])
+        self.metrics.purged_bytes.inc(counts["bytes"])
+
     def readiness(self) -> list[str]:
         """What keeps the node from serving fully (empty: ready): for ``/readyz``."""
         problems = []
@@ -142,7 +169,7 @@ class ReceiverNode:
         if not os.access(self.spool.root, os.W_OK):
             problems.append("spool not writable")
         if self.config.analysis and self.worker is None:
-            problems.append("models not loaded")
+            problems.append("models loading (receiving meanwhile)" if self._servers else "models not loaded")
         return problems
 
     def _bind(self) -> list[EdgeAssociationServer]:
@@ -206,6 +233,10 @@ class ReceiverNode:
         self.outbox.wake.set()
         if self._outbox_thread is not None:
             self._outbox_thread.join(timeout=self.config.acse_timeout + 5)  # one C-STORE at most
+        self._stop_purger.set()
+        self.purger.wake.set()
+        if self._purger_thread is not None:
+            self._purger_thread.join(timeout=60)  # a purge in progress finishes its deletions
         if self._metrics_server is not None:
             self._metrics_server.stop()
             self._metrics_server = None
@@ -220,6 +251,13 @@ class ReceiverNode:
         finally:
             self.stop()
             self.ownership.release()
+
+
+def _start_thread(name: str, loop: Callable[[threading.Event], None], stop: threading.Event) -> threading.Thread:
+    """Run ``loop(stop)`` in a daemon thread (it returns once ``stop`` is set)."""
+    thread = threading.Thread(target=loop, args=(stop,), name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def build_worker(

@@ -1,4 +1,4 @@
-"""Command line: ``cxr-node serve | status | config-example``."""
+"""Command line: ``cxr-node serve | status | resend | purge | config-example``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,16 @@ def _build_parser() -> argparse.ArgumentParser:
     which = resend.add_mutually_exclusive_group(required=True)
     which.add_argument("job_ids", nargs="*", default=[], metavar="SOP_INSTANCE_UID", help="jobs to requeue")
     which.add_argument("--all", action="store_true", help="every failed job that has a report")
+
+    purge = sub.add_parser(
+        "purge", help="apply the retention policy now (safe beside a running serve)",
+        description="Delete what the [retention] policy lets go: finished jobs' instances, results and records "
+        "past their periods, and the oldest finished ones' files while the disk is above the high-water mark. "
+        "Undelivered results and their images are never deleted.",
+    )
+    _add_config_flags(purge)
+    purge.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    purge.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     sub.add_parser("config-example", help="print the commented default configuration file")
     return parser
@@ -135,6 +146,8 @@ def _serve(config: NodeConfig) -> int:
 
 
 def _status(config: NodeConfig, as_json: bool) -> int:
+    from dicom_node.spool.retention import disk_usage, policy_from_config, purge
+
     if not config.spool.is_dir():
         print(f"cxr-node: no spool at {config.spool}", file=sys.stderr)
         return 1
@@ -146,15 +159,37 @@ def _status(config: NodeConfig, as_json: bool) -> int:
         {"job": j.job_id, "report": str(spool.result_path(j)), "destinations": [d.destination for d in j.deliveries]}
         for j in spool.jobs(JobState.OUTBOX)
     ]
+    disk = disk_usage(config.spool)
+    storage: dict[str, Any] = {
+        "spool_bytes": spool.size_bytes(), "free_bytes": disk.free, "used_bytes": disk.used,
+        "used_percent": round(disk.used_percent, 1),
+    }
+    policy = policy_from_config(config)
+    would_free = purge(spool, policy, now=time.time(), dry_run=True).plan.counts()
+    retention = {
+        "enabled": config.retention_enabled, "instances_days": policy.instances_days,
+        "results_days": policy.results_days, "records_days": policy.records_days,
+        "high_water_percent": policy.high_water_percent, "purge_would_delete": would_free,
+    }
     if as_json:
         print(json.dumps({
             "spool": str(config.spool.resolve()), "jobs": counts, "failed": failed,
             "not_analysed": dict(sorted(not_analysed.items())), "outbox": waiting,
+            "storage": storage, "retention": retention,
         }, indent=1))
     else:
         print(f"spool: {config.spool.resolve()}")
         for state, n in counts.items():
             print(f"  {state:<14}{n:>8}")
+        print(
+            f"storage: spool {_size(storage['spool_bytes'])}, free {_size(storage['free_bytes'])} "
+            f"({storage['used_percent']:g} % used)"
+        )
+        print(
+            f"retention ({'on' if config.retention_enabled else 'off in serve'}): instances {policy.instances_days:g} d, "
+            f"results {policy.results_days:g} d, records {policy.records_days:g} d after delivery, "
+            f"high-water {policy.high_water_percent:g} %; a purge now would delete {_plan_text(would_free)}"
+        )
         for reason, n in sorted(not_analysed.items()):
             print(f"not analysed ({reason}): {n}")
         for item in failed:
@@ -162,6 +197,38 @@ def _status(config: NodeConfig, as_json: bool) -> int:
         for item in waiting:
             where = ", ".join(item["destinations"]) or "no destination configured"
             print(f"outbox {item['job']}: {item['report']} ({where})")
+    return 0
+
+
+def _size(n: int) -> str:
+    """Bytes for people: ``1.5 GB``."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def _plan_text(counts: dict[str, int]) -> str:
+    return (
+        f"{counts['instances']} instances, {counts['results']} result files, {counts['records']} job records "
+        f"({_size(counts['bytes'])}; jobs by age {counts['jobs_by_age']}, by disk {counts['jobs_by_disk']})"
+    )
+
+
+def _purge(config: NodeConfig, dry_run: bool, as_json: bool) -> int:
+    from dicom_node.spool.retention import policy_from_config, purge
+
+    if not config.spool.is_dir():
+        print(f"cxr-node: no spool at {config.spool}", file=sys.stderr)
+        return 1
+    outcome = purge(Spool(config.spool, fsync=config.fsync), policy_from_config(config), now=time.time(), dry_run=dry_run)
+    counts = outcome.plan.counts()
+    if as_json:
+        print(json.dumps({"dry_run": dry_run, **counts, "already_gone": outcome.missing}, indent=1))
+    else:
+        print(f"{'would delete' if dry_run else 'deleted'} {_plan_text(counts)}")
     return 0
 
 
@@ -189,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(config)
         if args.command == "resend":
             return _resend(config, args.job_ids, args.all)
+        if args.command == "purge":
+            return _purge(config, args.dry_run, args.json)
         return _status(config, args.json)
     except NodeError as exc:
         print(f"cxr-node: {exc}", file=sys.stderr)

@@ -86,10 +86,14 @@ def check_optional_file_path(key: str, value: object) -> Path | None:
     return None if value is None else check_file_path(key, value)
 
 
-def check_unit_interval(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f'"{key}" must be a number in 0..1, got {value!r}')
+def check_number(key: str, value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f'"{key}" must be a number in {low:g}..{high:g}, got {value!r}')
     return float(value)
+
+
+def check_unit_interval(key: str, value: object) -> float:
+    return check_number(key, value, 0.0, 1.0)
 
 
 def check_ip(key: str, value: object) -> str:
@@ -256,6 +260,12 @@ class NodeConfig:
     relevance_map: bool = True
     summary_image: bool = True
     lung_segmentation: bool = False
+    retention_enabled: bool = True
+    retention_instances_days: float = 30.0
+    retention_results_days: float = 30.0
+    retention_records_days: float = 365.0
+    retention_high_water_percent: float = 90.0
+    retention_interval_minutes: float = 60.0
     metrics_port: int = 0  # 0: no metrics endpoint
     metrics_bind: str = "127.0.0.1"
     tls_enabled: bool = False
@@ -297,6 +307,7 @@ class NodeConfig:
         check_int("inference.num_threads", self.num_threads, 0, 1024)
         for key in ("relevance_map", "summary_image", "lung_segmentation"):
             check_bool(f"results.{key}", getattr(self, key))
+        self._check_retention()
         check_int("metrics.port", self.metrics_port, 0, 65535)
         object.__setattr__(self, "metrics_bind", check_ip("metrics.bind", self.metrics_bind))
         if self.metrics_port and self.metrics_port == self.port and self.metrics_bind == self.bind:
@@ -305,6 +316,21 @@ class NodeConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f'"destinations.name" must be unique, got {names}')
         self._check_tls()
+
+    def _check_retention(self) -> None:
+        check_bool("retention.enabled", self.retention_enabled)
+        for kind in ("instances", "results", "records"):
+            key = f"retention_{kind}_days"
+            object.__setattr__(self, key, check_number(f"retention.{kind}_days", getattr(self, key), 0, 36500))
+        if self.retention_records_days < max(self.retention_instances_days, self.retention_results_days):
+            # A record is what says an instance was analysed and delivered: it outlives the files.
+            raise ConfigError('"retention.records_days" must be at least instances_days and results_days')
+        object.__setattr__(self, "retention_high_water_percent", check_number(
+            "retention.high_water_percent", self.retention_high_water_percent, 0, 99
+        ))
+        object.__setattr__(self, "retention_interval_minutes", check_number(
+            "retention.interval_minutes", self.retention_interval_minutes, 0.01, 10080
+        ))
 
     def _check_tls(self) -> None:
         check_bool("tls.enabled", self.tls_enabled)
@@ -376,6 +402,10 @@ _SCHEMA: dict[str, dict[str, str]] = {
         k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads")
     },
     "results": {k: k for k in ("relevance_map", "summary_image", "lung_segmentation")},
+    "retention": {
+        k: f"retention_{k}"
+        for k in ("enabled", "instances_days", "results_days", "records_days", "high_water_percent", "interval_minutes")
+    },
     "metrics": {"port": "metrics_port", "bind": "metrics_bind"},
     "tls": {k: f"tls_{k}" for k in ("enabled", "port", "only", "certificate", "private_key", "ca_file")},
 }

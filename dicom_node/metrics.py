@@ -11,7 +11,6 @@ spool writable, models loaded) on a loopback port by default.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -53,21 +52,10 @@ class SpoolCollector(Collector):
             "cxr_oldest_undelivered_seconds", "Age of the oldest job whose result is not delivered yet (0: none).",
             value=oldest,
         )
-        yield GaugeMetricFamily("cxr_spool_bytes", "Bytes of files in the spool.", value=_tree_bytes(self.spool.root))
+        yield GaugeMetricFamily("cxr_spool_bytes", "Bytes of files in the spool.", value=self.spool.size_bytes())
         yield GaugeMetricFamily(
             "cxr_spool_free_bytes", "Free bytes on the spool's file system.", value=shutil.disk_usage(self.spool.root).free
         )
-
-
-def _tree_bytes(root: os.PathLike[str] | str) -> int:
-    total = 0
-    for folder, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:
-                continue  # moved meanwhile
-    return total
 
 
 class NodeMetrics:
@@ -106,6 +94,11 @@ class NodeMetrics:
             "cxr_delivery_attempts", "Delivery attempts, by destination and outcome (delivered, failed).",
             ["destination", "outcome"], registry=self.registry,
         )
+        self.purged_files = Counter(
+            "cxr_purged_files", "Files deleted by the retention policy, by kind (instance, result, record).",
+            ["kind"], registry=self.registry,
+        )
+        self.purged_bytes = Counter("cxr_purged_bytes", "Bytes deleted by the retention policy.", registry=self.registry)
         self.model = Info("cxr_model", "The models that make the results.", registry=self.registry)
         if spool is not None:
             self.registry.register(SpoolCollector(spool))

@@ -56,7 +56,9 @@ class NodeProcess:
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> NodeProcess:
+    def start(self, timeout: float = 30, *, until: str = "ready:") -> NodeProcess:
+        """Start the node and wait for the log line ``until``: ``"ready:"`` once the models are
+        loaded (the node fully up), ``"listening:"`` once it accepts associations."""
         # Receiver tests leave the spool's jobs in `received`; end-to-end tests pass --analysis.
         analysis = () if "--analysis" in self.extra_args else ("--no-analysis",)
         args = [
@@ -70,10 +72,10 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"node exited with {self.process.returncode}:\n{self.log()}")
-            if "listening:" in self.log():  # logged once the socket listens
+            if until in self.log():
                 return self
             time.sleep(0.1)
-        raise RuntimeError(f"node did not listen within {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"node did not log {until!r} within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

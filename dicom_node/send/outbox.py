@@ -19,6 +19,7 @@ from dicom_node.config import NodeConfig, PacsDestination
 from dicom_node.metrics import NodeMetrics
 from dicom_node.send.delivery import DeliveryResult, next_retry_delay, send_files
 from dicom_node.spool import DeliveryState, Job, JobState, Spool
+from dicom_node.spool.store import JobMovedError
 
 logger = logging.getLogger(__name__)
 
@@ -203,5 +204,8 @@ def requeue_failed(spool: Spool, job_ids: Iterable[str] | None = None) -> list[J
         if (wanted is not None and job.job_id not in wanted) or not job.result_file:
             continue
         fresh = tuple(d if d.delivered else DeliveryState(d.destination) for d in job.deliveries)
-        requeued.append(spool.transition(job, JobState.OUTBOX, detail="requeued by resend", deliveries=fresh))
+        try:
+            requeued.append(spool.transition(job, JobState.OUTBOX, detail="requeued by resend", deliveries=fresh))
+        except JobMovedError:
+            continue  # requeued by another resend meanwhile
     return requeued

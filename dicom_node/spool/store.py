@@ -10,13 +10,20 @@ A state is a directory and a transition writes the record into the new state's d
 in one state or, briefly, in two; :meth:`Spool.recover` keeps the later one. Jobs found in
 ``processing`` at start-up go back to ``received``: their work was interrupted.
 ``not_analysed`` is final: the image got no finding, and its record says why.
+
+Every change of a job record holds ``jobs.lock`` (``fcntl.flock``) as well as a thread lock,
+so ``cxr-node resend`` beside a running ``serve`` cannot interleave with it: a transition
+finds its job where it expects it, or fails with :class:`JobMovedError` and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,6 +38,12 @@ from dicom_node.errors import SpoolError
 from dicom_node.spool.durable import fsync_directory, is_temp_file, move_into_place, remove_temp_files, write_atomically
 
 logger = logging.getLogger(__name__)
+
+JOBS_LOCK_FILE = "jobs.lock"
+
+
+class JobMovedError(SpoolError):
+    """A job was not in the state its caller read it in: another process moved it meanwhile."""
 
 # Tolerant on purpose: digits and dots only (safe as a file name), leading zeros allowed
 # because real modalities emit them.
@@ -139,6 +152,7 @@ class Spool:
         self.results_dir = self.root / "results"
         self.jobs_dir = self.root / "jobs"
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None  # opened on first write: `status` may run read-only
         try:
             for directory in (self.instances_dir, self.results_dir, *(self.state_dir(s) for s in JobState)):
                 directory.mkdir(parents=True, exist_ok=True)
@@ -155,6 +169,33 @@ class Spool:
 
     def _job_path(self, state: JobState, job_id: str) -> Path:
         return self.state_dir(state) / f"{job_id}.json"
+
+    def record_path(self, job: Job) -> Path:
+        """The file of ``job``'s record in its state's directory."""
+        return self._job_path(job.state, job.job_id)
+
+    def record_path_of(self, job_id: str, state: JobState) -> Path:
+        """Where the record of job ``job_id`` is while it is in ``state``."""
+        return self._job_path(state, job_id)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the spool's job lock: other threads and other processes on this spool wait."""
+        with self._lock:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self.root / JOBS_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (the spool's files stay as they are)."""
+        with self._lock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -202,7 +243,7 @@ class Spool:
     def _add_job(
         self, sop_instance_uid: str, sop_class_uid: str, transfer_syntax_uid: str, calling_ae_title: str, size: int
     ) -> tuple[Job, bool]:
-        with self._lock:
+        with self.locked():
             existing = self.find_job(sop_instance_uid)
             if existing is not None:
                 return existing, False
@@ -235,8 +276,16 @@ class Spool:
         return None
 
     def transition(self, job: Job, to_state: JobState, *, detail: str = "", **changes: Any) -> Job:
-        """Move ``job`` to ``to_state`` durably, with other fields ``changes``d; return the new record."""
-        with self._lock:
+        """Move ``job`` to ``to_state`` durably, with other fields ``changes``d; return the new record.
+
+        Raises
+        ------
+        JobMovedError
+            ``job``'s record is no longer in ``job.state`` (another process moved it); nothing
+            is written.
+        """
+        with self.locked():
+            self._check_in_place(job)
             moved = replace(
                 job,
                 state=to_state,
@@ -252,10 +301,21 @@ class Spool:
             return moved
 
     def update(self, job: Job) -> Job:
-        """Rewrite ``job``'s record in place (same state), durably."""
-        with self._lock:
+        """Rewrite ``job``'s record in place (same state), durably.
+
+        Raises
+        ------
+        JobMovedError
+            ``job``'s record is no longer in ``job.state``; nothing is written.
+        """
+        with self.locked():
+            self._check_in_place(job)
             self._write_job(job)
         return job
+
+    def _check_in_place(self, job: Job) -> None:
+        if not self._job_path(job.state, job.job_id).exists():
+            raise JobMovedError(f"job {job.job_id} is no longer {job.state.value}")
 
     def result_path(self, job: Job) -> Path:
         """The job's report."""
@@ -321,6 +381,17 @@ class Spool:
         counts["instances"] = sum(1 for p in self.instances_dir.glob("*.dcm") if not is_temp_file(p))
         return counts
 
+    def size_bytes(self) -> int:
+        """Bytes of every file in the spool."""
+        total = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(folder, name)).st_size
+                except FileNotFoundError:
+                    continue  # moved meanwhile
+        return total
+
     # -- start-up --------------------------------------------------------------------------
 
     def recover(self) -> dict[str, int]:
@@ -331,7 +402,7 @@ class Spool:
         orphan instance (file renamed in place, crash before its job was written) a job.
         """
         report = {"temp_files_removed": 0, "duplicates_removed": 0, "requeued": 0, "orphans_enqueued": 0}
-        with self._lock:
+        with self.locked():
             for directory in (self.instances_dir, self.results_dir, *(self.state_dir(s) for s in JobState)):
                 report["temp_files_removed"] += remove_temp_files(directory)
             seen: dict[str, JobState] = {}

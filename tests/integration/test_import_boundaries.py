@@ -41,7 +41,7 @@ def test_a_serving_node_with_its_models_loads_no_evaluation_or_plotting_package(
         process = subprocess.Popen([sys.executable, "-c", RUN_AND_REPORT, *args], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        while "listening:" not in log.read_text(errors="replace"):
+        while "ready:" not in log.read_text(errors="replace"):
             assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)

@@ -160,3 +160,49 @@ def test_a_job_record_written_before_companions_existed_still_reads(tmp_path: Pa
     old = Job.from_json(record)
 
     assert old.companion_files == () and spool.result_paths(replace(old, result_file="results/1.2.3.dcm"))[0].name == "1.2.3.dcm"
+
+
+def test_a_transition_from_a_state_the_job_has_left_writes_nothing(tmp_path: Path) -> None:
+    from dicom_node.spool.store import JobMovedError
+
+    spool = Spool(tmp_path)
+    job, _ = _store(spool, "1.2.3")
+    spool.transition(job, JobState.PROCESSING)
+    with pytest.raises(JobMovedError, match="no longer received"):
+        spool.transition(job, JobState.NOT_ANALYSED)  # the stale copy read before the move
+    with pytest.raises(JobMovedError):
+        spool.update(job)
+    assert spool.counts()["processing"] == 1 and spool.counts()["not_analysed"] == 0
+
+
+def _fail_every_job(root: str, uids: list[str]) -> None:
+    spool = Spool(Path(root), fsync=True)  # the directory fsync widens the window a lock must close
+    for uid in uids:
+        job = spool.find_job(uid)
+        assert job is not None
+        spool.transition(job, JobState.FAILED, detail="gave up")
+
+
+def test_resend_in_another_process_never_loses_a_job_the_owner_is_moving(tmp_path: Path) -> None:
+    # The node moves jobs outbox -> failed while `cxr-node resend` moves them failed -> outbox:
+    # with the spool's file lock every job ends in exactly one state.
+    import multiprocessing
+
+    from dicom_node.send.outbox import requeue_failed
+
+    spool = Spool(tmp_path, fsync=False)
+    uids = [f"1.2.{i}" for i in range(300)]
+    for uid in uids:
+        job, _ = _store(spool, uid)
+        spool.put_result(job, b"report", ["pacs"])
+    owner = multiprocessing.get_context("fork").Process(target=_fail_every_job, args=(str(tmp_path), uids))
+    owner.start()
+    requeued = 0
+    while owner.is_alive():
+        requeued += len(requeue_failed(spool))
+    owner.join()
+    requeued += len(requeue_failed(spool))
+    assert owner.exitcode == 0
+    placed = [state.value for uid in uids for state in JobState if spool.record_path_of(uid, state).exists()]
+    assert len(placed) == len(uids) and set(placed) == {"outbox"}, "each job in exactly one state"
+    assert requeued > 0
