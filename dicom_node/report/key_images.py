@@ -20,8 +20,9 @@ Decisions, with their reasons:
 * The Current Requested Procedure Evidence Sequence lists exactly the selected images,
   grouped by study and series, since the Key Object Document Module defines it as the
   instances the content references (whatever their study). highdicom 0.28's
-  :class:`~highdicom.ko.KeyObjectSelectionDocument` keeps only the document's own study
-  there and refuses more than one other study, so the document is assembled here from
+  :class:`~highdicom.ko.KeyObjectSelectionDocument` takes patient and study from its first
+  evidence item, keeps only that study's instances there and refuses references to more
+  than one other study, so the document is assembled here from
   highdicom's :class:`~highdicom.base.SOPClass`, its SR content items and its evidence
   grouping, then read back with ``KeyObjectSelectionDocument.from_dataset``.
 * No Identical Documents Sequence, although the Key Object Document Module asks for one
