@@ -52,7 +52,7 @@ class ImageEvidence:
 
 @dataclass(frozen=True)
 class ResultObjects:
-    """The report and, in sending order before it, the objects it references."""
+    """The report and, in sending order before it, its companion objects (the ones it lists, then the KOS)."""
 
     report: Dataset
     # (kind, object): "sc" summary image, "seg" segmentation, "ko" key-image selection
