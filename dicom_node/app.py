@@ -302,7 +302,7 @@ def build_worker(
         similar_k=config.similar_k, threshold=threshold,
         destinations=tuple(d.name for d in config.destinations),
         relevance_map=config.relevance_map, summary_image=config.summary_image,
-        lung_segmentation=config.lung_segmentation,
+        lung_segmentation=config.lung_segmentation, key_images=config.key_images,
     )
     return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result, metrics=metrics)
 

@@ -260,6 +260,7 @@ class NodeConfig:
     relevance_map: bool = True
     summary_image: bool = True
     lung_segmentation: bool = False
+    key_images: bool = True
     retention_enabled: bool = True
     retention_instances_days: float = 30.0
     retention_results_days: float = 30.0
@@ -305,7 +306,7 @@ class NodeConfig:
         if self.threshold is not None:
             object.__setattr__(self, "threshold", check_unit_interval("inference.threshold", self.threshold))
         check_int("inference.num_threads", self.num_threads, 0, 1024)
-        for key in ("relevance_map", "summary_image", "lung_segmentation"):
+        for key in ("relevance_map", "summary_image", "lung_segmentation", "key_images"):
             check_bool(f"results.{key}", getattr(self, key))
         self._check_retention()
         check_int("metrics.port", self.metrics_port, 0, 65535)
@@ -401,7 +402,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "inference": {
         k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads")
     },
-    "results": {k: k for k in ("relevance_map", "summary_image", "lung_segmentation")},
+    "results": {k: k for k in ("relevance_map", "summary_image", "lung_segmentation", "key_images")},
     "retention": {
         k: f"retention_{k}"
         for k in ("enabled", "instances_days", "results_days", "records_days", "high_water_percent", "interval_minutes")

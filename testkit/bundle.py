@@ -150,3 +150,42 @@ def _write_manifest(target: Path, rows: list[dict[str, str]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return manifest
+
+
+def build_similar_index(images: list[tuple[Path, str]], target: Path) -> Path:
+    """The bundle's ``build_index`` (shipped classifier) on DICOM ``images`` of ``(path, label)``; returns the index folder.
+
+    The index holds each file's own Study, Series and SOP Instance UIDs (read from its header),
+    so a test that also loads the files into a PACS can retrieve what the node reports.
+    """
+    dataset_dir = target / "reference_set"
+    dataset_dir.mkdir(parents=True)
+    rows = []
+    for number, (path, label) in enumerate(images):
+        relative = f"images/{number}.dcm"
+        (dataset_dir / relative).parent.mkdir(exist_ok=True)
+        (dataset_dir / relative).write_bytes(path.read_bytes())
+        rows.append({"image_path": relative, "patient_id": f"prior-{number}", "label": label, "mask_path": "",
+                     "split": "train", "source": "test"})
+    manifest = _write_manifest(dataset_dir, rows)
+    index_dir = target / "index"
+    wf = workflow(
+        BUILD_INDEX, "train", "build_index", CLASSIFIER_PROPERTIES, dataset_dir=str(dataset_dir),
+        manifest=str(manifest), cls_index_dir=str(index_dir), cls_index_model_file="@cls_model_file",
+        cls_index_salt="test-salt",
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return index_dir
+
+
+def bundle_with_index(index_dir: Path, target: Path) -> Path:
+    """A copy of the repository's bundle (configs and weights linked) whose similar-study index is ``index_dir``."""
+    (target / "models").mkdir(parents=True)
+    (target / "configs").symlink_to(CONFIGS)
+    for weights in (BUNDLE / "models").iterdir():
+        if weights.name != "index":
+            (target / "models" / weights.name).symlink_to(weights)
+    (target / "models" / "index").symlink_to(index_dir)
+    return target

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from testkit.peers import free_port, stop_process
 
 ORTHANC_AE_TITLE = "ORTHANC"
@@ -176,6 +178,57 @@ class OrthancServer:
         """Orthanc IDs of the stored instances with this SOP Instance UID."""
         return self.post("/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}})
 
+    def upload(self, path: Path) -> None:
+        """Store a DICOM file through the REST API (POST /instances): the PACS's own priors."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/instances", data=path.read_bytes(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            json.load(response)
+
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM and wait: Orthanc takes 4-5 s to exit and free its ports."""
         stop_process(self.process, timeout)
+
+
+def c_get_instances(
+    server: OrthancServer, calling_ae_title: str, references: list[tuple[str, str, str, str]], timeout: float = 30
+) -> set[str]:
+    """C-GET each ``(study, series, SOP instance, SOP class)`` from Orthanc at IMAGE level (pynetdicom).
+
+    Returns the SOP Instance UIDs Orthanc sent back on the association (C-STORE sub-operations).
+    ``calling_ae_title`` must be one of the server's ``calling_ae_titles``.
+    """
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+    received: set[str] = set()
+
+    def handle_store(event: evt.Event) -> int:
+        received.add(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    sop_classes = sorted({reference[3] for reference in references})
+    for sop_class in sop_classes:
+        ae.add_requested_context(sop_class)
+    # The retrieved instances come back as C-STOREs on this association: we are their SCP.
+    assoc = ae.associate(
+        "127.0.0.1", server.dicom_port, ae_title=ORTHANC_AE_TITLE,
+        ext_neg=[build_role(sop_class, scp_role=True) for sop_class in sop_classes],
+        evt_handlers=[(evt.EVT_C_STORE, handle_store)],
+    )
+    if not assoc.is_established:
+        raise RuntimeError(f"Orthanc refused the C-GET association of {calling_ae_title}")
+    try:
+        for study, series, instance, _ in references:
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID, query.SeriesInstanceUID, query.SOPInstanceUID = study, series, instance
+            for _status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+                pass
+    finally:
+        assoc.release()
+    return received

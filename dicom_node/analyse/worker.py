@@ -50,6 +50,7 @@ class WorkerSettings:
     relevance_map: bool = True  # Grad-CAM, for the SR's region and the summary image's heatmap
     summary_image: bool = True
     lung_segmentation: bool = False
+    key_images: bool = True  # the Key Object Selection of the similar images
 
 
 def similar_studies(neighbours: Sequence[Neighbour]) -> list[SimilarStudy]:
@@ -225,6 +226,7 @@ class InferenceWorker:
         result = build_result(
             header, finding, similar, self.algorithm, image_evidence(image, prediction.relevance),
             summary_image=self.settings.summary_image, lung_segmentation=self.settings.lung_segmentation,
+            key_images=self.settings.key_images,
         )
         self.spool.put_result(
             job, encode(result.report), self.settings.destinations,

@@ -66,6 +66,17 @@ SIMILAR_CASE = Code("SIMCASE", PRIVATE_SCHEME, "Similar case")
 # measurements; this line is a retrieval result).
 SIMILAR_IMAGE = Code("SIMIMG", PRIVATE_SCHEME, "Similar image")
 
+# --- Key Object Selection of the similar images (TID 2010) ---------------------------------
+# Document title, CID 7010: DCM 113000 "Of Interest", the generic title of IHE Key Image Notes
+# and the one PACS viewers list as key images. CID 7010 has no "similar cases" concept; the
+# purpose-specific titles name human workflows (For Teaching, For Conference, ...), and the
+# rejection titles (113001, 113037-113039) would make a PACS hide the referenced images.
+KEY_IMAGES_TITLE = codes.DCM.OfInterest
+# TID 2010: the concept name highdicom gives each selected object (SCT 260753009 "Source"),
+# without pydicom's "(attribute)" suffix.
+SELECTED_OBJECT = Code("260753009", "SCT", "Source")
+KEY_OBJECT_DESCRIPTION = codes.DCM.KeyObjectDescription  # 113012
+
 # --- Derived images (summary Secondary Capture, lung Segmentation) -------------------------
 # DCM 121322 (CID 7202): purpose of the Source Image Sequence item of a derived image.
 SOURCE_IMAGE_FOR_PROCESSING = codes.DCM.SourceImageForImageProcessingOperation
@@ -83,8 +94,10 @@ _NON_STANDARD_SCHEMES: dict[str, tuple[str, str]] = {
 NON_STANDARD_SCHEME_DESIGNATORS = frozenset(_NON_STANDARD_SCHEMES)
 
 
-def non_standard_coding_schemes() -> list[CodingSchemeIdentificationItem]:
+def non_standard_coding_schemes(*designators: str) -> list[CodingSchemeIdentificationItem]:
     """Return new Coding Scheme Identification items for the non-standard schemes.
+
+    ``designators`` names the schemes an object uses (default: all of them).
 
     New items on every call: they are data sets, and an item shared between two reports
     would be one mutable object inside both.
@@ -94,4 +107,5 @@ def non_standard_coding_schemes() -> list[CodingSchemeIdentificationItem]:
             designator=designator, name=name, responsible_organization=organization
         )
         for designator, (name, organization) in _NON_STANDARD_SCHEMES.items()
+        if not designators or designator in designators
     ]

@@ -2,7 +2,9 @@
 
 Order matters twice: the summary image and the segmentation are built first, so the report
 can list them as evidence, and they are sent first (see :meth:`Spool.put_result`), so a
-viewer that opens the report finds them in the PACS.
+viewer that opens the report finds them in the PACS. The key-image selection of the similar
+images is sent before the report too, but the report does not list it: TID 1500 has no place
+for it, and the report references each similar image itself.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_node.report.key_images import build_similar_images_selection
 from dicom_node.report.segmentation import build_lung_segmentation
 from dicom_node.report.source import checked_source
 from dicom_node.report.sr import AlgorithmInfo, Finding, ImageRegion, SimilarStudy, build_report
@@ -49,10 +52,11 @@ class ImageEvidence:
 
 @dataclass(frozen=True)
 class ResultObjects:
-    """The report and, in sending order before it, the objects it references."""
+    """The report and, in sending order before it, its companion objects (the ones it lists, then the KOS)."""
 
     report: Dataset
-    companions: tuple[tuple[str, Dataset], ...]  # (kind, object): "sc" summary image, "seg" segmentation
+    # (kind, object): "sc" summary image, "seg" segmentation, "ko" key-image selection
+    companions: tuple[tuple[str, Dataset], ...]
 
 
 def build_result(
@@ -64,6 +68,7 @@ def build_result(
     *,
     summary_image: bool = True,
     lung_segmentation: bool = False,
+    key_images: bool = True,
 ) -> ResultObjects:
     """Build the report on ``source`` and, with ``evidence``, the summary image and segmentation.
 
@@ -80,6 +85,9 @@ def build_result(
         Add the Secondary Capture summary image.
     lung_segmentation : bool
         Add the DICOM Segmentation of the lung fields (needs ``evidence.lung``).
+    key_images : bool
+        Add the Key Object Selection of the similar images (when there are any; needs no
+        ``evidence``).
 
     Returns
     -------
@@ -106,4 +114,6 @@ def build_result(
         region=None if evidence is None else evidence.region,
         companions=[dataset for _, dataset in companions],
     )
+    if key_images and similar:
+        companions.append(("ko", build_similar_images_selection(source, similar, algorithm)))
     return ResultObjects(report, tuple(companions))

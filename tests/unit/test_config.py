@@ -50,6 +50,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("[inference]\nsimilar_k = -1", r'"inference.similar_k" must be an integer in 0..50'),
         ("[inference]\nanalysis = 1", r'"inference.analysis" must be true or false'),
         ("[inference]\nbundle = 3", r'"inference.bundle" must be a directory path'),
+        ("[results]\nkey_images = \"no\"", r'"results.key_images" must be true or false'),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(toml: str, message: str) -> None:
@@ -77,6 +78,11 @@ def test_inference_settings_from_the_file(tmp_path: Path) -> None:
     config = load_config(path)
     assert (config.device, config.batch_size, config.threshold, config.bundle) == ("cpu", 8, 0.4, Path("/opt/bundle"))
     assert config.analysis and config.similar_k == 4
+
+
+def test_key_images_are_on_by_default_and_can_be_switched_off() -> None:
+    assert NodeConfig().key_images
+    assert not config_from_mapping(tomllib.loads("[results]\nkey_images = false")).key_images
 
 
 def test_max_instance_bytes_is_checked_by_name() -> None:

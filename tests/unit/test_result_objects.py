@@ -16,7 +16,7 @@ from monai_app.transforms.normalisation import Box
 from testkit.derived import display_pixels, lung_probability, relevance_blob
 from testkit.sr import ALGORITHM, CANON_DX, SIMILAR, read_source
 
-SC, SEG = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.66.4"
+SC, SEG, KO = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.59"
 
 
 @dataclass(frozen=True)
@@ -78,18 +78,20 @@ def _evidence(source: Dataset) -> ImageEvidence:
     return ImageEvidence(pixels, relevance_blob(rows, columns), lung_probability(rows, columns), region)
 
 
-def test_result_is_report_plus_summary_image_and_segmentation_in_sending_order() -> None:
+def test_result_is_report_plus_summary_image_segmentation_and_key_images_in_sending_order() -> None:
     source = read_source(CANON_DX)
 
     result = build_result(source, Finding(0.3, 0.13), SIMILAR, ALGORITHM, _evidence(source), lung_segmentation=True)
 
-    assert [kind for kind, _ in result.companions] == ["sc", "seg"]
-    assert [d.SOPClassUID for _, d in result.companions] == [SC, SEG]
+    assert [kind for kind, _ in result.companions] == ["sc", "seg", "ko"]
+    assert [d.SOPClassUID for _, d in result.companions] == [SC, SEG, KO]
     uids = {result.report.SOPInstanceUID, *(d.SOPInstanceUID for _, d in result.companions)}
-    assert len(uids) == 3
+    assert len(uids) == 4
     evidence = {str(i.ReferencedSOPInstanceUID) for s in result.report.CurrentRequestedProcedureEvidenceSequence
                 for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
-    assert {d.SOPInstanceUID for _, d in result.companions} <= evidence
+    # The report lists the images it was made with, not the key-image selection of its similar cases.
+    assert {d.SOPInstanceUID for kind, d in result.companions if kind != "ko"} <= evidence
+    assert result.companions[2][1].SOPInstanceUID not in evidence
     summary = result.companions[0][1]
     assert max(summary.Rows, summary.Columns) <= 1024 and summary.BurnedInAnnotation == "YES"
 
@@ -97,11 +99,14 @@ def test_result_is_report_plus_summary_image_and_segmentation_in_sending_order()
 def test_switches_leave_out_the_summary_image_and_the_segmentation() -> None:
     source = read_source(CANON_DX)
 
-    result = build_result(source, Finding(0.3), SIMILAR, ALGORITHM, _evidence(source), summary_image=False)
+    result = build_result(
+        source, Finding(0.3), SIMILAR, ALGORITHM, _evidence(source), summary_image=False, key_images=False
+    )
     assert result.companions == ()
     bare = build_result(source, Finding(0.3), SIMILAR, ALGORITHM, None, lung_segmentation=True)
-    assert bare.companions == ()
+    assert [kind for kind, _ in bare.companions] == ["ko"], "the key images need no image evidence"
     assert "SCOORD" not in str(bare.report)
+    assert build_result(source, Finding(0.3), [], ALGORITHM, None).companions == (), "no similar images, no KOS"
 
 
 def test_rebuilt_result_has_the_same_uids() -> None:
