@@ -132,3 +132,49 @@ def write_labels(path: Path, studies: list[PacsStudy], unlabelled_every: int = 7
         writer.writerow(["accession_number", "label"])
         writer.writerows(sorted(labels.items()))
     return labels
+
+
+CALLING_AE = "CXR_AI"
+"""The node's AE title, known to the test PACS (C-FIND, C-GET and C-MOVE allowed)."""
+MOVE_AE = "CXR_AI_QR"
+"""The C-MOVE destination the test PACS knows (the import's temporary Storage SCP)."""
+
+
+@dataclass
+class LoadedPacs:
+    """A running Orthanc holding :func:`pacs_studies`, and the labels CSV of its studies."""
+
+    orthanc: OrthancServer
+    studies: list[PacsStudy]
+    labels_csv: Path
+    labels: dict[str, str]  # accession number -> label, as the CSV has them
+    move_port: int
+
+    @property
+    def address(self) -> str:
+        """``AE@HOST:PORT`` of the PACS, as ``--pacs`` takes it."""
+        return f"ORTHANC@127.0.0.1:{self.orthanc.dicom_port}"
+
+    @property
+    def wanted(self) -> list[PacsStudy]:
+        return [s for s in self.studies if s.wanted]
+
+    def expected_label(self, study: PacsStudy) -> str:
+        return self.labels.get(study.accession_number, "unknown")
+
+
+def start_loaded_pacs(workdir: Path, shared: Path) -> LoadedPacs:
+    """Start Orthanc (the node's AE may query and retrieve; :data:`MOVE_AE` is a move destination) and load it."""
+    from testkit.peers import free_port
+
+    move_port = free_port()
+    orthanc = OrthancServer(workdir / "orthanc", (CALLING_AE,), move_destinations={MOVE_AE: move_port}).start()
+    try:
+        studies = pacs_studies(shared)
+        load_orthanc(orthanc, shared, studies)
+        labels_csv = workdir / "labels.csv"
+        labels = write_labels(labels_csv, studies)
+    except BaseException:
+        orthanc.stop()
+        raise
+    return LoadedPacs(orthanc, studies, labels_csv, labels, move_port)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,24 +76,34 @@ def associate(ae: AE, peer: PacsPeer, **kwargs: Any) -> Association:
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
     if assoc.is_established:
         no_delay(assoc)
+        keep_responses(assoc)
     return assoc
 
 
-def park_reactor(assoc: Association, timeout: float = 1.0) -> None:
-    """Stop the association's reactor thread before the next request on it (pynetdicom 3.0 race).
+
+def keep_responses(assoc: Association) -> None:
+    """Give a response pynetdicom's reactor took by mistake back to the request waiting for it (pynetdicom 3.0 race).
 
     Between two requests pynetdicom lets its reactor thread read incoming messages; a
-    ``send_c_*`` call waits for it to pause, but can see a stale "paused" flag, and the reactor
+    ``send_c_*`` call waits for it to pause but can see a stale "paused" flag, and the reactor
     then takes the first response as an "unexpected" request and drops it (pynetdicom issue
-    #875): a C-FIND match is lost without an error. Once the reactor has gone round its loop
-    (about 1 ms) after the checkpoint is cleared, it blocks on it; ``send_c_*`` sets it again
-    when its answers are in. Private attributes of the pinned pynetdicom; absent, nothing happens.
+    #875): a C-FIND match is lost without an error, or the final status, and the request waits
+    out the DIMSE timeout. Here such a response goes back to the front of the message queue
+    while a request is in progress (its checkpoint cleared); otherwise it is dropped as before.
+    Private attributes of the pinned pynetdicom (3.0.4); absent, nothing changes.
     """
+    serve = getattr(assoc, "_serve_request", None)
     checkpoint = getattr(assoc, "_reactor_checkpoint", None)
-    if checkpoint is None:
+    messages = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    if serve is None or checkpoint is None or messages is None:
         return
-    checkpoint.clear()
-    time.sleep(0.003)  # > one turn of the reactor's loop: it is now at (or past) its wait
-    deadline = time.monotonic() + timeout
-    while not getattr(assoc, "_is_paused", True) and time.monotonic() < deadline:
-        time.sleep(0.0005)
+
+    def serve_or_give_back(msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request and not checkpoint.is_set():
+            with messages.mutex:
+                messages.queue.appendleft((context_id, msg))
+                messages.not_empty.notify()
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_give_back  # type: ignore[method-assign]

@@ -162,8 +162,7 @@ def embed_instances(
     for instance in instances:
         if cache.has(instance.sop_instance_uid):
             counts.cached += 1
-            if on_instance is not None:
-                on_instance(1)
+            finish([instance])  # a run stopped between the cache write and the delete left the file
             continue
         path = folder.path(instance.sop_instance_uid)
         if not path.is_file():

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # t
 
 from dicom_node.analyse.applicability import RADIOGRAPH_MODALITIES, Applicability, check_header
 from dicom_node.errors import NodeError
-from dicom_node.pacs.peer import PacsPeer, associate, park_reactor, scu_ae
+from dicom_node.pacs.peer import PacsPeer, associate, scu_ae
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,6 @@ class PacsQuery:
         if self.assoc is None:
             raise QueryError("PacsQuery must be used as a context manager")
         matches = []
-        park_reactor(self.assoc)
         for status, match in self.assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
             if "Status" not in status:  # no answer: timed out or aborted
                 raise QueryError(f"C-FIND to {self.peer} got no answer")

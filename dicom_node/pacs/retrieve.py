@@ -31,7 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_node.errors import NodeError
-from dicom_node.pacs.peer import PacsPeer, associate, on_connection_open, park_reactor, scu_ae
+from dicom_node.pacs.peer import PacsPeer, associate, on_connection_open, scu_ae
 from dicom_node.pacs.query import FoundInstance
 from dicom_node.receive.dimse_status import OUT_OF_RESOURCES, SUCCESS
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
@@ -233,7 +233,6 @@ class Retriever:
         try:
             for instance in chunk:
                 identifier = _image_identifier(instance)
-                park_reactor(assoc)
                 if self.method == "get":
                     responses = assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
                 else:
