@@ -70,7 +70,7 @@ def pacs_studies(shared: Path, n_covid: int = 14, n_negative: int = 14) -> list[
     start = datetime.date(2020, 3, 1)
     studies = []
     for number, (row, kind) in enumerate(chosen):
-        date = datetime.date(2019, 6, 1) if kind == "out_of_range" else start + datetime.timedelta(days=3 * number)
+        date = datetime.date(2019, 6, 1) if kind == "out_of_range" else start + datetime.timedelta(days=(3 * number) % 120)
         key = row["image_path"]
         studies.append(
             PacsStudy(
