@@ -1,4 +1,4 @@
-"""Command line: ``cxr-node serve | status | resend | purge | config-example``."""
+"""Command line: ``cxr-node serve | status | resend | purge | pacs-index | pacs-export | config-example``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ def _build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     purge.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    from dicom_node.pacs import cli as pacs_cli  # flags only: nothing heavy is imported
+
+    pacs_cli.add_parsers(sub, _add_config_flags)
     sub.add_parser("config-example", help="print the commented default configuration file")
     return parser
 
@@ -258,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             return _resend(config, args.job_ids, args.all)
         if args.command == "purge":
             return _purge(config, args.dry_run, args.json)
+        if args.command in ("pacs-index", "pacs-export"):
+            from dicom_node.pacs import cli as pacs_cli
+
+            _setup_logging(config.log_level)
+            return pacs_cli.run(args, config)
         return _status(config, args.json)
     except NodeError as exc:
         print(f"cxr-node: {exc}", file=sys.stderr)

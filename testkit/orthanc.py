@@ -1,7 +1,8 @@
 """A real Orthanc on free loopback ports, for tests that need a PACS.
 
 Started as a plain process with its own config and database in a temporary folder,
-accepting C-STORE only from the calling AE titles it is given, and stopped by PID.
+accepting C-STORE (and C-FIND, C-GET, C-MOVE) only from the calling AE titles it is given,
+and stopped by PID; ``move_destinations`` names the AE titles and ports it may C-MOVE to.
 With :class:`OrthancTLS` its DICOM port speaks DICOM TLS only (``DicomTlsEnabled``); with
 ``dicomweb=True`` it loads Debian's ``orthanc-dicomweb`` plugin (QIDO/WADO-RS under
 ``/dicom-web/``, WADO-URI at ``/wado``), which the OHIF viewer checks (testkit/viewer.py) read.
@@ -68,8 +69,10 @@ class OrthancServer:
         tls: OrthancTLS | None = None,
         *,
         dicomweb: bool = False,
+        move_destinations: dict[str, int] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.move_destinations = dict(move_destinations or {})
         self.calling_ae_titles = calling_ae_titles
         self.tls = tls
         self.dicomweb = dicomweb
@@ -115,8 +118,11 @@ class OrthancServer:
             "DicomAlwaysAllowEcho": False,
             "DicomAlwaysAllowStore": False,
             "DicomCheckModalityHost": False,
+            # Known modalities may C-FIND, C-GET and C-MOVE (Orthanc's per-modality Allow* default to true);
+            # a C-MOVE destination needs its real port.
             "DicomModalities": {
-                ae.lower(): {"AET": ae, "Host": "127.0.0.1", "Port": 104} for ae in self.calling_ae_titles
+                ae.lower(): {"AET": ae, "Host": "127.0.0.1", "Port": self.move_destinations.get(ae, 104)}
+                for ae in (*self.calling_ae_titles, *(a for a in self.move_destinations if a not in self.calling_ae_titles))
             },
             "SaveJobs": False,
             "ExecuteLuaEnabled": False,
@@ -172,6 +178,12 @@ class OrthancServer:
             f"http://127.0.0.1:{self.http_port}{route}", data=json.dumps(body).encode(), method="POST"
         )
         with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def upload(self, dicom_file: bytes) -> Any:
+        """Store one Part 10 file through the REST API (``POST /instances``)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances", data=dicom_file, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 
     def find_instances(self, sop_instance_uid: str) -> list[str]:

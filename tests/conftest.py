@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from testkit.bundle import write_tiny_classification_dataset
+from testkit.pacs import LoadedPacs, start_loaded_pacs
 from testkit.peers import NodeProcess
 from testkit.shared_data import ENV_VAR, shared_data_dir
 from testkit.sr import strict_writing_validation
@@ -75,3 +76,11 @@ def tiny_classification_dataset(shared_data: Path, tmp_path_factory: pytest.Temp
     root = tmp_path_factory.mktemp("tiny_cls_data")
     write_tiny_classification_dataset(shared_data, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def loaded_pacs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedPacs]:
+    """A real Orthanc with a few dozen DX studies made from shared images (and three to skip), once per session."""
+    pacs = start_loaded_pacs(tmp_path_factory.mktemp("pacs"), shared_data)
+    yield pacs
+    pacs.orthanc.stop()

@@ -98,7 +98,11 @@ class ReferenceStudy(Protocol):
     def sop_class_uid(self) -> str: ...
     @property
     def label(self) -> str:
-        """``"covid"`` or ``"non_covid"``."""
+        """``"covid"`` or ``"non_covid"``; ``"unknown"`` for a prior with no known label."""
+        ...
+    @property
+    def study_date(self) -> str:
+        """The study's date (DICOM DA), ``""`` when not known."""
         ...
 
 

@@ -125,3 +125,15 @@ def check_frontal_chest(image: PreparedImage) -> Applicability:
     if reason:
         return Applicability(False, f"not a frontal chest radiograph: {reason} (lung fields: {image.lung_fields_summary})")
     return APPLICABLE
+
+
+def check_image(image: PreparedImage) -> Applicability:
+    """The node's checks of a prepared image, in order: lung fraction, then the frontal-chest picture.
+
+    What the worker analyses and what a similar-study index built from the PACS takes
+    (:mod:`dicom_node.pacs.prior_index`) are decided here, once.
+    """
+    for verdict in (check_lung_fraction(image.lung_fraction), check_frontal_chest(image)):
+        if not verdict.applicable:
+            return verdict
+    return APPLICABLE

@@ -22,7 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.analyse.analyser import Analyser, Neighbour, Prediction, PreparedImage
-from dicom_node.analyse.applicability import check_frontal_chest, check_header, check_lung_fraction
+from dicom_node.analyse.applicability import check_header, check_image
 from dicom_node.analyse.image_evidence import image_evidence
 from dicom_node.log_safety import describe_exception
 from dicom_node.metrics import NodeMetrics
@@ -64,6 +64,7 @@ def similar_studies(neighbours: Sequence[Neighbour]) -> list[SimilarStudy]:
             distance=max(0.0, float(n.distance)),
             label=n.item.label,
             similarity=None if n.similarity is None else float(n.similarity),
+            study_date=n.item.study_date or None,
         )
         for n in neighbours
     ]
@@ -214,10 +215,10 @@ class InferenceWorker:
             else:
                 self._retry_or_give_up(job, exc)
             return None
-        for verdict in (check_lung_fraction(image.lung_fraction), check_frontal_chest(image)):
-            if not verdict.applicable:  # never a finding on what the classifier was not made for
-                self._not_analysed(job, verdict.reason)
-                return None
+        verdict = check_image(image)
+        if not verdict.applicable:  # never a finding on what the classifier was not made for
+            self._not_analysed(job, verdict.reason)
+            return None
         return header, image
 
     def _report(self, job: Job, header: Dataset, image: PreparedImage, prediction: Prediction) -> None:

@@ -234,10 +234,15 @@ class Finding:
 
 
 class KnownLabel(enum.Enum):
-    """Ground-truth label of a case in the similarity index (``manifest.csv`` ``label``)."""
+    """Ground-truth label of a case in the similarity index (``manifest.csv`` ``label``).
+
+    ``UNKNOWN`` is a prior study with no known result (a hospital's unlabelled prior): listed as
+    a similar prior, with no label.
+    """
 
     COVID = CLASS_NAMES[POSITIVE_CLASS]
     NON_COVID = CLASS_NAMES[1 - POSITIVE_CLASS]
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,7 @@ class SimilarStudy:
     distance : float
         Distance between the two embeddings (finite, >= 0; smaller is more similar).
     label : KnownLabel or str
-        The case's known label, ``"covid"`` or ``"non_covid"``.
+        The case's known label, ``"covid"`` or ``"non_covid"``; ``"unknown"`` for a prior with no known label.
     similarity : float or None
         Cosine similarity of the two embeddings (-1..1; 1 = same direction), when known.
     study_date : str or None
@@ -289,7 +294,8 @@ class SimilarStudy:
 
     def summary_line(self, rank: int) -> str:
         """The case as one line a radiologist reads, e.g. ``"1. Known label: COVID-19; similarity 0.93; ..."``."""
-        parts = [f"{rank}. Known label: {_LABEL_WORDS[KnownLabel(self.label)]}"]
+        label = KnownLabel(self.label)
+        parts = [f"{rank}. Similar prior, no known label" if label is KnownLabel.UNKNOWN else f"{rank}. Known label: {_LABEL_WORDS[label]}"]
         if self.similarity is not None:
             parts.append(f"similarity {self.similarity:.2f}")
         parts.append(f"embedding distance {self.distance:.2f}")

@@ -57,8 +57,8 @@ def retrieval_metrics(
     -------
     dict
         ``vote_accuracy``, ``vote_sensitivity``, ``vote_specificity`` (a query is called
-        covid when more than half of its ``k`` neighbours are covid; ties count as
-        non_covid), ``recall_at_k`` (share of the exact k nearest neighbours that Annoy
+        covid when more than half of its labelled neighbours among the ``k`` are covid; ties,
+        and no labelled neighbour, count as non_covid; ``unknown`` neighbours do not vote), ``recall_at_k`` (share of the exact k nearest neighbours that Annoy
         returns), ``query_ms_mean``, ``query_ms_p95``, ``k``, ``n``, ``n_reference``, ``metric``,
         and ``mean_distance_same_label`` / ``mean_distance_other_label`` over all returned
         neighbours (a useful embedding puts same-label studies closer).
@@ -79,8 +79,9 @@ def retrieval_metrics(
         start = time.perf_counter()
         found = index.query(vector, k)
         times.append((time.perf_counter() - start) * 1000.0)
-        votes.append(int(sum(n.item.label == CLASS_NAMES[1] for n in found) * 2 > len(found)))
-        for n in found:
+        voters = [n for n in found if n.item.label in CLASS_NAMES]  # priors with no known label do not vote
+        votes.append(int(sum(n.item.label == CLASS_NAMES[1] for n in voters) * 2 > len(voters)))
+        for n in voters:
             distances[n.item.label == CLASS_NAMES[truth]].append(n.distance)
     predicted = np.asarray(votes)
     positives, negatives = y == 1, y == 0

@@ -1,8 +1,9 @@
 """Similar-study retrieval: an Annoy index of classifier embeddings and its metadata table.
 
-The index holds the embeddings of a labelled reference set; the table beside it says, for
-each item, which DICOM instance it is (Study, Series and SOP Instance UIDs), its label, its
-source and a pseudonymous patient key. :meth:`SimilarityIndex.query` is the pure function
+The index holds the embeddings of a reference set; the table beside it says, for each item,
+which DICOM instance it is (Study, Series and SOP Instance UIDs), its label (``unknown`` for a
+prior with no known result), its source, a pseudonymous patient key and, when known, its study
+date. It holds no patient name, ID or birth date. :meth:`SimilarityIndex.query` is the pure function
 the node calls: embedding in, the k nearest items with their distances out, deterministic
 for a given index file.
 """
@@ -31,9 +32,13 @@ _UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 
 
+UNKNOWN_LABEL = "unknown"
+"""The label of a reference image with no known result: shown as a similar prior, never counted in a vote."""
+
+
 @dataclass(frozen=True)
 class ReferenceItem:
-    """One labelled reference image in the index."""
+    """One reference image in the index (``label``: a class name, or ``unknown``)."""
 
     study_instance_uid: str
     series_instance_uid: str
@@ -42,6 +47,7 @@ class ReferenceItem:
     label: str
     source: str
     patient_key: str
+    study_date: str = ""  # DICOM DA (YYYYMMDD), "" when not known (images that are not DICOM)
 
 
 @dataclass(frozen=True)

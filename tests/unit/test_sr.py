@@ -170,6 +170,8 @@ def test_each_similar_case_is_a_line_with_label_similarity_date_and_its_image() 
         SimilarStudy(*uids, distance=0.31, label="covid", similarity=0.952, study_date="20200312")
         for uids in [(c.study_instance_uid, c.series_instance_uid, c.sop_instance_uid, c.sop_class_uid) for c in SIMILAR[:1]]
     ] + [SimilarStudy(**{**SIMILAR[1].__dict__, "similarity": None})]
+    cases.append(SimilarStudy("1.2.826.0.1.3680043.10.1.3", "1.2.826.0.1.3680043.10.1.3.1", "1.2.826.0.1.3680043.10.1.3.1.1",
+                              SECONDARY_CAPTURE, 0.5, "unknown", similarity=0.81, study_date="20210105"))
     report = parsed(build_report(read_source(CANON_DX), Finding(0.3), cases, ALGORITHM))
 
     lines = [item for item in qualitative_items(report) if item.ConceptNameCodeSequence[0].CodeValue == "SIMCASE"]
@@ -177,6 +179,7 @@ def test_each_similar_case_is_a_line_with_label_similarity_date_and_its_image() 
     assert [line.TextValue for line in lines] == [
         "1. Known label: COVID-19; similarity 0.95; embedding distance 0.31; study date 2020-03-12",
         f"2. Known label: no COVID-19; embedding distance {SIMILAR[1].distance:.2f}",
+        "3. Similar prior, no known label; similarity 0.81; embedding distance 0.50; study date 2021-01-05",
     ]
     for line, case in zip(lines, cases):
         [image] = line.ContentSequence
@@ -443,8 +446,8 @@ def test_derived_uid_separates_its_parts() -> None:
          'Argument "distance" must be finite and >= 0'),
         (lambda: SimilarStudy("1.2", "1.2.3", "1.2.3.4", SECONDARY_CAPTURE, float("inf"), "covid"), ValueError,
          'Argument "distance" must be finite and >= 0'),
-        (lambda: SimilarStudy("1.2", "1.2.3", "1.2.3.4", SECONDARY_CAPTURE, 0.1, "unknown"), ValueError,
-         'Argument "label" must be one of "covid", "non_covid"'),
+        (lambda: SimilarStudy("1.2", "1.2.3", "1.2.3.4", SECONDARY_CAPTURE, 0.1, "pneumonia"), ValueError,
+         'Argument "label" must be one of "covid", "non_covid", "unknown"'),
     ],
 )
 def test_invalid_inputs_are_refused_naming_the_argument(make, error: type[Exception], message: str) -> None:
