@@ -190,14 +190,6 @@ class OrthancServer:
         """Orthanc IDs of the stored instances with this SOP Instance UID."""
         return self.post("/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}})
 
-    def upload(self, path: Path) -> None:
-        """Store a DICOM file through the REST API (POST /instances): the PACS's own priors."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}/instances", data=path.read_bytes(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            json.load(response)
-
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM and wait: Orthanc takes 4-5 s to exit and free its ports."""
         stop_process(self.process, timeout)

@@ -99,7 +99,7 @@ def test_similar_images_in_the_report_and_the_kos_are_retrievable_from_the_pacs(
 ) -> None:
     priors, index, source_path = priors_and_source
     for prior in priors:  # the PACS already holds the studies the index was built from
-        orthanc.upload(prior)
+        orthanc.upload(prior.read_bytes())
     bundle = bundle_with_index(index, tmp_path / "bundle")
     config = tmp_path / "node.toml"
     config.write_text(
