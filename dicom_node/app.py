@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from pynetdicom import AE
 
+from dicom_node import __version__
 from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
+from dicom_node.audit import AuditLog, open_audit_log
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.metrics import MetricsServer, NodeMetrics
@@ -44,6 +46,8 @@ class ReceiverNode:
         self.ownership = SpoolOwnership(config.spool).acquire()
         try:
             self.spool = Spool(config.spool, fsync=config.fsync)
+            # After the lock: two nodes never write one audit file (None: [audit] enabled = false).
+            self.audit: AuditLog | None = open_audit_log(config)
             self.metrics = NodeMetrics(self.spool)
             self.ae: AE = build_ae(config)
             # Received data sets stream to temp files in the spool, capped at max_instance_bytes.
@@ -61,7 +65,7 @@ class ReceiverNode:
         self._servers: list[EdgeAssociationServer] = []
         self.outbox = Outbox(
             self.spool, config.destinations, RetryPolicy.from_config(config), config.ae_title,
-            timeout=config.acse_timeout, metrics=self.metrics,
+            timeout=config.acse_timeout, metrics=self.metrics, audit=self.audit,
         )
         self._metrics_server: MetricsServer | None = None
         self._stop_outbox = threading.Event()
@@ -84,7 +88,9 @@ class ReceiverNode:
                 self._metrics_server = self._start_metrics()
             self.spool.recover()
             if self.config.analysis:
-                self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set, metrics=self.metrics)
+                self.worker = build_worker(
+                    self.config, self.spool, on_result=self.outbox.wake.set, metrics=self.metrics, audit=self.audit
+                )
                 self.metrics.model.info({
                     "name": self.worker.algorithm.name, "version": self.worker.algorithm.version,
                     "weights_sha256": self.worker.algorithm.weights_sha256,
@@ -150,7 +156,7 @@ class ReceiverNode:
         until the node accepts). Both listeners share one ``max_associations`` pool."""
         evt_handlers = build_event_handlers(
             self.config, self.spool, on_stored=lambda: self.worker.wake.set() if self.worker else None,
-            incoming=self.incoming, metrics=self.metrics,
+            incoming=self.incoming, metrics=self.metrics, audit=self.audit,
         )
         limits = connection_limits(self.config)
         slots = SlotPool(limits.max_associations)
@@ -163,7 +169,8 @@ class ReceiverNode:
         for port, keys, context in listeners:
             try:
                 servers.append(bind_edge_server(
-                    self.ae, (self.config.bind, port), limits, evt_handlers, slots=slots, ssl_context=context
+                    self.ae, (self.config.bind, port), limits, evt_handlers, slots=slots, ssl_context=context,
+                    audit=self.audit, metrics=self.metrics,
                 ))
             except OSError as exc:
                 for server in servers:
@@ -212,18 +219,32 @@ class ReceiverNode:
         logger.info("stopped")
 
     def serve_until(self, stop_event: threading.Event) -> None:
-        """Start, block until ``stop_event`` is set, then stop cleanly."""
+        """Start, block until ``stop_event`` is set, then stop cleanly; the audit trail gets
+        an application start and stop record around it."""
+        self._audit_application("start")
         try:
             self.start()
             while not stop_event.wait(0.5):
                 pass
         finally:
             self.stop()
+            self._audit_application("stop")
             self.ownership.release()
+
+    def _audit_application(self, result: str) -> None:
+        if self.audit is not None:
+            self.audit.record("application", result, called_ae=self.config.ae_title, detail=f"cxr-node {__version__}",
+                              pid=os.getpid())
+            if result == "stop":
+                self.audit.close()
 
 
 def build_worker(
-    config: NodeConfig, spool: Spool, on_result: Callable[[], None] | None = None, metrics: NodeMetrics | None = None
+    config: NodeConfig,
+    spool: Spool,
+    on_result: Callable[[], None] | None = None,
+    metrics: NodeMetrics | None = None,
+    audit: AuditLog | None = None,
 ) -> InferenceWorker:
     """Load the bundle's models and index, log their identity, and build the worker.
 
@@ -266,7 +287,7 @@ def build_worker(
         relevance_map=config.relevance_map, summary_image=config.summary_image,
         lung_segmentation=config.lung_segmentation,
     )
-    return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result, metrics=metrics)
+    return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result, metrics=metrics, audit=audit)
 
 
 def build_tls_context(config: NodeConfig) -> ssl.SSLContext | None:

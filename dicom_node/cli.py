@@ -166,11 +166,19 @@ def _status(config: NodeConfig, as_json: bool) -> int:
 
 
 def _resend(config: NodeConfig, job_ids: list[str], all_failed: bool) -> int:
+    from dicom_node.audit import open_audit_log
     from dicom_node.send.outbox import requeue_failed
 
-    requeued = requeue_failed(Spool(config.spool, fsync=config.fsync), None if all_failed else job_ids)
-    for job in requeued:
-        print(f"requeued {job.job_id}")
+    audit = open_audit_log(config)  # first: an unwritable audit directory stops it before any change
+    try:
+        requeued = requeue_failed(Spool(config.spool, fsync=config.fsync), None if all_failed else job_ids)
+        for job in requeued:
+            print(f"requeued {job.job_id}")
+            if audit is not None:
+                audit.record("resend", "requeued", sop_instance_uid=job.job_id, detail="cxr-node resend")
+    finally:
+        if audit is not None:
+            audit.close()
     missing = set(job_ids) - {j.job_id for j in requeued}
     for job_id in sorted(missing):
         print(f"cxr-node: {job_id} is not a failed job with a report", file=sys.stderr)
