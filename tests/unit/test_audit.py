@@ -247,3 +247,17 @@ def test_open_audit_log_follows_the_config(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ConfigError, match=r"\(audit.directory\)"):
         open_audit_log(NodeConfig(spool=tmp_path / "spool", audit_directory=tmp_path / "a-file" / "audit"))
+
+
+def test_cxr_node_resend_records_each_job_it_requeues(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_node.cli import main
+    from dicom_node.spool import JobState, Spool
+    from testkit.sr import job_in_outbox
+
+    spool = Spool(tmp_path / "spool")
+    job = spool.transition(job_in_outbox(spool, ["main"]), JobState.FAILED, detail="main: gave up after 20 attempts")
+    assert main(["resend", "--all", "--spool", str(tmp_path / "spool")]) == 0
+    assert capsys.readouterr().out == f"requeued {job.job_id}\n"
+    [record] = _records(tmp_path / "spool" / "audit")
+    assert (record["event"], record["result"], record["sop_instance_uid"]) == ("resend", "requeued", job.job_id)
+    assert (record["atna_event"]["code"], record["atna_action"]) == ("110103", "U")
