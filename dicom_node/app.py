@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from pynetdicom import AE
 
+from dicom_node import __version__
 from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
+from dicom_node.audit import AuditLog, open_audit_log, record_purge
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError
 from dicom_node.metrics import MetricsServer, NodeMetrics
@@ -46,6 +48,8 @@ class ReceiverNode:
         self.ownership = SpoolOwnership(config.spool).acquire()
         try:
             self.spool = Spool(config.spool, fsync=config.fsync)
+            # After the lock: two nodes never write one audit file (None: [audit] enabled = false).
+            self.audit: AuditLog | None = open_audit_log(config)
             self.metrics = NodeMetrics(self.spool)
             self.ae: AE = build_ae(config)
             # Received data sets stream to temp files in the spool, capped at max_instance_bytes.
@@ -63,7 +67,7 @@ class ReceiverNode:
         self._servers: list[EdgeAssociationServer] = []
         self.outbox = Outbox(
             self.spool, config.destinations, RetryPolicy.from_config(config), config.ae_title,
-            timeout=config.acse_timeout, metrics=self.metrics,
+            timeout=config.acse_timeout, metrics=self.metrics, audit=self.audit,
         )
         self._metrics_server: MetricsServer | None = None
         self._stop_outbox = threading.Event()
@@ -73,7 +77,7 @@ class ReceiverNode:
         self._worker_thread: threading.Thread | None = None
         self.purger = PeriodicPurge(
             self.spool, policy_from_config(config), config.retention_interval_minutes * 60,
-            on_purged=self._count_purge,
+            on_purged=self._record_purge,
         )
         self._stop_purger = threading.Event()
         self._purger_thread: threading.Thread | None = None
@@ -110,7 +114,9 @@ class ReceiverNode:
         self._log_listening(time.monotonic() - started)
         if self.config.analysis:
             logger.info("loading the models from %s (receiving meanwhile)", self.config.bundle.resolve())
-            self.worker = build_worker(self.config, self.spool, on_result=self.outbox.wake.set, metrics=self.metrics)
+            self.worker = build_worker(
+                self.config, self.spool, on_result=self.outbox.wake.set, metrics=self.metrics, audit=self.audit
+            )
             self.metrics.model.info({
                 "name": self.worker.algorithm.name, "version": self.worker.algorithm.version,
                 "weights_sha256": self.worker.algorithm.weights_sha256,
@@ -155,11 +161,13 @@ class ReceiverNode:
         logger.info("metrics: http://%s:%d/metrics, /healthz, /readyz", address[0], server.port)
         return server
 
-    def _count_purge(self, outcome: PurgeOutcome) -> None:
+    def _record_purge(self, outcome: PurgeOutcome) -> None:
         counts = outcome.plan.counts()
         for kind in ("instances", "results", "records"):
             self.metrics.purged_files.labels(kind.removesuffix("s")).inc(counts[kind])
         self.metrics.purged_bytes.inc(counts["bytes"])
+        if self.audit is not None:
+            record_purge(self.audit, counts, "retention policy (serve)")
 
     def readiness(self) -> list[str]:
         """What keeps the node from serving fully (empty: ready): for ``/readyz``."""
@@ -177,7 +185,7 @@ class ReceiverNode:
         until the node accepts). Both listeners share one ``max_associations`` pool."""
         evt_handlers = build_event_handlers(
             self.config, self.spool, on_stored=lambda: self.worker.wake.set() if self.worker else None,
-            incoming=self.incoming, metrics=self.metrics,
+            incoming=self.incoming, metrics=self.metrics, audit=self.audit,
         )
         limits = connection_limits(self.config)
         slots = SlotPool(limits.max_associations)
@@ -190,7 +198,8 @@ class ReceiverNode:
         for port, keys, context in listeners:
             try:
                 servers.append(bind_edge_server(
-                    self.ae, (self.config.bind, port), limits, evt_handlers, slots=slots, ssl_context=context
+                    self.ae, (self.config.bind, port), limits, evt_handlers, slots=slots, ssl_context=context,
+                    audit=self.audit, metrics=self.metrics,
                 ))
             except OSError as exc:
                 for server in servers:
@@ -243,14 +252,24 @@ class ReceiverNode:
         logger.info("stopped")
 
     def serve_until(self, stop_event: threading.Event) -> None:
-        """Start, block until ``stop_event`` is set, then stop cleanly."""
+        """Start, block until ``stop_event`` is set, then stop cleanly; the audit trail gets
+        an application start and stop record around it."""
+        self._audit_application("start")
         try:
             self.start()
             while not stop_event.wait(0.5):
                 pass
         finally:
             self.stop()
+            self._audit_application("stop")
             self.ownership.release()
+
+    def _audit_application(self, result: str) -> None:
+        if self.audit is not None:
+            self.audit.record("application", result, called_ae=self.config.ae_title, detail=f"cxr-node {__version__}",
+                              pid=os.getpid())
+            if result == "stop":
+                self.audit.close()
 
 
 def _start_thread(name: str, loop: Callable[[threading.Event], None], stop: threading.Event) -> threading.Thread:
@@ -261,7 +280,11 @@ def _start_thread(name: str, loop: Callable[[threading.Event], None], stop: thre
 
 
 def build_worker(
-    config: NodeConfig, spool: Spool, on_result: Callable[[], None] | None = None, metrics: NodeMetrics | None = None
+    config: NodeConfig,
+    spool: Spool,
+    on_result: Callable[[], None] | None = None,
+    metrics: NodeMetrics | None = None,
+    audit: AuditLog | None = None,
 ) -> InferenceWorker:
     """Load the bundle's models and index, log their identity, and build the worker.
 
@@ -304,7 +327,7 @@ def build_worker(
         relevance_map=config.relevance_map, summary_image=config.summary_image,
         lung_segmentation=config.lung_segmentation, key_images=config.key_images,
     )
-    return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result, metrics=metrics)
+    return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result, metrics=metrics, audit=audit)
 
 
 def build_tls_context(config: NodeConfig) -> ssl.SSLContext | None:

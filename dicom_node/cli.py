@@ -221,13 +221,23 @@ def _plan_text(counts: dict[str, int]) -> str:
 
 
 def _purge(config: NodeConfig, dry_run: bool, as_json: bool) -> int:
+    from dicom_node.audit import open_audit_log, record_purge
     from dicom_node.spool.retention import policy_from_config, purge
 
     if not config.spool.is_dir():
         print(f"cxr-node: no spool at {config.spool}", file=sys.stderr)
         return 1
-    outcome = purge(Spool(config.spool, fsync=config.fsync), policy_from_config(config), now=time.time(), dry_run=dry_run)
-    counts = outcome.plan.counts()
+    audit = None if dry_run else open_audit_log(config)  # before any deletion: a bad audit directory stops it
+    try:
+        outcome = purge(
+            Spool(config.spool, fsync=config.fsync), policy_from_config(config), now=time.time(), dry_run=dry_run
+        )
+        counts = outcome.plan.counts()
+        if audit is not None and counts["bytes"]:
+            record_purge(audit, counts, "cxr-node purge")
+    finally:
+        if audit is not None:
+            audit.close()
     if as_json:
         print(json.dumps({"dry_run": dry_run, **counts, "already_gone": outcome.missing}, indent=1))
     else:
@@ -236,11 +246,19 @@ def _purge(config: NodeConfig, dry_run: bool, as_json: bool) -> int:
 
 
 def _resend(config: NodeConfig, job_ids: list[str], all_failed: bool) -> int:
+    from dicom_node.audit import open_audit_log
     from dicom_node.send.outbox import requeue_failed
 
-    requeued = requeue_failed(Spool(config.spool, fsync=config.fsync), None if all_failed else job_ids)
-    for job in requeued:
-        print(f"requeued {job.job_id}")
+    audit = open_audit_log(config)  # first: an unwritable audit directory stops it before any change
+    try:
+        requeued = requeue_failed(Spool(config.spool, fsync=config.fsync), None if all_failed else job_ids)
+        for job in requeued:
+            print(f"requeued {job.job_id}")
+            if audit is not None:
+                audit.record("resend", "requeued", sop_instance_uid=job.job_id, detail="cxr-node resend")
+    finally:
+        if audit is not None:
+            audit.close()
     missing = set(job_ids) - {j.job_id for j in requeued}
     for job_id in sorted(missing):
         print(f"cxr-node: {job_id} is not a failed job with a report", file=sys.stderr)

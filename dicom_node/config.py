@@ -26,6 +26,8 @@ MIN_INSTANCE_BYTES = 1024**2
 """Smallest allowed ``node.max_instance_bytes`` (1 MiB: below it no radiograph fits)."""
 MAX_INSTANCE_BYTES = 64 * 1024**3
 """Largest allowed ``node.max_instance_bytes`` (64 GiB)."""
+MIN_AUDIT_FILE_BYTES = 1024**2
+"""Smallest allowed ``audit.max_file_bytes`` (1 MiB); the largest is 64 GiB."""
 
 
 def shipped_bundle() -> Path:
@@ -275,6 +277,10 @@ class NodeConfig:
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
     tls_ca_file: Path | None = None
+    audit_enabled: bool = True
+    audit_directory: Path | None = None  # None: <spool>/audit
+    audit_max_file_bytes: int = 64 * 1024**2
+    audit_keep_days: int = 0  # 0: keep every file
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title("node.ae_title", self.ae_title))
@@ -317,6 +323,21 @@ class NodeConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f'"destinations.name" must be unique, got {names}')
         self._check_tls()
+        self._check_audit()
+
+    def _check_audit(self) -> None:
+        check_bool("audit.enabled", self.audit_enabled)
+        if self.audit_directory is not None and str(self.audit_directory) == "":
+            object.__setattr__(self, "audit_directory", None)  # the TOML default: inside the spool
+        elif self.audit_directory is not None:
+            object.__setattr__(self, "audit_directory", check_directory_path("audit.directory", self.audit_directory))
+        check_int("audit.max_file_bytes", self.audit_max_file_bytes, MIN_AUDIT_FILE_BYTES, MAX_INSTANCE_BYTES)
+        check_int("audit.keep_days", self.audit_keep_days, 0, 36500)
+
+    @property
+    def audit_path(self) -> Path:
+        """Where the audit files go: ``audit.directory``, or ``audit`` inside the spool."""
+        return self.audit_directory if self.audit_directory is not None else self.spool / "audit"
 
     def _check_retention(self) -> None:
         check_bool("retention.enabled", self.retention_enabled)
@@ -409,6 +430,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     },
     "metrics": {"port": "metrics_port", "bind": "metrics_bind"},
     "tls": {k: f"tls_{k}" for k in ("enabled", "port", "only", "certificate", "private_key", "ca_file")},
+    "audit": {k: f"audit_{k}" for k in ("enabled", "directory", "max_file_bytes", "keep_days")},
 }
 _TABLE_ARRAYS = ("allowed_callers", "destinations")
 

@@ -73,6 +73,12 @@ class NodeMetrics:
             "cxr_associations", "Associations by outcome (accepted, rejected, released, aborted).",
             ["outcome"], registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "cxr_connections_refused",
+            "Connections the network edge refused or closed before they made an association, by reason "
+            "(per_host_limit, max_associations, request_timeout, tls_handshake, pdu_too_large, pdu_stalled, protocol_error).",
+            ["reason"], registry=self.registry,
+        )
         self.c_store_responses = Counter(
             "cxr_c_store_responses", "C-STORE responses sent, by status (hex).", ["status"], registry=self.registry
         )

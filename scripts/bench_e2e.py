@@ -12,7 +12,8 @@ chest images from the shared data, 2500 x 2048, 12 bits, ~10 MB, from
 
 Each batch size runs under each ``--results`` profile, the ``[results]`` switches of the node:
 ``off`` (SR only, its region the lung fields), ``relevance`` (Grad-CAM for the SR's region),
-``summary`` (the default: Grad-CAM and the Secondary Capture summary image, a second C-STORE),
+``summary`` (the default: Grad-CAM, the Secondary Capture summary image and the Key Object
+Selection of the similar images, two more C-STOREs),
 ``segmentation`` (``summary`` plus the lung DICOM Segmentation). The difference between
 profiles is the added cost per study of the relevance map, the summary image and its sending.
 
@@ -55,10 +56,10 @@ CALLING_AE = "BENCH_SCU"
 
 
 RESULT_PROFILES: dict[str, dict[str, bool]] = {
-    "off": {"relevance_map": False, "summary_image": False, "lung_segmentation": False},
-    "relevance": {"relevance_map": True, "summary_image": False, "lung_segmentation": False},
-    "summary": {"relevance_map": True, "summary_image": True, "lung_segmentation": False},
-    "segmentation": {"relevance_map": True, "summary_image": True, "lung_segmentation": True},
+    "off": {"relevance_map": False, "summary_image": False, "lung_segmentation": False, "key_images": False},
+    "relevance": {"relevance_map": True, "summary_image": False, "lung_segmentation": False, "key_images": False},
+    "summary": {"relevance_map": True, "summary_image": True, "lung_segmentation": False, "key_images": True},
+    "segmentation": {"relevance_map": True, "summary_image": True, "lung_segmentation": True, "key_images": True},
 }
 """``--results`` profile -> the node's ``[results]`` switches."""
 

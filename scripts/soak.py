@@ -65,19 +65,26 @@ NODE_AE = "CXR_AI"
 MODALITY_AE = "SOAK_MODALITY"
 JOB_STATES = ("received", "processing", "outbox", "sent", "failed", "not_analysed")
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-RESULT_KINDS = {"1.2.840.10008.5.1.4.1.1.7": "sc", "1.2.840.10008.5.1.4.1.1.66.4": "seg"}
+RESULT_KINDS = {
+    "1.2.840.10008.5.1.4.1.1.7": "sc", "1.2.840.10008.5.1.4.1.1.66.4": "seg", "1.2.840.10008.5.1.4.1.1.88.59": "ko",
+}
 UID_RE = re.compile(r"\b\d+(?:\.\d+){3,}\b")
 
 
 def result_kind(sop_class_uid: str) -> str:
-    """``sr``, ``sc`` or ``seg`` for a result object's SOP class (``other`` otherwise)."""
-    return "sr" if sop_class_uid.startswith(SR_CLASS_PREFIX) else RESULT_KINDS.get(sop_class_uid, "other")
+    """``sr``, ``sc``, ``seg`` or ``ko`` for a result object's SOP class (``other`` otherwise)."""
+    if sop_class_uid in RESULT_KINDS:  # the KOS's class is in the SR range too
+        return RESULT_KINDS[sop_class_uid]
+    return "sr" if sop_class_uid.startswith(SR_CLASS_PREFIX) else "other"
 
 
 def expected_kinds(results: str) -> tuple[str, ...]:
     """The result objects the node sends per analysed study under a ``--results`` profile."""
     switches = RESULT_PROFILES[results]
-    return ("sr", *(("sc",) if switches["summary_image"] else ()), *(("seg",) if switches["lung_segmentation"] else ()))
+    return (
+        "sr", *(("sc",) if switches["summary_image"] else ()), *(("seg",) if switches["lung_segmentation"] else ()),
+        *(("ko",) if switches["key_images"] else ()),  # the bundled index always gives similar images
+    )
 
 
 # --- the studies ---------------------------------------------------------------------------

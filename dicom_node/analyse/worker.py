@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from dicom_node.analyse.analyser import Analyser, Neighbour, Prediction, PreparedImage
 from dicom_node.analyse.applicability import check_header, check_image
 from dicom_node.analyse.image_evidence import image_evidence
+from dicom_node.audit import AuditLog
 from dicom_node.log_safety import describe_exception
 from dicom_node.metrics import NodeMetrics
 from dicom_node.report.result import build_result
@@ -117,6 +118,8 @@ class InferenceWorker:
         Unix time now.
     metrics : NodeMetrics or None
         Where batch times and outcomes are counted.
+    audit : AuditLog or None
+        Where each job's outcome is recorded: its report's UID and finding, or why not.
     """
 
     def __init__(
@@ -129,8 +132,10 @@ class InferenceWorker:
         on_result: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         metrics: NodeMetrics | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.metrics = metrics
+        self.audit = audit
         self.spool = spool
         self.analyser = analyser
         self.algorithm = algorithm
@@ -242,6 +247,11 @@ class InferenceWorker:
             len(similar), 100 * image.lung_fraction, result.report.SOPInstanceUID,
             ",".join(kind for kind, _ in result.companions) or "-",
         )
+        if self.audit is not None:
+            self.audit.record(
+                "analysis", "report", calling_ae=job.calling_ae_title, sop_instance_uid=job.sop_instance_uid,
+                report_uid=str(result.report.SOPInstanceUID), finding="present" if finding.is_present else "absent",
+            )
 
     def _not_analysed(self, job: Job, reason: str) -> None:
         self.spool.transition(job, JobState.NOT_ANALYSED, detail=reason)
@@ -250,6 +260,11 @@ class InferenceWorker:
         # The log gets the reason's category only: its detail may quote a header value (a body
         # part, a view); the job record keeps it for `cxr-node status`.
         logger.warning("job %s: not analysed (%s)", job.job_id, reason.split(":", 1)[0])
+        if self.audit is not None:  # the category only, as in the log
+            self.audit.record(
+                "analysis", "not_analysed", calling_ae=job.calling_ae_title, sop_instance_uid=job.sop_instance_uid,
+                detail=reason.split(":", 1)[0],
+            )
 
     def _retry_or_give_up(self, job: Job, error: BaseException) -> None:
         # Exception types (and our own messages) only: pydicom's messages quote raw values.
@@ -262,3 +277,8 @@ class InferenceWorker:
             if self.metrics is not None:
                 self.metrics.analysed.labels("retry").inc()
             logger.error("job %s: attempt %d failed (%s); will retry", job.job_id, job.attempts, what)
+            if self.audit is not None:
+                self.audit.record(
+                    "analysis", "retry", calling_ae=job.calling_ae_title, sop_instance_uid=job.sop_instance_uid,
+                    detail=f"attempt {job.attempts} failed: {what}", attempt=job.attempts,
+                )

@@ -1,4 +1,4 @@
-"""pynetdicom event handlers: C-ECHO, C-STORE and the association log lines.
+"""pynetdicom event handlers: C-ECHO, C-STORE, and the association log lines and audit records.
 
 ``handle_store`` answers Success only after the instance, exactly as received, and its job
 are durably in the spool. Every failure maps to its own status with an Error Comment, and
@@ -25,6 +25,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
+from dicom_node.audit import AuditLog, EventOutcomeIndicatorValues, peer_address
 from dicom_node.config import NodeConfig
 from dicom_node.errors import MissingIdentifierError, UnreadableDatasetError
 from dicom_node.log_safety import describe_exception, escape_control, escape_field
@@ -50,11 +51,13 @@ def _status(code: int, comment: str = "") -> Dataset:
 
 
 class AssociationLog:
-    """One log line per association, with how many instances it stored and failed."""
+    """One log line per association event, with how many instances it stored and failed,
+    and its audit record when there is an audit log."""
 
-    def __init__(self) -> None:
+    def __init__(self, audit: AuditLog | None = None) -> None:
         self._lock = threading.Lock()
         self._counts: dict[int, list[int]] = {}
+        self.audit = audit
 
     def count(self, assoc: Any, ok: bool) -> None:
         with self._lock:
@@ -69,21 +72,36 @@ class AssociationLog:
         requestor = event.assoc.requestor
         sock = _raw_socket(event.assoc)
         subject = peer_subject(sock)
+        tls = describe_tls(sock)
         logger.info(
             "association accepted: calling_ae=%s peer=%s:%s %s%s",
-            escape_field(requestor.ae_title), requestor.address, requestor.port, describe_tls(sock),
+            escape_field(requestor.ae_title), requestor.address, requestor.port, tls,
             f" certificate_subject={escape_control(format_subject(subject))}" if subject else "",
         )
+        if self.audit is not None:
+            self.audit.record(
+                "association", "accepted", calling_ae=requestor.ae_title, called_ae=event.assoc.acceptor.ae_title,
+                peer=_peer(event.assoc), tls=tls.removeprefix("tls="),
+                certificate_subject=format_subject(subject) if subject else "",
+            )
 
     def on_association_rejected(self, event: Event) -> None:
         assoc = event.assoc
         requestor = assoc.requestor
+        calling_ae = requestor.primitive.calling_ae_title if requestor.primitive else ""
+        called_ae = requestor.primitive.called_ae_title if requestor.primitive else ""
+        reason = rejection_reason(assoc)
+        subject = peer_subject(_raw_socket(assoc))
         logger.warning(
-            "association rejected: calling_ae=%s called_ae=%s peer=%s:%s reason=%s",
-            escape_field(requestor.primitive.calling_ae_title if requestor.primitive else ""),
-            escape_field(requestor.primitive.called_ae_title if requestor.primitive else ""),
-            requestor.address, requestor.port, rejection_reason(assoc),
+            "association rejected: calling_ae=%s called_ae=%s peer=%s:%s reason=%s%s",
+            escape_field(calling_ae), escape_field(called_ae), requestor.address, requestor.port, reason,
+            f" certificate_subject={escape_control(format_subject(subject))}" if subject else "",
         )
+        if self.audit is not None:
+            self.audit.record(
+                "association", "rejected", calling_ae=calling_ae, called_ae=called_ae, peer=_peer(assoc),
+                certificate_subject=format_subject(subject) if subject else "", detail=reason,
+            )
 
     def on_association_released(self, event: Event) -> None:
         stored, failed = self._pop(event.assoc)
@@ -91,6 +109,11 @@ class AssociationLog:
             "association released: calling_ae=%s stored=%d failed=%d",
             escape_field(event.assoc.requestor.ae_title), stored, failed,
         )
+        if self.audit is not None:
+            self.audit.record(
+                "association", "released", calling_ae=event.assoc.requestor.ae_title, peer=_peer(event.assoc),
+                stored=stored, failed=failed,
+            )
 
     def on_association_aborted(self, event: Event) -> None:
         stored, failed = self._pop(event.assoc)
@@ -100,6 +123,16 @@ class AssociationLog:
             escape_field(event.assoc.requestor.ae_title), event.assoc.requestor.address,
             event.assoc.requestor.port, stored, failed, f" reason={reason}" if reason else "",
         )
+        if self.audit is not None:
+            self.audit.record(
+                "association", "aborted", calling_ae=event.assoc.requestor.ae_title, peer=_peer(event.assoc),
+                detail=reason or "aborted by the peer or the network", stored=stored, failed=failed,
+            )
+
+
+def _peer(assoc: Any) -> str:
+    """``address:port`` of the association's requestor."""
+    return peer_address(str(assoc.requestor.address), int(assoc.requestor.port))
 
 
 # A-ASSOCIATE-RJ (source, reason) -> why, in the log (PS3.8 9.3.4).
@@ -140,12 +173,14 @@ def handle_store(
     on_stored: Callable[[], None] | None = None,
     incoming: IncomingFiles | None = None,
     metrics: NodeMetrics | None = None,
+    audit: AuditLog | None = None,
 ) -> Dataset:
     """C-STORE: persist the instance and its job durably, then answer.
 
     ``on_stored`` is called after a successful store (it wakes the inference worker).
     ``incoming`` holds the temp files pynetdicom streamed the data set to (see
     :mod:`dicom_node.receive.incoming`); without it the data set is taken from memory.
+    With ``audit``, the answer is recorded (status, SOP Instance UID, reason on failure).
     Returns a status data set (with Error Comment on failure); never raises.
     """
     started = time.perf_counter()
@@ -166,7 +201,23 @@ def handle_store(
         escape_control(calling_ae), escape_control(request_uid), code, size, (time.perf_counter() - started) * 1000,
         f" reason={comment!r}" if comment else "",
     )
+    if audit is not None:
+        audit.record(
+            "instance", "stored" if code == dimse_status.SUCCESS else "refused",
+            outcome=_store_outcome(code), calling_ae=calling_ae, called_ae=event.assoc.acceptor.ae_title,
+            peer=_peer(event.assoc), sop_instance_uid=request_uid, status=f"0x{code:04X}", detail=comment, bytes=size,
+        )
     return _status(code, comment)
+
+
+def _store_outcome(code: int) -> EventOutcomeIndicatorValues:
+    """A C-STORE status as an ATNA outcome: out of resources (A7xx) may pass when the modality
+    sends again; any other failure refuses that instance for good."""
+    if code == dimse_status.SUCCESS:
+        return EventOutcomeIndicatorValues.SUCCESS
+    if code >> 8 == 0xA7:
+        return EventOutcomeIndicatorValues.MINOR_FAILURE
+    return EventOutcomeIndicatorValues.SERIOUS_FAILURE
 
 
 def _store(event: Event, spool: Spool, calling_ae: str, incoming: IncomingFiles | None) -> tuple[int, str, int]:
@@ -296,15 +347,11 @@ def reject_unlisted_hosts(event: Event, config: NodeConfig) -> None:
     known_title = any(c.ae_title == ae_title.strip() for c in config.allowed_callers)
     if not known_title:
         return  # pynetdicom rejects it during negotiation and fires EVT_REJECTED
-    logger.warning(
-        "association rejected: calling_ae=%s called_ae=%s peer=%s:%s reason=%s%s",
-        escape_field(ae_title), escape_field(primitive.called_ae_title if primitive is not None else ""),
-        assoc.requestor.address, assoc.requestor.port, why,
-        f" certificate_subject={escape_control(format_subject(subject))}" if subject else "",
-    )
     # Rejected permanent, by the service user, calling AE title not recognised (PS3.8 9.3.4).
     assoc.acse.send_reject(0x01, 0x01, 0x03)
     assoc.is_rejected = True
+    cast(Any, assoc).reject_reason = why  # for the rejected line, its count and its audit record, as any rejection
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
     assoc.kill()
 
 
@@ -314,14 +361,16 @@ def build_event_handlers(
     on_stored: Callable[[], None] | None = None,
     incoming: IncomingFiles | None = None,
     metrics: NodeMetrics | None = None,
+    audit: AuditLog | None = None,
 ) -> list[tuple[Any, ...]]:
     """Bind the handlers to their dependencies for ``AE.start_server``.
 
     With ``incoming`` (installed: :meth:`IncomingFiles.install`), data sets are streamed to
     the spool and unfinished transfers are cleaned up when their connection closes. With
-    ``metrics``, associations and C-STORE responses are counted.
+    ``metrics``, associations and C-STORE responses are counted; with ``audit``, each
+    association event and C-STORE answer gets its audit record.
     """
-    association_log = AssociationLog()
+    association_log = AssociationLog(audit)
     streaming: list[tuple[Any, ...]] = (
         [(evt.EVT_CONN_CLOSE, discard_unfinished_transfers, [incoming])] if incoming is not None else []
     )
@@ -343,5 +392,5 @@ def build_event_handlers(
         (evt.EVT_RELEASED, association_log.on_association_released),
         (evt.EVT_ABORTED, association_log.on_association_aborted),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, association_log, on_stored, incoming, metrics]),
+        (evt.EVT_C_STORE, handle_store, [spool, association_log, on_stored, incoming, metrics, audit]),
     ]

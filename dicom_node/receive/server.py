@@ -18,6 +18,9 @@ pynetdicom sees a connection:
 - a garbage DIMSE command set aborts that association (A-ABORT), instead of killing a
   pynetdicom reactor thread;
 - at most a few pynetdicom log lines per connection, each on one line, and one summary;
+- every refusal counted (``cxr_connections_refused`` by reason, with ``metrics``) and, with
+  ``audit``, an audit record of it, held back like its log line (at most one per host, reason
+  and 10 s, with the number held back);
 - :meth:`EdgeAssociationServer.close_connections`, which ends every connection within a
   bounded time, whatever the peers do (SIGTERM);
 - on the TLS port, the handshake in the connection's reader, under the A-ASSOCIATE-RQ
@@ -47,11 +50,15 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
+from dicom_node.audit import peer_address
 from dicom_node.log_safety import pynetdicom_loggers
 from dicom_node.tls import handshake_failure_reason
 
 if TYPE_CHECKING:
     from pynetdicom.ae import ApplicationEntity
+
+    from dicom_node.audit import AuditLog
+    from dicom_node.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +126,7 @@ class Connection:
 
     @property
     def peer(self) -> str:
-        return f"{self.host}:{self.port}"
+        return peer_address(self.host, self.port)
 
     @property
     def requested(self) -> bool:
@@ -142,17 +149,20 @@ class _RateLimitedLog:
         self._lock = threading.Lock()
         self._last: dict[Any, tuple[float, int]] = {}
 
-    def warning(self, key: Any, msg: str, *args: Any) -> None:
+    def warning(self, key: Any, msg: str, *args: Any) -> int | None:
+        """Log the line unless one with ``key`` was logged within the interval; return how
+        many were held back before it, ``None`` when this one is held back."""
         now = time.monotonic()
         with self._lock:
             last, held = self._last.get(key, (-self._interval, 0))
             if now - last < self._interval:
                 self._last[key] = (last, held + 1)
-                return
+                return None
             self._last[key] = (now, 0)
             if len(self._last) > 4096:  # forget quiet hosts; bounded memory
                 self._last = {k: v for k, v in self._last.items() if now - v[0] < self._interval}
         logger.warning(msg + (f" ({held} more like this in the last {self._interval:.0f} s)" if held else ""), *args)
+        return held
 
 
 class PynetdicomLineLimit(logging.Filter):
@@ -211,7 +221,10 @@ class EdgeAssociationSocket(AssociationSocket):
             return True
         except (OSError, ValueError) as exc:
             assoc = cast(EdgeAssociation, self.assoc)
-            logger.warning("TLS handshake failed: peer=%s reason=%s", conn.peer, handshake_failure_reason(exc))
+            reason = handshake_failure_reason(exc)
+            logger.warning("TLS handshake failed: peer=%s reason=%s", conn.peer, reason)
+            assoc.server.count_refusal("tls_handshake")
+            assoc.server.audit_refusal("connection", "closed", conn.peer, f"TLS handshake failed: {reason}")
             conn.quiet = True
             conn.cut()
             assoc.dul.to_user_queue.put(cast(Any, None))  # read as "no request": stop waiting
@@ -241,10 +254,11 @@ class EdgeAssociationSocket(AssociationSocket):
         except TimeoutError:
             assoc = cast(EdgeAssociation, self.assoc)
             if before_request:
-                reason = assoc.server._no_request_reason()
+                reason, kind = assoc.server._no_request_reason(), "request_timeout"
             else:
                 reason = f"PDU stalled for {self._limits.network_timeout:g} s (network.network_timeout)"
-            assoc.server.connection_failed(conn, reason, wake=before_request)
+                kind = "pdu_stalled"
+            assoc.server.connection_failed(conn, reason, kind, wake=before_request)
             return data  # short: pynetdicom closes the transport (Evt17)
         finally:
             try:
@@ -286,7 +300,7 @@ class EdgeAssociationSocket(AssociationSocket):
             # The body read that follows is short: pynetdicom closes the transport (Evt17).
             assoc.server.connection_failed(
                 conn, f"PDU of {length} bytes announced, the node accepts at most {limit}: A-ABORT sent",
-                wake=not conn.requested,
+                "pdu_too_large", wake=not conn.requested,
             )
 
 
@@ -315,6 +329,7 @@ class EdgeACSE(ACSE):
             assoc.reject_reason = (
                 f"local limit (max_associations: {assoc.server.limits.max_associations} associations open)"
             )
+            assoc.server.count_refusal("max_associations")  # its line and audit record: EVT_REJECTED
             self.send_reject(0x02, 0x03, 0x02)  # transient, service provider, local limit exceeded
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
@@ -423,9 +438,19 @@ class EdgeAssociationServer(ThreadedAssociationServer):
     # refused while the accept loop catches up.
     request_queue_size = 128
 
-    def __init__(self, *args: Any, limits: ConnectionLimits, slots: SlotPool | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        limits: ConnectionLimits,
+        slots: SlotPool | None = None,
+        audit: AuditLog | None = None,
+        metrics: NodeMetrics | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.limits = limits
         self.slots = slots or SlotPool(limits.max_associations)
+        self.audit = audit
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._registry = _Registry()
         self._rejection_log = _RateLimitedLog(REJECTION_LOG_INTERVAL)
@@ -482,12 +507,13 @@ class EdgeAssociationServer(ThreadedAssociationServer):
 
     def _refuse(self, sock: socket.socket, host: str, port: int, open_here: int) -> None:
         """A-ASSOCIATE-RJ (transient, service provider, local limit exceeded), then close."""
-        self._rejection_log.warning(
-            ("per-host", host),
-            "association rejected: peer=%s:%d reason=local limit (per-host: %d connections open from this "
-            "address, network.max_associations_per_host)",
-            host, port, open_here,
+        reason = (
+            f"local limit (per-host: {open_here} connections open from this address, network.max_associations_per_host)"
         )
+        self.count_refusal("per_host_limit")
+        held = self._rejection_log.warning(("per-host", host), "association rejected: peer=%s:%d reason=%s", host, port, reason)
+        if held is not None:
+            self.audit_refusal("association", "rejected", peer_address(host, port), reason, held)
         rj = A_ASSOCIATE_RJ()
         rj.result, rj.source, rj.reason_diagnostic = 0x02, 0x03, 0x02
         try:
@@ -525,16 +551,17 @@ class EdgeAssociationServer(ThreadedAssociationServer):
 
     # ----- ending --------------------------------------------------------------------------
 
-    def connection_failed(self, conn: Connection, reason: str, wake: bool) -> None:
-        """Cut ``conn`` for ``reason``: one line, from the aborted-association line when it was
-        established, else here. Called in its DUL thread; ``wake``: no request arrived, so
-        the association thread that waits for one can stop now."""
+    def connection_failed(self, conn: Connection, reason: str, kind: str, wake: bool) -> None:
+        """Cut ``conn`` for ``reason`` (``kind``: its metric label): one line, from the
+        aborted-association line when it was established, else here. Called in its DUL
+        thread; ``wake``: no request arrived, so the association thread that waits for one
+        can stop now."""
         assoc = conn.assoc
         if assoc is not None and assoc.is_established:
             assoc.abort_reason = reason
             conn.quiet = True
         else:
-            self.log_connection_closed(conn, reason)
+            self.log_connection_closed(conn, reason, kind)
         conn.cut()
         if wake and assoc is not None:
             assoc.dul.to_user_queue.put(cast(Any, None))  # read as "no request in time"
@@ -545,11 +572,24 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             "(network.association_request_timeout)"
         )
 
-    def log_connection_closed(self, conn: Connection, reason: str) -> None:
+    def log_connection_closed(self, conn: Connection, reason: str, kind: str) -> None:
+        """A connection ended before an association: counted by ``kind``, logged and audited
+        at most once per host, reason and interval."""
         conn.quiet = True
-        self._rejection_log.warning(
+        self.count_refusal(kind)
+        held = self._rejection_log.warning(
             ("closed", conn.host, reason), "connection closed: peer=%s reason=%s", conn.peer, reason
         )
+        if held is not None:
+            self.audit_refusal("connection", "closed", conn.peer, reason, held)
+
+    def count_refusal(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.connections_refused.labels(kind).inc()
+
+    def audit_refusal(self, event: str, result: str, peer: str, reason: str, held_back: int = 0) -> None:
+        if self.audit is not None:
+            self.audit.record(event, result, called_ae=self.ae_title, peer=peer, detail=reason, held_back=held_back)
 
     def connection_ended(self, assoc: EdgeAssociation) -> None:
         """The association thread ends: close the socket, free the host's count and the slot."""
@@ -562,10 +602,10 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             pass
         elif conn.problems:
             self.log_connection_closed(
-                conn, f"{ascii(conn.first_problem)} ({conn.problems} message(s) from pynetdicom)"
+                conn, f"{ascii(conn.first_problem)} ({conn.problems} message(s) from pynetdicom)", "protocol_error"
             )
         elif not conn.requested and time.monotonic() >= conn.request_deadline - 0.5:
-            self.log_connection_closed(conn, self._no_request_reason())  # an idle socket
+            self.log_connection_closed(conn, self._no_request_reason(), "request_timeout")  # an idle socket
         conn.cut()
         assoc.dul.kill_dul()
         with self._lock:
@@ -607,7 +647,7 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             self._registry.lingering = [s for s in self._registry.lingering if s.close_at > now]
         for conn in overdue:
             if not conn.quiet:
-                self.log_connection_closed(conn, self._no_request_reason())
+                self.log_connection_closed(conn, self._no_request_reason(), "request_timeout")
             conn.cut()
         for lingering in due:
             lingering.sock.close()
@@ -638,7 +678,7 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         for conn in conns:
             if not conn.quiet and conn.problems:  # say what pynetdicom had to say, once
                 self.log_connection_closed(
-                    conn, f"{ascii(conn.first_problem)} ({conn.problems} message(s) from pynetdicom)"
+                    conn, f"{ascii(conn.first_problem)} ({conn.problems} message(s) from pynetdicom)", "protocol_error"
                 )
             conn.quiet = True
             conn.cut()
@@ -674,17 +714,20 @@ def bind_edge_server(
     *,
     slots: SlotPool | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    audit: AuditLog | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> EdgeAssociationServer:
     """Bind and listen on ``address`` (raises :class:`OSError` when it is taken); accept
     nothing until :func:`serve_edge_server`. ``slots`` is shared by the node's listeners;
-    ``ssl_context`` makes it a TLS listener."""
+    ``ssl_context`` makes it a TLS listener; refusals at the edge are counted in ``metrics``
+    and recorded in ``audit``."""
     # pynetdicom's own limit counts every thread, stalled connections included: ours replace it.
     ae.maximum_associations = 1_000_000
     return cast(
         EdgeAssociationServer,
         ae.make_server(
             address, evt_handlers=evt_handlers, server_class=EdgeAssociationServer, limits=limits, slots=slots,
-            ssl_context=ssl_context,
+            ssl_context=ssl_context, audit=audit, metrics=metrics,
         ),
     )
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from dicom_node.audit import AuditLog, peer_address
 from dicom_node.config import NodeConfig, PacsDestination
 from dicom_node.metrics import NodeMetrics
 from dicom_node.send.delivery import DeliveryResult, next_retry_delay, send_files
@@ -113,6 +114,11 @@ class Outbox:
         :func:`dicom_node.send.delivery.send_files` or a stand-in with its signature.
     clock : callable
         Unix time now.
+    metrics : NodeMetrics or None
+        Where attempts and delivery times are counted.
+    audit : AuditLog or None
+        Where every attempt is recorded (destination, its AE and address, status), and a
+        job given up.
     """
 
     def __init__(
@@ -126,8 +132,10 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         timeout: float = 30,
         metrics: NodeMetrics | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.metrics = metrics
+        self.audit = audit
         self.spool = spool
         self.destinations = {d.name: d for d in destinations}
         self.policy = policy
@@ -173,12 +181,24 @@ class Outbox:
                 job.job_id, destination.name, updated.attempts, updated.delivered,
                 "" if updated.delivered else f" retry_in={updated.next_attempt_at - self.clock():.0f}s",
             )
+            if self.audit is not None:
+                self.audit.record(
+                    "delivery", "delivered" if result.delivered else "failed", calling_ae=self.calling_ae_title,
+                    called_ae=destination.ae_title, peer=peer_address(destination.host, destination.port),
+                    tls="yes" if destination.tls else "no", destination=destination.name,
+                    sop_instance_uid=job.sop_instance_uid,
+                    status="" if result.status is None else f"0x{result.status:04X}",
+                    detail="" if result.delivered else updated.last_error, attempt=updated.attempts,
+                    instances=len(job.companion_files) + 1,
+                )
         done = final_state(job.deliveries, job.entered_state_at().timestamp(), self.clock(), self.policy)
         if done is not None:
             state, why = done
             self.spool.transition(job, state, detail=why)
             log = logger.info if state is JobState.SENT else logger.error
             log("job %s: %s (%s)", job.job_id, state.value, why)
+            if state is JobState.FAILED and self.audit is not None:
+                self.audit.record("delivery", "given_up", sop_instance_uid=job.sop_instance_uid, detail=why)
         return attempts
 
     def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:

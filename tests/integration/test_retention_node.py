@@ -40,6 +40,10 @@ def _config(tmp_path: Path, orthanc: OrthancServer, retention: str) -> Path:
     return path
 
 
+def _audit_records(spool: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted((spool / "audit").glob("*.jsonl")) for line in path.read_text().splitlines()]
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
 
@@ -69,6 +73,9 @@ def test_serve_purges_a_delivered_study_and_keeps_what_is_not_delivered(start_no
     purge_lines = [line for line in node.log().splitlines() if "purge: deleted" in line]
     assert purge_lines and "instances=1 results=1 records=0" in purge_lines[0], node.log()
     assert not any(uid in line for line in purge_lines for uid in (delivered.job_id, report_uid))
+    purges = [r for r in _audit_records(spool.root) if r["event"] == "purge"]
+    assert purges and purges[0]["instances"] == 1 and purges[0]["detail"] == "retention policy (serve)"
+    assert purges[0]["atna_action"] == "D"
 
     # Beside the running node: status reads, purge finds the node's work done, resend requeues.
     status = json.loads(_cli("status", "--json", "--config", str(config), "--spool", str(spool.root)).stdout)
@@ -105,4 +112,6 @@ def test_purge_on_demand_beside_serve_with_retention_off_in_serve(start_node, tm
         "already_gone": 0,
     }
     assert spool.find_job(delivered.job_id) is None and not spool.instance_path(delivered.job_id).exists()
+    purges = [r for r in _audit_records(spool.root) if r["event"] == "purge"]
+    assert [(r["detail"], r["records"]) for r in purges] == [("cxr-node purge", 1)], "a dry run is not audited"
     assert node.process is not None and node.process.poll() is None, "the node goes on"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+from dicom_node.audit import AuditLog
 from dicom_node.config import PacsDestination
 from dicom_node.send.delivery import DeliveryResult
 from dicom_node.send.outbox import (
@@ -111,3 +113,25 @@ def test_outbox_gives_up_after_max_attempts_and_resend_requeues(tmp_path: Path) 
     (requeued,) = requeue_failed(spool)
     assert requeued.state is JobState.OUTBOX
     assert requeued.deliveries == (failed.deliveries[0], DeliveryState("backup"))  # main keeps its delivery
+
+
+def test_every_attempt_and_the_give_up_are_in_the_audit_trail(tmp_path: Path) -> None:
+    spool, clock = Spool(tmp_path / "spool"), [time.time()]
+    job = job_in_outbox(spool, ["main", "backup"])
+    audit = AuditLog(tmp_path / "audit")
+    destinations = [PacsDestination("main", "PACS", "127.0.0.1", 104), PacsDestination("backup", "BACKUP", "::1", 11112)]
+    send = ScriptedSend([OK, DeliveryResult(False, 0xA700, "status 0xA700"), FAILED, FAILED], clock)
+    outbox = Outbox(spool, destinations, POLICY, "CXR_AI", send=send, clock=lambda: clock[0], audit=audit)
+    for _ in range(3):
+        outbox.run_once()
+        clock[0] += 60
+    records = [json.loads(line) for path in sorted((tmp_path / "audit").iterdir()) for line in path.read_text().splitlines()]
+    assert [(r["result"], r.get("destination"), r.get("status")) for r in records] == [
+        ("delivered", "main", "0x0000"), ("failed", "backup", "0xA700"), ("failed", "backup", None),
+        ("failed", "backup", None), ("given_up", None, None),
+    ]
+    delivered, refused = records[0], records[1]
+    assert (delivered["calling_ae"], delivered["called_ae"], delivered["peer"]) == ("CXR_AI", "PACS", "127.0.0.1:104")
+    assert delivered["sop_instance_uid"] == job.job_id and delivered["atna_action"] == "R" and delivered["outcome"] == 0
+    assert refused["peer"] == "[::1]:11112" and refused["detail"] == "status 0xA700" and refused["outcome"] == 4
+    assert records[-1]["outcome"] == 8 and "backup: gave up after 3 attempts" in records[-1]["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from dicom_node.analyse.worker import MAX_ATTEMPTS, InferenceWorker
 from dicom_node.app import build_worker
+from dicom_node.audit import AuditLog
 from dicom_node.config import NodeConfig
 from dicom_node.spool import Job, JobState, Spool
 
@@ -79,3 +81,33 @@ def test_the_threshold_is_the_bundles_unless_the_node_config_sets_one(worker_fac
     assert worker.settings.threshold == worker.analyser.threshold == bundle_threshold
     overridden = build_worker(NodeConfig(spool=spool.root, device="cpu", threshold=0.7), spool)
     assert overridden.settings.threshold == 0.7
+
+
+def test_the_audit_trail_gets_the_report_uid_and_finding_or_the_reason_category_and_no_patient_data(
+    worker_factory, tmp_path: Path, shared_data: Path
+) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    chest = shared_data / "dicom" / CHESTS[0]
+    hip = shared_data / "dicom" / "dicom-test-files" / "RG2_JPLL.dcm"
+    jobs = [_store(spool, chest), _store(spool, hip)]
+    worker = worker_factory(spool)
+    worker.audit = AuditLog(tmp_path / "audit")
+    try:
+        assert worker.run_once() == 2
+    finally:
+        worker.audit = None
+    [path] = (tmp_path / "audit").iterdir()
+    raw = path.read_text()
+    records = {r["sop_instance_uid"]: r for r in map(json.loads, raw.splitlines())}
+    report = records[jobs[0].job_id]
+    done = spool.find_job(jobs[0].job_id)
+    assert done is not None
+    assert report["result"] == "report" and report["finding"] in ("present", "absent")
+    assert report["report_uid"] == pydicom.dcmread(spool.result_path(done)).SOPInstanceUID
+    assert (report["atna_event"]["code"], report["atna_action"], report["calling_ae"]) == ("110103", "C", "TEST")
+    skipped = records[jobs[1].job_id]
+    assert skipped["result"] == "not_analysed" and skipped["outcome"] == 4 and ":" not in skipped["detail"]
+    for source in (chest, hip):
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        for value in (str(ds.PatientName), str(ds.PatientID), ds.get("PatientBirthDate", ""), ds.BodyPartExamined):
+            assert not value or value not in raw, value
