@@ -8,6 +8,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pynetdicom import AE
 
@@ -24,11 +25,14 @@ from dicom_node.receive.server import EdgeAssociationServer, SlotPool, bind_edge
 from dicom_node.report.sr import AlgorithmInfo
 from dicom_node.send.delivery import client_context
 from dicom_node.send.outbox import Outbox, RetryPolicy
-from dicom_node.spool import Spool
+from dicom_node.spool import JobState, Spool
 from dicom_node.spool.owner import SpoolOwnership
 from dicom_node.spool.purge_loop import PeriodicPurge
 from dicom_node.spool.retention import PurgeOutcome, policy_from_config
 from dicom_node.tls import build_server_context, quiet_pynetdicom_tls_errors
+
+if TYPE_CHECKING:
+    from dicom_node.analyse.index_growth import IndexGrowthLoop
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,10 @@ class ReceiverNode:
             for destination in config.destinations:
                 if destination.tls:
                     client_context(destination)
+            if config.analysis and config.index_grow and config.similar_k:
+                from dicom_node.analyse.index_growth import index_salt
+
+                index_salt()  # no salt stops start-up now (exit 2), not after the models load
         except BaseException:
             self.ownership.release()
             raise
@@ -81,6 +89,9 @@ class ReceiverNode:
         )
         self._stop_purger = threading.Event()
         self._purger_thread: threading.Thread | None = None
+        self.index_growth: IndexGrowthLoop | None = None
+        self._stop_growth = threading.Event()
+        self._growth_thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Bind the ports, recover the spool, start the outbox and the purge, accept
@@ -121,6 +132,9 @@ class ReceiverNode:
                 "name": self.worker.algorithm.name, "version": self.worker.algorithm.version,
                 "weights_sha256": self.worker.algorithm.weights_sha256,
             })
+            if self.config.index_grow and self.config.similar_k:
+                self.index_growth = start_index_growth(self.config, self.spool, self.worker)
+                self._growth_thread = _start_thread("index-growth", self.index_growth.run, self._stop_growth)
             self._worker_thread = _start_thread("inference", self.worker.run, self._stop_worker)
         logger.info(
             "ready: %s in %.1f s from start", "analysing" if self.config.analysis else "receiving only (analysis off)",
@@ -242,6 +256,10 @@ class ReceiverNode:
         self.outbox.wake.set()
         if self._outbox_thread is not None:
             self._outbox_thread.join(timeout=self.config.acse_timeout + 5)  # one C-STORE at most
+        self._stop_growth.set()
+        if self.index_growth is not None and self._growth_thread is not None:
+            self.index_growth.wake.set()
+            self._growth_thread.join(timeout=60)  # a rebuild in progress finishes (or is redone at the next start)
         self._stop_purger.set()
         self.purger.wake.set()
         if self._purger_thread is not None:
@@ -301,7 +319,9 @@ def build_worker(
         torch.set_num_threads(config.num_threads)
     started = time.monotonic()
     try:
-        analyser = BundleAnalyser(config.bundle, config.device, load_index=config.similar_k > 0)
+        analyser = BundleAnalyser(
+            config.bundle, config.device, load_index=config.similar_k > 0, index_dir=config.index_directory
+        )
     except (FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(
             f"cannot load the model bundle {config.bundle}: {exc} "
@@ -310,10 +330,12 @@ def build_worker(
     identity = analyser.identity
     threshold = analyser.threshold if config.threshold is None else config.threshold
     logger.info(
-        "model: name=%r version=%s bundle=%s sha256=%s %s device=%s threads=%d threshold=%g (%s) loaded_in=%.1fs",
+        "model: name=%r version=%s bundle=%s sha256=%s %s device=%s threads=%d threshold=%g (%s) index=%s "
+        "loaded_in=%.1fs",
         identity.name, identity.version, config.bundle.resolve(), identity.sha256,
         " ".join(f"{name}={digest}" for name, digest in identity.files),
         analyser.device, torch.get_num_threads(), threshold, "bundle" if config.threshold is None else "node config",
+        f"{analyser.index_dir.resolve()} ({len(analyser.index.items)} items)" if analyser.index is not None else "none",
         time.monotonic() - started,
     )
     algorithm = AlgorithmInfo(
@@ -328,6 +350,40 @@ def build_worker(
         lung_segmentation=config.lung_segmentation, key_images=config.key_images,
     )
     return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result, metrics=metrics, audit=audit)
+
+
+def start_index_growth(config: NodeConfig, spool: Spool, worker: InferenceWorker) -> IndexGrowthLoop:
+    """Grow the worker's similar-study index from the node's delivered studies (``[index] grow``).
+
+    The worker queries the latest grown version from now on (a restart picks it up again),
+    keeps a pending prior of each study it reports, and the returned loop rebuilds the index
+    every ``rebuild_minutes`` with the priors whose results were delivered.
+    """
+    from dicom_node.analyse.index_growth import GrownIndex, IndexGrowthLoop, index_salt, prior_from_header
+    from monai_app.inference import BundleAnalyser
+    from monai_app.retrieval.index import SimilarityIndex
+
+    analyser = worker.analyser
+    if not isinstance(analyser, BundleAnalyser) or analyser.index is None:
+        raise ConfigError("index.grow needs the bundle's similar-study index (inference.similar_k > 0)")
+    grown = GrownIndex(config.grown_index_path, analyser.index_dir, worker.algorithm.weights_sha256, fsync=config.fsync)
+    if grown.current() != analyser.index_dir:
+        analyser.use_index(SimilarityIndex.load(grown.current()))
+    salt, source = index_salt(), f"node:{config.ae_title}"
+    worker.keep_prior = lambda header, embedding: grown.add_pending(prior_from_header(header, embedding, salt, source))
+    assert analyser.index is not None
+    logger.info(
+        "index: growing from the node's delivered studies, rebuilt every %g min; now %d items (%s)",
+        config.index_rebuild_minutes, len(analyser.index.items), grown.current(),
+    )
+    return IndexGrowthLoop(grown, lambda uid: _delivered(spool, uid), analyser.use_index, config.index_rebuild_minutes * 60)
+
+
+def _delivered(spool: Spool, sop_instance_uid: str) -> bool:
+    """Whether a reported job's result reached every destination (its record purged since counts: only
+    finished jobs are purged, and a reported one finishes as sent)."""
+    job = spool.find_job(sop_instance_uid)
+    return job is None or job.state is JobState.SENT
 
 
 def build_tls_context(config: NodeConfig) -> ssl.SSLContext | None:

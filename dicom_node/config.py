@@ -277,6 +277,10 @@ class NodeConfig:
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
     tls_ca_file: Path | None = None
+    index_directory: Path | None = None  # None: the bundle's models/index
+    index_grow: bool = False
+    index_grow_directory: Path | None = None  # None: <spool>/grown_index
+    index_rebuild_minutes: float = 60.0
     audit_enabled: bool = True
     audit_directory: Path | None = None  # None: <spool>/audit
     audit_max_file_bytes: int = 64 * 1024**2
@@ -324,6 +328,7 @@ class NodeConfig:
             raise ConfigError(f'"destinations.name" must be unique, got {names}')
         self._check_tls()
         self._check_audit()
+        self._check_index()
 
     def _check_audit(self) -> None:
         check_bool("audit.enabled", self.audit_enabled)
@@ -333,6 +338,28 @@ class NodeConfig:
             object.__setattr__(self, "audit_directory", check_directory_path("audit.directory", self.audit_directory))
         check_int("audit.max_file_bytes", self.audit_max_file_bytes, MIN_AUDIT_FILE_BYTES, MAX_INSTANCE_BYTES)
         check_int("audit.keep_days", self.audit_keep_days, 0, 36500)
+
+    def _check_index(self) -> None:
+        for key in ("directory", "grow_directory"):
+            value = getattr(self, f"index_{key}")
+            if value is not None and str(value) == "":
+                object.__setattr__(self, f"index_{key}", None)  # the TOML default
+            elif value is not None:
+                object.__setattr__(self, f"index_{key}", check_directory_path(f"index.{key}", value))
+        check_bool("index.grow", self.index_grow)
+        object.__setattr__(self, "index_rebuild_minutes", check_number(
+            "index.rebuild_minutes", self.index_rebuild_minutes, 0.01, 10080
+        ))
+
+    @property
+    def index_path(self) -> Path:
+        """The similar-study index the node starts from: ``index.directory``, or the bundle's."""
+        return self.index_directory if self.index_directory is not None else self.bundle / "models" / "index"
+
+    @property
+    def grown_index_path(self) -> Path:
+        """Where the index grown from traffic lives: ``index.grow_directory``, or ``grown_index`` in the spool."""
+        return self.index_grow_directory if self.index_grow_directory is not None else self.spool / "grown_index"
 
     @property
     def audit_path(self) -> Path:
@@ -431,6 +458,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "metrics": {"port": "metrics_port", "bind": "metrics_bind"},
     "tls": {k: f"tls_{k}" for k in ("enabled", "port", "only", "certificate", "private_key", "ca_file")},
     "audit": {k: f"audit_{k}" for k in ("enabled", "directory", "max_file_bytes", "keep_days")},
+    "index": {k: f"index_{k}" for k in ("directory", "grow", "grow_directory", "rebuild_minutes")},
 }
 _TABLE_ARRAYS = ("allowed_callers", "destinations")
 

@@ -34,6 +34,7 @@ INFERENCE_CONFIGS = ("configs/common.yaml", "configs/inference_classifier.yaml")
 """The classifier's inference configs, stacked in this order (as ``--config_file`` lists them)."""
 METADATA = "configs/metadata.json"
 INDEX_DIR = "models/index"
+SELF_MATCHES = 4  # extra neighbours asked for, so that leaving out the query's own study still leaves k
 APPEARANCE_MODEL = "models/chest_appearance.npz"
 """The frontal-chest appearance model (:mod:`monai_app.transforms.chest_appearance`)."""
 IMAGE_CHANNEL = 0
@@ -152,7 +153,13 @@ class BundleAnalyser:
     """
 
     def __init__(
-        self, bundle_dir: str | Path, device: str = "auto", *, load_index: bool = True, load_appearance: bool = True
+        self,
+        bundle_dir: str | Path,
+        device: str = "auto",
+        *,
+        load_index: bool = True,
+        load_appearance: bool = True,
+        index_dir: str | Path | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
         self.device = resolve_device(device)
@@ -196,10 +203,10 @@ class BundleAnalyser:
             )
         self.index: SimilarityIndex | None = None
         if load_index:
-            index_dir = self.bundle_dir / INDEX_DIR
-            if not index_dir.is_dir():
-                raise FileNotFoundError(f"the bundle has no similar-study index {index_dir}")
-            self.index = SimilarityIndex.load(index_dir)
+            self.index_dir = Path(index_dir) if index_dir is not None else self.bundle_dir / INDEX_DIR
+            if not self.index_dir.is_dir():
+                raise FileNotFoundError(f"no similar-study index {self.index_dir}")
+            self.index = SimilarityIndex.load(self.index_dir)
         self._relevance: GradCamRelevance | None = None  # made on the first predict(relevance=True)
 
     def prepare(self, path: str | Path) -> PreparedImage:
@@ -251,9 +258,18 @@ class BundleAnalyser:
             for p, embedding, relevance_map in zip(probabilities, embeddings, maps)
         ]
 
-    def similar(self, embedding: np.ndarray, k: int) -> list[Neighbour]:
-        """The ``k`` reference images nearest to ``embedding`` (none without an index or for k = 0)."""
-        if self.index is None or k == 0:
+    def similar(self, embedding: np.ndarray, k: int, *, exclude_study: str = "") -> list[Neighbour]:
+        """The ``k`` reference images nearest to ``embedding`` (none without an index or for k = 0),
+        leaving out those of the study ``exclude_study`` (the query's own, once the index holds it)."""
+        index = self.index  # one read: use_index() may swap it meanwhile
+        if index is None or k == 0:
             return []
-        return self.index.query(embedding, k)
+        found = index.query(embedding, k + SELF_MATCHES if exclude_study else k)
+        return [n for n in found if n.item.study_instance_uid != exclude_study][:k]
+
+    def use_index(self, index: SimilarityIndex) -> None:
+        """Query ``index`` from now on (a rebuilt one: Annoy indexes are immutable); queries in flight finish on the old."""
+        if self.index is not None and index.dimension != self.index.dimension:
+            raise ValueError(f"index of dimension {index.dimension}, expected {self.index.dimension}")
+        self.index = index
 

@@ -178,14 +178,3 @@ def build_similar_index(images: list[tuple[Path, str]], target: Path) -> Path:
     wf.run()
     wf.finalize()
     return index_dir
-
-
-def bundle_with_index(index_dir: Path, target: Path) -> Path:
-    """A copy of the repository's bundle (configs and weights linked) whose similar-study index is ``index_dir``."""
-    (target / "models").mkdir(parents=True)
-    (target / "configs").symlink_to(CONFIGS)
-    for weights in (BUNDLE / "models").iterdir():
-        if weights.name != "index":
-            (target / "models" / weights.name).symlink_to(weights)
-    (target / "models" / "index").symlink_to(index_dir)
-    return target

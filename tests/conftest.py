@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from testkit.bundle import write_tiny_classification_dataset
+from testkit.orthanc import OrthancServer
 from testkit.pacs import LoadedPacs, start_loaded_pacs
 from testkit.peers import NodeProcess
 from testkit.shared_data import ENV_VAR, shared_data_dir
@@ -84,3 +85,11 @@ def loaded_pacs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     pacs = start_loaded_pacs(tmp_path_factory.mktemp("pacs"), shared_data)
     yield pacs
     pacs.orthanc.stop()
+
+
+@pytest.fixture
+def orthanc_pacs(tmp_path: Path) -> Iterator[OrthancServer]:
+    """A started Orthanc that takes C-STOREs from the node (``CXR_AI``); stopped after the test."""
+    server = OrthancServer(tmp_path / "orthanc", calling_ae_titles=("CXR_AI",)).start()
+    yield server
+    server.stop()

@@ -138,6 +138,6 @@ class Analyser(Protocol[PreparedT]):
         """Classify a batch of prepared images, in order; with ``relevance`` also say where the classifier looked."""
         ...
 
-    def similar(self, embedding: np.ndarray, k: int) -> Sequence[Neighbour]:
-        """The ``k`` reference studies nearest to ``embedding``, nearest first."""
+    def similar(self, embedding: np.ndarray, k: int, *, exclude_study: str = "") -> Sequence[Neighbour]:
+        """The ``k`` reference studies nearest to ``embedding``, nearest first, none of study ``exclude_study``."""
         ...

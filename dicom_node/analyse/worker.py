@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -120,6 +121,9 @@ class InferenceWorker:
         Where batch times and outcomes are counted.
     audit : AuditLog or None
         Where each job's outcome is recorded: its report's UID and finding, or why not.
+    keep_prior : callable or None
+        Called with each reported image's header and embedding before its result enters the
+        outbox (``[index] grow``: the study becomes a pending prior of the grown index).
     """
 
     def __init__(
@@ -133,9 +137,11 @@ class InferenceWorker:
         clock: Callable[[], float] = time.time,
         metrics: NodeMetrics | None = None,
         audit: AuditLog | None = None,
+        keep_prior: Callable[[Dataset, np.ndarray], None] | None = None,
     ) -> None:
         self.metrics = metrics
         self.audit = audit
+        self.keep_prior = keep_prior
         self.spool = spool
         self.analyser = analyser
         self.algorithm = algorithm
@@ -228,12 +234,16 @@ class InferenceWorker:
 
     def _report(self, job: Job, header: Dataset, image: PreparedImage, prediction: Prediction) -> None:
         finding = Finding(probability=prediction.probability, threshold=self.settings.threshold)
-        similar = similar_studies(self.analyser.similar(prediction.embedding, self.settings.similar_k))
+        similar = similar_studies(self.analyser.similar(
+            prediction.embedding, self.settings.similar_k, exclude_study=str(header.get("StudyInstanceUID", ""))
+        ))
         result = build_result(
             header, finding, similar, self.algorithm, image_evidence(image, prediction.relevance),
             summary_image=self.settings.summary_image, lung_segmentation=self.settings.lung_segmentation,
             key_images=self.settings.key_images,
         )
+        if self.keep_prior is not None:
+            self.keep_prior(header, prediction.embedding)
         self.spool.put_result(
             job, encode(result.report), self.settings.destinations,
             companions=[(kind, encode(dataset)) for kind, dataset in result.companions],

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from testkit.bundle import build_similar_index, bundle_with_index
+from testkit.bundle import build_similar_index
 from testkit.dicom_factory import make_dx, save
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, c_get_instances, orthanc_binary
 from testkit.peers import dcmtk, dcmtk_env
@@ -100,13 +100,12 @@ def test_similar_images_in_the_report_and_the_kos_are_retrievable_from_the_pacs(
     priors, index, source_path = priors_and_source
     for prior in priors:  # the PACS already holds the studies the index was built from
         orthanc.upload(prior.read_bytes())
-    bundle = bundle_with_index(index, tmp_path / "bundle")
     config = tmp_path / "node.toml"
-    config.write_text(
-        f'[inference]\ndevice = "cpu"\nsimilar_k = {SIMILAR_K}\n'
+    config.write_text(  # the site's own index beside the shipped bundle, as a hospital deploys one
+        f'[inference]\ndevice = "cpu"\nsimilar_k = {SIMILAR_K}\n[index]\ndirectory = "{index}"\n'
         f'[[destinations]]\nname = "pacs"\nae_title = "{ORTHANC_AE_TITLE}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
     )
-    node = start_node(tmp_path / "spool", "--analysis", "--bundle", str(bundle), "--config", str(config))
+    node = start_node(tmp_path / "spool", "--analysis", "--config", str(config))
     sent = subprocess.run(
         [dcmtk("storescu"), "-aet", "PORTABLE_DX1", "-aec", NODE_AE, "127.0.0.1", str(node.port), str(source_path)],
         capture_output=True, text=True, env=dcmtk_env(), timeout=60,

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from dicom_node.spool import JobState, Spool
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer
@@ -19,14 +17,6 @@ from testkit.shared_data import REPO_ROOT
 from testkit.sr import job_in_outbox
 
 CLI = [sys.executable, "-m", "dicom_node"]
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
-    server = OrthancServer(tmp_path / "orthanc", calling_ae_titles=("CXR_AI",))
-    server.start()
-    yield server
-    server.stop()
 
 
 def _config(tmp_path: Path, orthanc: OrthancServer, retention: str) -> Path:
@@ -48,7 +38,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
 
 
-def test_serve_purges_a_delivered_study_and_keeps_what_is_not_delivered(start_node, tmp_path: Path, orthanc) -> None:
+def test_serve_purges_a_delivered_study_and_keeps_what_is_not_delivered(start_node, tmp_path: Path, orthanc_pacs) -> None:
     spool = Spool(tmp_path / "spool")
     delivered = job_in_outbox(spool, ["orthanc"], uid="1.2.826.0.1.3680043.10.9.1")
     waiting = job_in_outbox(spool, ["elsewhere"], uid="1.2.826.0.1.3680043.10.9.2")  # destination not configured
@@ -57,13 +47,13 @@ def test_serve_purges_a_delivered_study_and_keeps_what_is_not_delivered(start_no
     )
     report_uid = str(pydicom.dcmread(spool.result_path(delivered), stop_before_pixels=True).SOPInstanceUID)
     config = _config(
-        tmp_path, orthanc,
+        tmp_path, orthanc_pacs,
         "instances_days = 0\nresults_days = 0\nrecords_days = 1\nhigh_water_percent = 0\ninterval_minutes = 0.01",
     )
 
     node = start_node(spool.root, "--config", str(config))
 
-    assert wait_for(lambda: orthanc.find_instances(report_uid) != [], 30), node.log()
+    assert wait_for(lambda: orthanc_pacs.find_instances(report_uid) != [], 30), node.log()
     assert wait_for(lambda: not spool.result_path(delivered).exists(), 30), node.log()
     assert not spool.instance_path(delivered.job_id).exists()
     job = spool.find_job(delivered.job_id)
@@ -92,11 +82,11 @@ def test_serve_purges_a_delivered_study_and_keeps_what_is_not_delivered(start_no
     assert spool.instance_path(waiting.job_id).exists()
 
 
-def test_purge_on_demand_beside_serve_with_retention_off_in_serve(start_node, tmp_path: Path, orthanc) -> None:
+def test_purge_on_demand_beside_serve_with_retention_off_in_serve(start_node, tmp_path: Path, orthanc_pacs) -> None:
     spool = Spool(tmp_path / "spool")
     delivered = job_in_outbox(spool, ["orthanc"])
     config = _config(
-        tmp_path, orthanc, "enabled = false\ninstances_days = 0\nresults_days = 0\nrecords_days = 0\nhigh_water_percent = 0"
+        tmp_path, orthanc_pacs, "enabled = false\ninstances_days = 0\nresults_days = 0\nrecords_days = 0\nhigh_water_percent = 0"
     )
     node = start_node(spool.root, "--config", str(config))
     assert wait_for(lambda: (spool.find_job(delivered.job_id) or delivered).state is JobState.SENT, 30), node.log()
