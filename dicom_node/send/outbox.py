@@ -91,6 +91,26 @@ def final_state(deliveries: Sequence[DeliveryState], ready_since: float, now: fl
     return None
 
 
+@dataclass(frozen=True)
+class DestinationDown:
+    """A destination that gave no answer: how many times in a row, and until when it is left alone."""
+
+    failures: int
+    until: float  # Unix time
+
+
+def next_down(previous: DestinationDown | None, now: float, policy: RetryPolicy) -> DestinationDown:
+    """The state after one more attempt without an answer: the retry policy's backoff, per destination.
+
+    >>> policy = RetryPolicy(max_attempts=20, max_age_seconds=3600, initial_delay=10, max_delay=60)
+    >>> [next_down(DestinationDown(n, 0), 100.0, policy).until for n in (0, 1, 2, 5)]
+    [110.0, 120.0, 140.0, 160.0]
+    """
+    failures = (previous.failures if previous else 0) + 1
+    delay = next_retry_delay(failures, initial=policy.initial_delay, maximum=policy.max_delay)
+    return DestinationDown(failures, now + delay)
+
+
 def with_destinations(deliveries: Sequence[DeliveryState], names: Iterable[str]) -> tuple[DeliveryState, ...]:
     """Add a fresh delivery for every configured destination the job does not have yet."""
     known = {d.destination for d in deliveries}
@@ -144,6 +164,9 @@ class Outbox:
         self.clock = clock
         self.timeout = timeout
         self.wake = threading.Event()  # set when a report is ready, or to stop
+        # A PACS that does not answer at all is tried once per backoff step, not once per
+        # waiting result: in memory only (a restart tries at once).
+        self._unreachable: dict[str, DestinationDown] = {}
 
     def run_once(self) -> int:
         """Try every delivery that is due; return how many attempts were made."""
@@ -161,11 +184,15 @@ class Outbox:
             destination = self.destinations.get(delivery.destination)
             if destination is None or not is_due(delivery, self.clock()):
                 continue  # a destination removed from the config waits until it is back
+            down = self._unreachable.get(destination.name)
+            if down is not None and down.until > self.clock():
+                continue  # it did not answer a moment ago: this result waits, its attempts uncounted
             result = self.send(
                 self.spool.result_paths(job), destination, calling_ae_title=self.calling_ae_title,
                 acse_timeout=self.timeout, dimse_timeout=self.timeout, network_timeout=self.timeout,
             )
             updated = record_attempt(delivery, result, self.clock(), self.policy)
+            self._note_reachability(destination.name, result)
             if self.metrics is not None:
                 self.metrics.delivery_attempts.labels(destination.name, "delivered" if result.delivered else "failed").inc()
                 if result.delivered:
@@ -200,6 +227,19 @@ class Outbox:
             if state is JobState.FAILED and self.audit is not None:
                 self.audit.record("delivery", "given_up", sop_instance_uid=job.sop_instance_uid, detail=why)
         return attempts
+
+    def _note_reachability(self, name: str, result: DeliveryResult) -> None:
+        if result.status is not None:  # it answered (Success, Warning or a refusal): reachable
+            if self._unreachable.pop(name, None) is not None:
+                logger.info("delivery: destination %s answers again", name)
+            return
+        down = next_down(self._unreachable.get(name), self.clock(), self.policy)
+        if down.failures == 1:
+            logger.warning(
+                "delivery: destination %s does not answer; its other results wait, tried again in %.0f s",
+                name, down.until - self.clock(),
+            )
+        self._unreachable[name] = down
 
     def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
         """Deliver until ``stop`` is set; errors are logged and the loop goes on."""

@@ -135,3 +135,30 @@ def test_every_attempt_and_the_give_up_are_in_the_audit_trail(tmp_path: Path) ->
     assert delivered["sop_instance_uid"] == job.job_id and delivered["atna_action"] == "R" and delivered["outcome"] == 0
     assert refused["peer"] == "[::1]:11112" and refused["detail"] == "status 0xA700" and refused["outcome"] == 4
     assert records[-1]["outcome"] == 8 and "backup: gave up after 3 attempts" in records[-1]["detail"]
+
+
+def test_a_pacs_that_does_not_answer_costs_one_attempt_per_backoff_step_not_one_per_result(tmp_path: Path) -> None:
+    spool, clock = Spool(tmp_path), [time.time()]
+    jobs = [job_in_outbox(spool, ["main"], uid=f"1.2.826.0.1.3680043.10.9.{n}") for n in range(5)]
+    send = ScriptedSend([FAILED, FAILED, OK, OK, OK, OK, OK], clock)
+    outbox = _outbox(spool, send, clock)
+
+    assert outbox.run_once() == 1, "the first result finds the PACS down; the other four wait"
+    clock[0] += 5
+    assert outbox.run_once() == 0, "within the backoff nobody tries"
+    clock[0] += 5
+    assert outbox.run_once() == 1, "one more try after 10 s (the policy's first step)"
+    clock[0] += 20
+    assert outbox.run_once() == 5, "it answers: every due result goes in the same pass"
+    assert all((spool.find_job(j.job_id) or j).state is JobState.SENT for j in jobs)
+    attempts = sorted(d.attempts for j in jobs for d in (spool.find_job(j.job_id) or j).deliveries)
+    assert len(send.calls) == 7 and attempts == [1, 1, 1, 2, 2], "waiting results were not charged for the outage"
+
+
+def test_a_pacs_that_answers_with_a_refusal_is_reachable(tmp_path: Path) -> None:
+    spool, clock = Spool(tmp_path), [time.time()]
+    for n in range(3):
+        job_in_outbox(spool, ["main"], uid=f"1.2.826.0.1.3680043.10.9.{n}")
+    refused = DeliveryResult(delivered=False, status=0xA700, error="status 0xA700")
+    send = ScriptedSend([refused, refused, refused], clock)
+    assert _outbox(spool, send, clock).run_once() == 3, "a refusal is per result: each is tried"
