@@ -8,8 +8,10 @@ validation operating point at that threshold. The calibration works on the class
 ``softmax(logits / T)[covid] = sigmoid(z / T)`` exactly. Both maps are monotone, so a threshold
 mapped through the calibration keeps every decision (:meth:`Calibration.map_threshold`).
 
-This module must not import scikit-learn or scipy: the serving process forbids the former
-(:mod:`dicom_node.serving_process`) and needs neither.
+Pure numpy (no torch, no scikit-learn, no scipy): the report (:mod:`dicom_node.report.sr`)
+reads the operating point from here, and the serving process forbids scikit-learn
+(:mod:`dicom_node.serving_process`). The postprocessing transform that applies the map to the
+network's logits is :class:`monai_app.transforms.calibration.CalibratedProbabilityd`.
 """
 
 from __future__ import annotations
@@ -17,16 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from monai.transforms import MapTransform
-
-from monai_app.labels import POSITIVE_CLASS
 
 TEMPERATURE = "temperature"
 ISOTONIC = "isotonic"
@@ -214,37 +212,3 @@ def load_calibration(path: str | Path) -> Calibration:
         If the file is missing (a bundle without calibration names ``calibration: null`` instead).
     """
     return Calibration.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def logit_margin(logits: torch.Tensor | np.ndarray | Sequence[float]) -> float:
-    """``logit[covid] - logit[non_covid]`` of one image's two logits."""
-    values = torch.as_tensor(logits).reshape(-1).double()
-    return float(values[POSITIVE_CLASS] - values[1 - POSITIVE_CLASS])
-
-
-class CalibratedProbabilityd(MapTransform):
-    """Two class logits -> ``[1 - p, p]`` with ``p`` the calibrated COVID-19 probability.
-
-    Replaces the softmax of the classifier's ``postprocessing`` where the bundle's
-    calibration applies (the node, ``inference_classifier.yaml``); ``calibration=None`` is
-    the plain softmax.
-
-    >>> t = CalibratedProbabilityd("pred", Calibration(TEMPERATURE, temperature=2.0))
-    >>> t({"pred": torch.tensor([0.0, 2.0])})["pred"].round(decimals=4).tolist()
-    [0.2689, 0.7311]
-    """
-
-    def __init__(self, keys: str | Sequence[str], calibration: Calibration | None) -> None:
-        super().__init__(keys)
-        self.calibration = calibration if calibration is not None else Calibration(IDENTITY)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            logits = torch.as_tensor(d[key])
-            p = float(self.calibration.probability(logit_margin(logits)))
-            probabilities = [0.0, 0.0]
-            probabilities[POSITIVE_CLASS], probabilities[1 - POSITIVE_CLASS] = p, 1.0 - p
-            # float64: the decision compares p with the mapped threshold, float32 rounding could flip a tie
-            d[key] = torch.tensor(probabilities, dtype=torch.float64, device=logits.device)
-        return d

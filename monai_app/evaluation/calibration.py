@@ -338,7 +338,7 @@ def collect_margins(
             margins.extend((logits[:, 1] - logits[:, 0]).cpu().tolist())
     return [
         {"image_path": str(item.get("image_path", "")), "patient_id": str(item.get("patient_id", "")),
-         "source": str(item.get("source", "unknown")), "label": int(item["label"]), "margin": float(m)}  # type: ignore[call-overload]
+         "source": str(item.get("source", "unknown")), "label": int(item["label"]), "margin": float(m)}
         for item, m in zip(datalist, margins)
     ]
 
