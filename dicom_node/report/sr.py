@@ -232,9 +232,9 @@ class Finding:
     def operating_point_text(self) -> str:
         """Which threshold the call uses, its validation sensitivity and specificity, and the calibration.
 
-        >>> Finding(0.3, 0.2143, OperatingPoint(0.895, 0.778, 94, "within_source"),
+        >>> Finding(0.3, 0.2143, OperatingPoint(0.882, 0.778, 94, "within_source"),
         ...         "temperature scaling, T = 1.70").operating_point_text()
-        'Operating point: threshold 21.4 % (validation sensitivity 0.89, specificity 0.78, 94 images of the sources with both labels); probability calibrated by temperature scaling, T = 1.70'
+        'Operating point: threshold 21.4 % (validation sensitivity 0.88, specificity 0.78, 94 images of the sources with both labels); probability calibrated by temperature scaling, T = 1.70'
         """
         point = self.operating_point
         if point is None:
@@ -253,8 +253,8 @@ class Finding:
     def operating_point_line(self) -> str:
         """The operating point in one short line (the summary image's banner).
 
-        >>> Finding(0.3, 0.2143, OperatingPoint(0.895, 0.778, 94, "within_source"), "temperature scaling, T = 1.70").operating_point_line()
-        'Validation at this threshold: sensitivity 0.89, specificity 0.78; temperature scaling, T = 1.70'
+        >>> Finding(0.3, 0.2143, OperatingPoint(0.882, 0.778, 94, "within_source"), "temperature scaling, T = 1.70").operating_point_line()
+        'Validation at this threshold: sensitivity 0.88, specificity 0.78; temperature scaling, T = 1.70'
         """
         point = self.operating_point
         measured = (
