@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 TEMPERATURE = "temperature"
+LOGISTIC = "logistic"
 ISOTONIC = "isotonic"
 IDENTITY = "none"
-METHODS = (TEMPERATURE, ISOTONIC, IDENTITY)
+METHODS = (TEMPERATURE, LOGISTIC, ISOTONIC, IDENTITY)
 """Calibration methods a bundle may name (``none``: the raw softmax)."""
 
 
@@ -85,7 +86,8 @@ class Calibration:
     Parameters
     ----------
     method : str
-        ``"temperature"`` (``p = sigmoid(z / T)``), ``"isotonic"`` (piecewise-linear
+        ``"temperature"`` (``p = sigmoid(z / T)``), ``"logistic"`` (Platt scaling,
+        ``p = sigmoid(z / T + b)``: temperature scaling that may also shift), ``"isotonic"`` (piecewise-linear
         interpolation of the table ``(knots_z, knots_p)``, flat beyond its ends) or ``"none"``.
     temperature : float
         ``T`` of temperature scaling (1 for the other methods).
@@ -97,6 +99,8 @@ class Calibration:
         The same threshold on the uncalibrated softmax probability (the one it was mapped from).
     operating_point : OperatingPoint or None
         Validation sensitivity and specificity at the threshold.
+    intercept : float
+        ``b`` of the logistic map (0 for the other methods).
     """
 
     method: str = IDENTITY
@@ -106,8 +110,11 @@ class Calibration:
     threshold: float = 0.5
     raw_threshold: float = 0.5
     operating_point: OperatingPoint | None = None
+    intercept: float = 0.0
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.intercept):
+            raise ValueError(f'Argument "intercept" must be finite, got {self.intercept}')
         if self.method not in METHODS:
             raise ValueError(f'Argument "method" must be one of {METHODS}, got {self.method!r}')
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
@@ -132,6 +139,8 @@ class Calibration:
         z = np.asarray(margin, dtype=np.float64)
         if self.method == ISOTONIC:
             return np.interp(z, self.knots_z, self.knots_p)
+        if self.method == LOGISTIC:
+            return sigmoid(z / self.temperature + self.intercept)
         return sigmoid(z / self.temperature)
 
     def map_threshold(self, raw_threshold: float) -> float:
@@ -155,6 +164,8 @@ class Calibration:
         """
         if self.method == TEMPERATURE:
             return f"temperature scaling, T = {self.temperature:.2f}"
+        if self.method == LOGISTIC:
+            return f"logistic (Platt) scaling, T = {self.temperature:.2f}, b = {self.intercept:+.2f}"
         if self.method == ISOTONIC:
             return f"isotonic regression, {len(self.knots_z)} knots"
         return "uncalibrated"
@@ -162,8 +173,9 @@ class Calibration:
     @property
     def parameters(self) -> dict[str, Any]:
         """What defines the map (method and parameters), in a canonical order."""
+        shift = {"intercept": self.intercept} if self.method == LOGISTIC else {}
         return {
-            "method": self.method, "temperature": self.temperature,
+            "method": self.method, "temperature": self.temperature, **shift,
             "knots_z": list(self.knots_z), "knots_p": list(self.knots_p),
         }
 
@@ -194,6 +206,7 @@ class Calibration:
             temperature=float(data.get("temperature", 1.0)),
             knots_z=tuple(float(v) for v in data.get("knots_z", ())),
             knots_p=tuple(float(v) for v in data.get("knots_p", ())),
+            intercept=float(data.get("intercept", 0.0)),
             threshold=float(data["threshold"]),
             raw_threshold=float(data.get("raw_threshold", data["threshold"])),
             operating_point=None if not point else OperatingPoint(

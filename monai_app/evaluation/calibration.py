@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
 
-from monai_app.calibration import IDENTITY, ISOTONIC, TEMPERATURE, Calibration, OperatingPoint, sigmoid
+from monai_app.calibration import IDENTITY, ISOTONIC, LOGISTIC, TEMPERATURE, Calibration, OperatingPoint, sigmoid
 from monai_app.data.sampling import sources_with_both_labels
 from monai_app.evaluation.segmentation import update_metrics_file
 from monai_app.metrics import patient_resamples
@@ -86,6 +86,36 @@ def fit_temperature(margins: Sequence[float] | np.ndarray, labels: Sequence[int]
         if abs(step) < 1e-10:
             break
     return float(np.clip(1.0 / a, 0.05, 100.0))
+
+
+def fit_logistic(margins: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[float, float]:
+    """``(T, b)`` minimising the NLL of ``sigmoid(z / T + b)`` (Platt scaling on the logit margin).
+
+    Newton's method on ``(a = 1 / T, b)``: the NLL is convex in them. Unlike temperature
+    scaling it can move the score, not only sharpen it; unlike isotonic regression it never
+    reaches 0 or 1.
+
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(0, 3, 20000); y = rng.random(20000) < sigmoid(z / 2.0 + 1.0)
+    >>> [round(v) for v in fit_logistic(z, y)]
+    [2, 1]
+    """
+    z = np.asarray(margins, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if z.size == 0 or z.shape != y.shape:
+        raise ValueError('Arguments "margins" and "labels" must be non-empty and of one length')
+    x = np.stack([z, np.ones_like(z)], axis=1)
+    theta = np.array([1.0, 0.0])
+    for _ in range(100):
+        p = sigmoid(x @ theta)
+        gradient = x.T @ (p - y)
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        theta = theta - step
+        theta[0] = float(np.clip(theta[0], 0.01, 20.0))
+        if float(np.max(np.abs(step))) < 1e-10:
+            break
+    return float(np.clip(1.0 / theta[0], 0.05, 100.0)), float(theta[1])
 
 
 def pool_adjacent_violators(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,16 +177,20 @@ def fit_calibration(
     """Fit ``method`` on (margin, label) pairs; the threshold is ``raw_threshold`` carried through the map."""
     if method == TEMPERATURE:
         fitted = Calibration(TEMPERATURE, temperature=fit_temperature(margins, labels))
+    elif method == LOGISTIC:
+        temperature, intercept = fit_logistic(margins, labels)
+        fitted = Calibration(LOGISTIC, temperature=temperature, intercept=intercept)
     elif method == ISOTONIC:
         knots_z, knots_p = fit_isotonic(margins, labels)
         fitted = Calibration(ISOTONIC, knots_z=knots_z, knots_p=knots_p)
     elif method == IDENTITY:
         fitted = Calibration(IDENTITY)
     else:
-        raise ValueError(f'Argument "method" must be one of {(TEMPERATURE, ISOTONIC, IDENTITY)}, got {method!r}')
+        raise ValueError(f'Argument "method" must be one of {(TEMPERATURE, LOGISTIC, ISOTONIC, IDENTITY)}, got {method!r}')
     return Calibration(
         fitted.method, fitted.temperature, fitted.knots_z, fitted.knots_p,
         threshold=fitted.map_threshold(raw_threshold), raw_threshold=raw_threshold, operating_point=operating_point,
+        intercept=fitted.intercept,
     )
 
 
@@ -344,7 +378,8 @@ def collect_margins(
 
 
 def choose_method(
-    rows: Sequence[Mapping[str, Any]], methods: Sequence[str] = (TEMPERATURE, ISOTONIC), n_folds: int = 5, seed: int = 0,
+    rows: Sequence[Mapping[str, Any]], methods: Sequence[str] = (TEMPERATURE, LOGISTIC, ISOTONIC), n_folds: int = 5,
+    seed: int = 0,
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """The method with the lowest cross-validated NLL on ``rows`` (ties: the earlier in ``methods``).
 
@@ -397,7 +432,7 @@ class CalibrationRun:
     def __init__(
         self, network: CovidClassifier, model_file: str | Path, fit_datalist: Sequence[Mapping[str, Any]],
         check_datalist: Sequence[Mapping[str, Any]], transform: Callable[[Any], Any], raw_threshold: float,
-        calibration_file: str | Path, report_dir: str | Path, methods: Sequence[str] = (TEMPERATURE, ISOTONIC),
+        calibration_file: str | Path, report_dir: str | Path, methods: Sequence[str] = (TEMPERATURE, LOGISTIC, ISOTONIC),
         batch_size: int = 16, device: torch.device | str = "cpu", n_resamples: int = 1000, seed: int = 0,
     ) -> None:
         self.network, self.model_file = network, Path(model_file)

@@ -141,19 +141,19 @@ def test_algorithm_identification_names_algorithm_version_and_threshold() -> Non
 
 def test_report_says_the_threshold_its_validation_operating_point_and_the_calibration() -> None:
     finding = Finding(
-        0.71, 0.5629, OperatingPoint(0.8816, 0.7778, 94, "within_source"), "isotonic regression, 47 knots"
+        0.71, 0.5153, OperatingPoint(0.8816, 0.7778, 94, "within_source"), "logistic (Platt) scaling, T = 1.32, b = +1.50"
     )
     report = parsed(build_report(read_source(PHILIPS_CR), finding, SIMILAR, ALGORITHM))
 
     [line] = [item for item in qualitative_items(report) if item.ConceptNameCodeSequence[0].CodeValue == "OPPOINT"]
     assert line.ValueType == "TEXT" and line.RelationshipType == "CONTAINS"
     assert line.TextValue == (
-        "Operating point: threshold 56.3 % (validation sensitivity 0.88, specificity 0.78, 94 images of the "
-        "sources with both labels); probability calibrated by isotonic regression, 47 knots"
+        "Operating point: threshold 51.5 % (validation sensitivity 0.88, specificity 0.78, 94 images of the "
+        "sources with both labels); probability calibrated by logistic (Platt) scaling, T = 1.32, b = +1.50"
     )
     [finding_group] = measurement_report(report).get_image_measurement_groups(finding_type=codes.COVID_19)
     assert text_values(finding_group, pydicom_codes.DCM.AlgorithmParameters) == [
-        "threshold=0.5629", "calibration=isotonic regression, 47 knots",
+        "threshold=0.5153", "calibration=logistic (Platt) scaling, T = 1.32, b = +1.50",
     ]
 
 

@@ -70,10 +70,10 @@ def test_banner_names_the_model_and_says_not_for_diagnostic_use() -> None:
 
 
 def test_banner_gives_the_validation_operating_point_and_the_calibration() -> None:
-    finding = Finding(0.71, 0.5629, OperatingPoint(0.8816, 0.7778, 94, "within_source"), "isotonic regression, 47 knots")
+    finding = Finding(0.71, 0.5153, OperatingPoint(0.8816, 0.7778, 94, "within_source"), "logistic (Platt) scaling, T = 1.32, b = +1.50")
 
     assert banner_lines(finding, ALGORITHM)[1] == (
-        "Validation at this threshold: sensitivity 0.88, specificity 0.78; isotonic regression, 47 knots"
+        "Validation at this threshold: sensitivity 0.88, specificity 0.78; logistic (Platt) scaling, T = 1.32, b = +1.50"
     )
 
 
