@@ -329,12 +329,17 @@ def build_worker(
         ) from exc
     identity = analyser.identity
     threshold = analyser.threshold if config.threshold is None else config.threshold
+    # The bundle's operating point holds for its own threshold only, not for one the node sets.
+    operating_point = analyser.operating_point if config.threshold is None else None
     logger.info(
-        "model: name=%r version=%s bundle=%s sha256=%s %s device=%s threads=%d threshold=%g (%s) index=%s "
-        "loaded_in=%.1fs",
+        "model: name=%r version=%s bundle=%s sha256=%s %s device=%s threads=%d threshold=%g (%s) "
+        "calibration=%r calibration_sha256=%s operating_point=%s index=%s loaded_in=%.1fs",
         identity.name, identity.version, config.bundle.resolve(), identity.sha256,
         " ".join(f"{name}={digest}" for name, digest in identity.files),
         analyser.device, torch.get_num_threads(), threshold, "bundle" if config.threshold is None else "node config",
+        identity.calibration, identity.calibration_sha256 or "none",
+        "none" if operating_point is None else
+        f"sensitivity={operating_point.sensitivity:.3f},specificity={operating_point.specificity:.3f},n={operating_point.n}",
         f"{analyser.index_dir.resolve()} ({len(analyser.index.items)} items)" if analyser.index is not None else "none",
         time.monotonic() - started,
     )
@@ -344,7 +349,8 @@ def build_worker(
     )
     settings = WorkerSettings(
         batch_size=config.batch_size, batch_wait_seconds=config.batch_wait_ms / 1000,
-        similar_k=config.similar_k, threshold=threshold,
+        similar_k=config.similar_k, threshold=threshold, operating_point=operating_point,
+        calibration=identity.calibration,
         destinations=tuple(d.name for d in config.destinations),
         relevance_map=config.relevance_map, summary_image=config.summary_image,
         lung_segmentation=config.lung_segmentation, key_images=config.key_images,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from monai_app.calibration import Calibration, OperatingPoint
 from monai_app.labels import DEFAULT_THRESHOLD, POSITIVE_CLASS
 from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
 from monai_app.relevance import GradCamRelevance
@@ -76,6 +77,8 @@ class ModelIdentity:
     authors: str
     sha256: str
     files: tuple[tuple[str, str], ...]  # (file name, its SHA-256): U-Net, classifier, then the appearance model
+    calibration: str = "uncalibrated"  # the probability's calibration: method and parameters in words
+    calibration_sha256: str = ""  # SHA-256 of its parameters (Calibration.sha256); "" when uncalibrated
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -184,6 +187,11 @@ class BundleAnalyser:
         if not isinstance(network, CovidClassifier):
             raise TypeError(f"network must be a CovidClassifier, got {type(network).__name__}")
         self.network = load_classifier_weights(network, model_files[1]).to(self.device)
+        # The calibration is in the postprocessing already; read here for the logs and the report.
+        calibration = parser.get_parsed_content("calibration", default=None)
+        if calibration is not None and not isinstance(calibration, Calibration):
+            raise TypeError(f"calibration must be a monai_app.calibration.Calibration, got {type(calibration).__name__}")
+        self.calibration: Calibration | None = calibration
         self.threshold = float(parser.get_parsed_content("threshold", default=DEFAULT_THRESHOLD))
         digests = [sha256_of(path) for path in model_files]
         self.identity = ModelIdentity(
@@ -192,6 +200,8 @@ class BundleAnalyser:
             authors=str(parser.get("_meta_#authors", "unknown")),
             sha256=combined_sha256(digests),
             files=tuple((path.name, digest) for path, digest in zip(model_files, digests)),
+            calibration=calibration.description if calibration is not None else "uncalibrated",
+            calibration_sha256=calibration.sha256 if calibration is not None else "",
         )
         self.appearance: AppearanceModel | None = None
         if load_appearance:
@@ -211,6 +221,11 @@ class BundleAnalyser:
                 raise FileNotFoundError(f"no similar-study index {self.index_dir}")
             self.index = SimilarityIndex.load(self.index_dir)
         self._relevance: GradCamRelevance | None = None  # made on the first predict(relevance=True)
+
+    @property
+    def operating_point(self) -> OperatingPoint | None:
+        """Validation sensitivity and specificity at the bundle's threshold (``None``: not recorded)."""
+        return self.calibration.operating_point if self.calibration is not None else None
 
     def prepare(self, path: str | Path) -> PreparedImage:
         """Load and preprocess one image file (DICOM, PNG or JPEG) with the bundle's ``preprocessing``.
@@ -236,7 +251,7 @@ class BundleAnalyser:
         )
 
     def predict(self, images: Sequence[PreparedImage], *, relevance: bool = False) -> list[Prediction]:
-        """Classify a batch: COVID-19 probability (the bundle's ``postprocessing``) and embedding.
+        """Classify a batch: COVID-19 probability (the bundle's ``postprocessing``, calibrated) and embedding.
 
         With ``relevance``, each prediction also carries the Grad-CAM map of COVID-19
         (:class:`monai_app.relevance.GradCamRelevance`), a second pass with gradients that leaves

@@ -30,6 +30,8 @@ TRAIN = _stack("common", "train_segmentation", "pretrain", "train_classifier", "
 """Every training stage: ``run training`` (and any one stage's run key)."""
 EVALUATE = _stack("common", "train_segmentation", "train_classifier", "build_index", "evaluate")
 """All evaluations (``evaluating``, ``evaluating_classifier``, ``calibrating_threshold``, ``evaluating_retrieval``)."""
+CALIBRATE = _stack("common", "calibrate")
+"""``calibrating``: the probability calibration of the shipped classifier."""
 INFERENCE = _stack("common", "inference")
 INFERENCE_CLASSIFIER = _stack("common", "inference_classifier")
 STAGE_FILES = sorted(CONFIGS.glob("*.yaml"))

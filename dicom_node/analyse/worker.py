@@ -31,6 +31,7 @@ from dicom_node.metrics import NodeMetrics
 from dicom_node.report.result import build_result
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy
 from dicom_node.spool import Job, JobState, Spool
+from monai_app.calibration import OperatingPoint
 from monai_app.errors import UndecodableImageError, find_cause
 from monai_app.labels import DEFAULT_THRESHOLD
 
@@ -48,6 +49,8 @@ class WorkerSettings:
     batch_wait_seconds: float = 0.1  # how long the oldest waiting job may wait for a fuller batch
     similar_k: int = 4
     threshold: float = DEFAULT_THRESHOLD
+    operating_point: OperatingPoint | None = None  # validation sensitivity / specificity at threshold
+    calibration: str = "uncalibrated"  # how the probability was calibrated (the bundle's), in words
     destinations: tuple[str, ...] = ()
     relevance_map: bool = True  # Grad-CAM, for the SR's region and the summary image's heatmap
     summary_image: bool = True
@@ -233,7 +236,10 @@ class InferenceWorker:
         return header, image
 
     def _report(self, job: Job, header: Dataset, image: PreparedImage, prediction: Prediction) -> None:
-        finding = Finding(probability=prediction.probability, threshold=self.settings.threshold)
+        finding = Finding(
+            probability=prediction.probability, threshold=self.settings.threshold,
+            operating_point=self.settings.operating_point, calibration=self.settings.calibration,
+        )
         similar = similar_studies(self.analyser.similar(
             prediction.embedding, self.settings.similar_k, exclude_study=str(header.get("StudyInstanceUID", ""))
         ))

@@ -65,6 +65,9 @@ SIMILAR_CASE = Code("SIMCASE", PRIVATE_SCHEME, "Similar case")
 # The image a similar-case line refers to (DCM 121112 "Source of Measurement" is for
 # measurements; this line is a retrieval result).
 SIMILAR_IMAGE = Code("SIMIMG", PRIVATE_SCHEME, "Similar image")
+# The threshold's validation sensitivity and specificity and the probability's calibration:
+# no standard concept names an operating point, so a private code.
+OPERATING_POINT = Code("OPPOINT", PRIVATE_SCHEME, "Operating point")
 
 # --- Key Object Selection of the similar images (TID 2010) ---------------------------------
 # Document title, CID 7010: DCM 113000 "Of Interest", the generic title of IHE Key Image Notes

@@ -26,6 +26,7 @@ viewers and ``dsr2html`` show each concept name beside its value::
           TEXT Comment = "COVID-19 suggested: 71 % (threshold 13 %)"  (the label viewers draw)
       CONTAINS CONTAINER Qualitative Evaluations
         TEXT Summary = finding, probability, threshold, "unverified AI result", model and version
+        TEXT Operating point = threshold, its validation sensitivity / specificity, the calibration
         TEXT Similar case = "1. Known COVID-19; similarity 0.93; ..."   (one per similar case)
           INFERRED FROM IMAGE Similar image <similar image>
 
@@ -79,6 +80,7 @@ from pydicom.uid import UID
 from dicom_node.report import codes
 from dicom_node.report.source import checked_source, source_instance_number
 from dicom_node.report.uids import derived_uid
+from monai_app.calibration import OperatingPoint
 from monai_app.labels import CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
 
 logger = logging.getLogger(__name__)
@@ -173,12 +175,19 @@ class Finding:
     probability : float
         Model probability of COVID-19, in [0, 1].
     threshold : float
-        Operating point, in [0, 1]: the finding is present when
+        Decision threshold, in [0, 1]: the finding is present when
         ``probability >= threshold``.
+    operating_point : OperatingPoint or None
+        Validation sensitivity and specificity at ``threshold`` (the bundle's); ``None`` when
+        none was measured for it (a threshold set by the node's configuration).
+    calibration : str
+        How ``probability`` was calibrated, in words (``"temperature scaling, T = 1.70"``).
     """
 
     probability: float
     threshold: float = DEFAULT_THRESHOLD
+    operating_point: OperatingPoint | None = None
+    calibration: str = "uncalibrated"
 
     def __post_init__(self) -> None:
         _check_unit_interval("probability", self.probability)
@@ -219,6 +228,40 @@ class Finding:
         """
         call = "suggested" if self.is_present else "not suggested"
         return f"COVID-19 {call}: {self.probability_percent:g} % (threshold {self.threshold_percent:g} %)"
+
+    def operating_point_text(self) -> str:
+        """Which threshold the call uses, its validation sensitivity and specificity, and the calibration.
+
+        >>> Finding(0.3, 0.2143, OperatingPoint(0.882, 0.778, 94, "within_source"),
+        ...         "temperature scaling, T = 1.70").operating_point_text()
+        'Operating point: threshold 21.4 % (validation sensitivity 0.88, specificity 0.78, 94 images of the sources with both labels); probability calibrated by temperature scaling, T = 1.70'
+        """
+        point = self.operating_point
+        if point is None:
+            measured = "no validation sensitivity or specificity recorded for this threshold"
+        else:
+            images = "the sources with both labels" if point.subset == "within_source" else "all sources"
+            measured = (
+                f"{point.split.replace('val', 'validation')} sensitivity {point.sensitivity:.2f}, "
+                f"specificity {point.specificity:.2f}, {point.n} images of {images}"
+            )
+        return (
+            f"Operating point: threshold {self.threshold_percent:g} % ({measured}); "
+            f"probability {'calibrated by ' + self.calibration if self.calibration != 'uncalibrated' else 'not calibrated'}"
+        )
+
+    def operating_point_line(self) -> str:
+        """The operating point in one short line (the summary image's banner).
+
+        >>> Finding(0.3, 0.2143, OperatingPoint(0.882, 0.778, 94, "within_source"), "temperature scaling, T = 1.70").operating_point_line()
+        'Validation at this threshold: sensitivity 0.88, specificity 0.78; temperature scaling, T = 1.70'
+        """
+        point = self.operating_point
+        measured = (
+            "no validation figures for this threshold" if point is None
+            else f"Validation at this threshold: sensitivity {point.sensitivity:.2f}, specificity {point.specificity:.2f}"
+        )
+        return f"{measured}; {self.calibration}"
 
     def summary(self, algorithm: AlgorithmInfo, region: ImageRegion | None = None) -> str:
         """The result in plain language: finding, probability, threshold, status and model."""
@@ -428,7 +471,9 @@ def _finding_group(
         ),
         finding_type=codes.COVID_19,
         finding_sites=[FindingSite(anatomic_location=codes.LUNG)],
-        algorithm_id=_algorithm_identification(algorithm, [f"threshold={finding.threshold:g}"]),
+        algorithm_id=_algorithm_identification(
+            algorithm, [f"threshold={finding.threshold:g}", f"calibration={finding.calibration}"]
+        ),
         source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
         measurements=[
             Measurement(
@@ -460,6 +505,12 @@ def _qualitative_evaluations(
     container.ContentSequence.append(
         TextContentItem(
             name=codes.SUMMARY, value=finding.summary(algorithm, region), relationship_type=RelationshipTypeValues.CONTAINS
+        )
+    )
+    container.ContentSequence.append(
+        TextContentItem(
+            name=codes.OPERATING_POINT, value=finding.operating_point_text(),
+            relationship_type=RelationshipTypeValues.CONTAINS,
         )
     )
     for rank, case in enumerate(similar, start=1):

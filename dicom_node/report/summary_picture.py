@@ -98,8 +98,10 @@ def banner_lines(finding: Finding, algorithm: AlgorithmInfo, legend: str | None 
     Returns
     -------
     list[str]
-        Three lines, e.g. ``"COVID-19: SUGGESTED (probability 71.2 % >= threshold 13 %)"``,
-        ``"Model: cxr_covid_classifier 0.3.1"``, ``"AI result, not for diagnostic use"``.
+        Four lines (five with a legend), e.g.
+        ``"COVID-19: SUGGESTED (probability 71.2 % >= threshold 13 %)"``, the operating point
+        (:meth:`Finding.operating_point_line`), ``"Model: cxr_covid_classifier 0.3.1"``,
+        ``"AI result, not for diagnostic use"``.
 
     Examples
     --------
@@ -113,6 +115,7 @@ def banner_lines(finding: Finding, algorithm: AlgorithmInfo, legend: str | None 
     return [
         f"COVID-19: {verdict} (probability {finding.probability_percent:g} % {relation} "
         f"threshold {finding.threshold_percent:g} %)",
+        finding.operating_point_line(),
         f"Model: {algorithm.name} {algorithm.version}",
         *([legend] if legend else []),
         DISCLAIMER,

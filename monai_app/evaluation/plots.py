@@ -351,3 +351,54 @@ def plot_retrieval_example(
         ax.set_yticks([])
     fig.suptitle(title, fontsize="medium")
     _save(fig, path, rect=(0, 0, 1, 0.9))  # room for the title above the panels' titles
+
+
+def plot_reliability(
+    panels: Mapping[str, tuple[Sequence[int] | np.ndarray, Mapping[str, Sequence[float] | np.ndarray]]],
+    path: str | Path,
+    n_bins: int = 10,
+) -> Path:
+    """Reliability diagrams: one panel per subset, each curve one set of probabilities of it.
+
+    Parameters
+    ----------
+    panels : Mapping
+        Panel title -> (true class per image, {curve name: COVID-19 probability per image}).
+        Each curve plots, per equal-width bin of the probability, the observed positive rate
+        against the bin's mean probability (marker area ~ bin count); the diagonal is perfect
+        calibration. The legend gives each curve's ECE.
+    path : str or pathlib.Path
+        PNG to write.
+    n_bins : int
+        Bins on [0, 1].
+    """
+    from monai_app.evaluation.calibration import expected_calibration_error, reliability_bins
+
+    plt = _pyplot()
+    n = max(1, len(panels))
+    columns = min(4, n)
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.4 * rows), squeeze=False)
+    for ax, (title, (labels, curves)) in zip(axes.ravel(), panels.items()):
+        ax.plot([0, 1], [0, 1], color="0.7", linewidth=1, linestyle=":")
+        for position, (name, probabilities) in enumerate(curves.items()):
+            bins = reliability_bins(labels, probabilities, n_bins)
+            points = [(m, o, c) for m, o, c in zip(bins["mean_predicted"], bins["observed"], bins["count"]) if c]
+            ece = expected_calibration_error(labels, probabilities, n_bins)
+            xs, ys, counts = zip(*points)
+            ax.plot(xs, ys, drawn_style(position), marker="o", markersize=3, label=f"{name} (ECE {ece:.3f})")
+            ax.scatter(xs, ys, s=[6 + 3 * c for c in counts], alpha=0.3)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("predicted COVID-19 probability", fontsize=8)
+        ax.set_ylabel("observed COVID-19 rate", fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser
 from monai_app.workflows import INDEX_SALT_ENV, backbone_if_present, index_salt, trained_or_shipped
 from testkit.bundle import (
     BUILD_INDEX,
+    CALIBRATE,
     CLASSIFIER,
     CONFIGS,
     EVALUATE,
@@ -40,6 +41,7 @@ RUN_KEYS = [  # (stacking, run key) of every documented command
     (EVALUATE, "evaluating_classifier"),
     (EVALUATE, "calibrating_threshold"),
     (EVALUATE, "evaluating_retrieval"),
+    (CALIBRATE, "calibrating"),
     (INFERENCE, "run"),
     (INFERENCE_CLASSIFIER, "run"),
 ]
@@ -55,7 +57,8 @@ def _config_text(path: Path) -> str:
 def test_the_configs_are_one_file_per_stage_over_common() -> None:
     names = {p.name for p in STAGE_FILES}
     assert names == {"common.yaml", "train_segmentation.yaml", "pretrain.yaml", "train_classifier.yaml",
-                     "build_index.yaml", "train.yaml", "evaluate.yaml", "inference.yaml", "inference_classifier.yaml"}
+                     "build_index.yaml", "train.yaml", "evaluate.yaml", "calibrate.yaml", "inference.yaml",
+                     "inference_classifier.yaml"}
 
 
 @pytest.mark.parametrize("path", STAGE_FILES, ids=lambda p: p.name)
@@ -99,7 +102,9 @@ def test_inference_configs_have_monai_standard_ids(stack: list[str]) -> None:
 
 def test_the_node_reads_the_classifier_threshold_from_its_inference_config() -> None:
     p = parser(INFERENCE_CLASSIFIER)
-    assert p.get_parsed_content("threshold") == p.get_parsed_content("cls_threshold") == 0.13
+    calibration = p.get_parsed_content("calibration")
+    assert calibration.raw_threshold == p.get_parsed_content("cls_threshold") == 0.13
+    assert p.get_parsed_content("threshold") == calibration.threshold == calibration.map_threshold(0.13)
     assert Path(p.get_parsed_content("model_file")).name == "classifier.int8.xz"
     assert Path(p.get_parsed_content("cls_lung_model_file")).name == "lung_unet.pt"
 
@@ -158,7 +163,7 @@ def test_metadata_lists_the_bundles_packages_and_this_version() -> None:
     packages = meta["required_packages_version"]
     assert {"annoy": "1.17.3", "scikit-learn": "1.9.1", "pillow": "13.0.0"}.items() <= packages.items()
     assert "highdicom" not in packages
-    assert meta["version"] in meta["changelog"] and meta["version"] == "0.7.0"
+    assert meta["version"] in meta["changelog"] and meta["version"] == "0.8.0"
     ConfigParser.load_config_file(CONFIGS / "metadata.json")  # valid JSON for monai.bundle
 
 
@@ -176,4 +181,5 @@ def test_classifier_inference_runs_and_writes_predictions(shared_data: Path, tmp
         rows = list(csv.DictReader(handle))
     assert [r["image"] for r in rows] == [image.name]
     assert 0.0 <= float(rows[0]["covid_probability"]) <= 1.0
-    assert rows[0]["positive"] == str(int(float(rows[0]["covid_probability"]) >= 0.13))
+    threshold = parser(INFERENCE_CLASSIFIER).get_parsed_content("threshold")  # on the calibrated probability
+    assert rows[0]["positive"] == str(int(float(rows[0]["covid_probability"]) >= threshold))

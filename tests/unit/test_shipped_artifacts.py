@@ -58,7 +58,35 @@ def test_shipped_threshold_is_the_one_chosen_on_validation() -> None:
 
     chosen = json.loads((BUNDLE / "docs" / "evaluation" / "metrics.json").read_text())["threshold"]
     assert chosen["subset"] == "within_source" and "validation" in chosen["method"]
-    shipped = parser(INFERENCE_CLASSIFIER).get_parsed_content("threshold")
-    assert shipped == round(chosen["threshold"], 2)
+    config = parser(INFERENCE_CLASSIFIER)
+    calibration = config.get_parsed_content("calibration")
+    # Chosen on the raw softmax, carried onto the calibrated scale the node's probability is on.
+    assert calibration.raw_threshold == round(chosen["threshold"], 2)
+    assert config.get_parsed_content("threshold") == calibration.map_threshold(calibration.raw_threshold)
     evaluated = parser(EVALUATE).get_parsed_content("cls_threshold")
-    assert evaluated == shipped, "evaluating_classifier must report at the threshold the node uses"
+    assert evaluated == calibration.raw_threshold, "evaluating_classifier must report at the threshold the node uses"
+
+
+def test_shipped_calibration_is_the_one_fitted_on_validation_and_keeps_decisions() -> None:
+    import csv
+    import json
+
+    from monai_app.calibration import load_calibration, logit
+
+    report = json.loads((BUNDLE / "docs" / "evaluation" / "metrics.json").read_text())["calibration"]
+    shipped = load_calibration(BUNDLE / "models" / "calibration.json")
+    assert report["calibration"] == shipped.to_dict() and report["parameters_sha256"] == shipped.sha256
+    assert report["decisions_kept"] == {"val": True, "test": True}
+    point = shipped.operating_point
+    assert point is not None and point.split == "val" and point.subset == "within_source"
+    # The operating point is the raw threshold's on the validation rows of the sources with both labels.
+    with (BUNDLE / "docs" / "evaluation" / "calibration_per_image.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "val"]
+    mixed = {r["source"] for r in rows if r["label"] == "1"} & {r["source"] for r in rows if r["label"] == "0"}
+    within = [r for r in rows if r["source"] in mixed]
+    called = [float(r["margin"]) >= logit(shipped.raw_threshold) for r in within]
+    positives = [c for c, r in zip(called, within) if r["label"] == "1"]
+    negatives = [not c for c, r in zip(called, within) if r["label"] == "0"]
+    assert point.n == len(within) == report["val"]["within_source"]["n"]
+    assert point.sensitivity == pytest.approx(sum(positives) / len(positives))
+    assert point.specificity == pytest.approx(sum(negatives) / len(negatives))

@@ -28,6 +28,7 @@ from dicom_node.report.sr import (
     build_report,
 )
 from dicom_node.report.uids import derived_uid
+from monai_app.calibration import OperatingPoint
 from testkit.sr import (
     ALGORITHM,
     CANON_DX,
@@ -135,7 +136,33 @@ def test_algorithm_identification_names_algorithm_version_and_threshold() -> Non
         assert text_values(group, pydicom_codes.DCM.AlgorithmName) == ["cxr_covid_classifier"]
         assert text_values(group, pydicom_codes.DCM.AlgorithmVersion) == ["0.3.1"]
     [finding_group] = measurement_report(report).get_image_measurement_groups(finding_type=codes.COVID_19)
-    assert text_values(finding_group, pydicom_codes.DCM.AlgorithmParameters) == ["threshold=0.35"]
+    assert text_values(finding_group, pydicom_codes.DCM.AlgorithmParameters) == ["threshold=0.35", "calibration=uncalibrated"]
+
+
+def test_report_says_the_threshold_its_validation_operating_point_and_the_calibration() -> None:
+    finding = Finding(
+        0.71, 0.5153, OperatingPoint(0.8816, 0.7778, 94, "within_source"), "logistic (Platt) scaling, T = 1.32, b = +1.50"
+    )
+    report = parsed(build_report(read_source(PHILIPS_CR), finding, SIMILAR, ALGORITHM))
+
+    [line] = [item for item in qualitative_items(report) if item.ConceptNameCodeSequence[0].CodeValue == "OPPOINT"]
+    assert line.ValueType == "TEXT" and line.RelationshipType == "CONTAINS"
+    assert line.TextValue == (
+        "Operating point: threshold 51.5 % (validation sensitivity 0.88, specificity 0.78, 94 images of the "
+        "sources with both labels); probability calibrated by logistic (Platt) scaling, T = 1.32, b = +1.50"
+    )
+    [finding_group] = measurement_report(report).get_image_measurement_groups(finding_type=codes.COVID_19)
+    assert text_values(finding_group, pydicom_codes.DCM.AlgorithmParameters) == [
+        "threshold=0.5153", "calibration=logistic (Platt) scaling, T = 1.32, b = +1.50",
+    ]
+
+
+def test_report_without_an_operating_point_says_none_was_measured() -> None:
+    report = parsed(build_report(read_source(PHILIPS_CR), Finding(0.2, 0.35), [], ALGORITHM))
+
+    [line] = [item for item in qualitative_items(report) if item.ConceptNameCodeSequence[0].CodeValue == "OPPOINT"]
+    assert "no validation sensitivity or specificity recorded for this threshold" in line.TextValue
+    assert line.TextValue.endswith("probability not calibrated")
 
 
 def qualitative_items(report: hd.sr.Comprehensive3DSR) -> list[Dataset]:

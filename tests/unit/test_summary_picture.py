@@ -17,6 +17,7 @@ from dicom_node.report.summary_picture import (
     banner_lines,
     render_summary,
 )
+from monai_app.calibration import OperatingPoint
 from testkit.derived import display_pixels, ellipses, lung_probability, relevance_blob
 from testkit.sr import ALGORITHM, CANON_DX
 
@@ -61,7 +62,19 @@ def test_banner_names_the_model_and_says_not_for_diagnostic_use() -> None:
 
     lines = banner_lines(Finding(0.4), algorithm)
 
-    assert lines[1:] == ["Model: cxr_covid_classifier 0.7.0", "AI result, not for diagnostic use"]
+    assert lines[1:] == [
+        "no validation figures for this threshold; uncalibrated",
+        "Model: cxr_covid_classifier 0.7.0",
+        "AI result, not for diagnostic use",
+    ]
+
+
+def test_banner_gives_the_validation_operating_point_and_the_calibration() -> None:
+    finding = Finding(0.71, 0.5153, OperatingPoint(0.8816, 0.7778, 94, "within_source"), "logistic (Platt) scaling, T = 1.32, b = +1.50")
+
+    assert banner_lines(finding, ALGORITHM)[1] == (
+        "Validation at this threshold: sensitivity 0.88, specificity 0.78; logistic (Platt) scaling, T = 1.32, b = +1.50"
+    )
 
 
 # --- Size and layout -------------------------------------------------------------------------

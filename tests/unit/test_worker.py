@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import torch
 
 from dicom_node.analyse.worker import MAX_ATTEMPTS, InferenceWorker
 from dicom_node.app import build_worker
@@ -81,6 +82,27 @@ def test_the_threshold_is_the_bundles_unless_the_node_config_sets_one(worker_fac
     assert worker.settings.threshold == worker.analyser.threshold == bundle_threshold
     overridden = build_worker(NodeConfig(spool=spool.root, device="cpu", threshold=0.7), spool)
     assert overridden.settings.threshold == 0.7
+
+
+def test_the_node_reports_the_bundles_calibrated_probability_with_the_same_decision(
+    worker_factory, tmp_path: Path, shared_data: Path
+) -> None:
+    from monai_app.calibration import sigmoid
+
+    analyser = worker_factory(Spool(tmp_path / "spool", fsync=False)).analyser
+    assert analyser.calibration is not None and analyser.calibration.method != "none"
+    assert analyser.identity.calibration == analyser.calibration.description
+    assert analyser.identity.calibration_sha256 == analyser.calibration.sha256
+    images = [analyser.prepare(shared_data / "dicom" / name) for name in CHESTS[:2]]
+    predictions = analyser.predict(images)
+    with torch.inference_mode():
+        logits = analyser.network(torch.stack([image.tensor for image in images])).double()
+    for prediction, logit_pair in zip(predictions, logits):
+        margin = float(logit_pair[1] - logit_pair[0])
+        raw = float(sigmoid(margin))  # the softmax the node reported before the calibration
+        assert prediction.probability == pytest.approx(float(analyser.calibration.probability(margin)), abs=1e-6)
+        assert prediction.probability != pytest.approx(raw, abs=1e-3)
+        assert (prediction.probability >= analyser.threshold) == (raw >= analyser.calibration.raw_threshold)
 
 
 def test_the_audit_trail_gets_the_report_uid_and_finding_or_the_reason_category_and_no_patient_data(
