@@ -320,7 +320,8 @@ def build_worker(
     started = time.monotonic()
     try:
         analyser = BundleAnalyser(
-            config.bundle, config.device, load_index=config.similar_k > 0, index_dir=config.index_directory
+            config.bundle, config.device, load_index=config.similar_k > 0, index_dir=config.index_directory,
+            runtime=config.runtime,
         )
     except (FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(
@@ -330,11 +331,11 @@ def build_worker(
     identity = analyser.identity
     threshold = analyser.threshold if config.threshold is None else config.threshold
     logger.info(
-        "model: name=%r version=%s bundle=%s sha256=%s %s device=%s threads=%d threshold=%g (%s) index=%s "
+        "model: name=%r version=%s bundle=%s sha256=%s %s device=%s runtime=%s threads=%d threshold=%g (%s) index=%s "
         "loaded_in=%.1fs",
         identity.name, identity.version, config.bundle.resolve(), identity.sha256,
         " ".join(f"{name}={digest}" for name, digest in identity.files),
-        analyser.device, torch.get_num_threads(), threshold, "bundle" if config.threshold is None else "node config",
+        analyser.device, analyser.runtime, torch.get_num_threads(), threshold, "bundle" if config.threshold is None else "node config",
         f"{analyser.index_dir.resolve()} ({len(analyser.index.items)} items)" if analyser.index is not None else "none",
         time.monotonic() - started,
     )
