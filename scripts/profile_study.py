@@ -76,7 +76,6 @@ from scripts.bench_ingest import cpu_busy_fraction, dcmtk_env, free_port, machin
 REPO = Path(__file__).resolve().parents[1]
 AE_TITLE = "CXR_AI"
 PACS_AE = "PROFILE_PACS"
-RUNTIME = "pytorch"
 
 
 class Stages:
@@ -296,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=5, help="rounds after one warm-up")
     parser.add_argument("--network", action="store_true", help="also receive and outbox C-STORE on loopback (DCMTK)")
     parser.add_argument("--cprofile", type=int, default=0, help="print cProfile's top N functions of one round")
+    parser.add_argument("--runtime", default="pytorch", help="[inference] runtime of the U-Net and the classifier")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "bench-out" / "profile")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
@@ -304,18 +304,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = args.work or Path(tempfile.mkdtemp(prefix="profile-study-"))
     work.mkdir(parents=True, exist_ok=True)
     facts = machine_facts(work)
-    analyser = BundleAnalyser(REPO / "bundle", "cpu")
+    analyser = BundleAnalyser(REPO / "bundle", "cpu", runtime=args.runtime, runtime_cache=work / "runtime")
     try:
         results = [profile_size(size, args, analyser, work / size) for size in args.sizes.split(",")]
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     out = {"machine": facts, "cpu_busy_after": round(cpu_busy_fraction(), 3),
-           "threads": args.threads, "runtime": RUNTIME, "results": results}
+           "threads": args.threads, "runtime": analyser.runtime, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "profile_study.json").write_text(json.dumps(out, indent=2))
     print(f"{facts['cores']} cores, {facts['cpu']}, CPUs {facts['cpu_busy_before_start']:.0%} busy before, "
-          f"{out['cpu_busy_after']:.0%} after; runtime {RUNTIME}, {args.threads} threads")
+          f"{out['cpu_busy_after']:.0%} after; runtime {analyser.runtime}, {args.threads} threads")
     for result in results:
         print_table(result)
         if result["cprofile_top"]:
