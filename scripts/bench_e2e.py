@@ -169,7 +169,9 @@ def node_config(path: Path, orthanc: OrthancServer, batch_size: int, device: str
                 runtime: str = "auto") -> Path:
     switches = "".join(f"{key} = {str(value).lower()}\n" for key, value in RESULT_PROFILES[results].items())
     path.write_text(
-        f'[inference]\ndevice = "{device}"\nruntime = "{runtime}"\nbatch_size = {batch_size}\n[results]\n{switches}'
+        # The repository's own bundle, the one the model floor loads (not an installed copy's).
+        f'[inference]\nbundle = "{REPO / "bundle"}"\ndevice = "{device}"\nruntime = "{runtime}"\n'
+        f'batch_size = {batch_size}\n[results]\n{switches}'
         f'[[destinations]]\nname = "pacs"\nae_title = "{ORTHANC_AE_TITLE}"\nhost = "127.0.0.1"\n'
         f"port = {orthanc.dicom_port}\n"
     )
