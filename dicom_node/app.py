@@ -320,7 +320,8 @@ def build_worker(
     started = time.monotonic()
     try:
         analyser = BundleAnalyser(
-            config.bundle, config.device, load_index=config.similar_k > 0, index_dir=config.index_directory
+            config.bundle, config.device, load_index=config.similar_k > 0, index_dir=config.index_directory,
+            runtime=config.runtime,
         )
     except (FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(
@@ -332,11 +333,12 @@ def build_worker(
     # The bundle's operating point holds for its own threshold only, not for one the node sets.
     operating_point = analyser.operating_point if config.threshold is None else None
     logger.info(
-        "model: name=%r version=%s bundle=%s sha256=%s %s device=%s threads=%d threshold=%g (%s) "
+        "model: name=%r version=%s bundle=%s sha256=%s %s device=%s runtime=%s threads=%d threshold=%g (%s) "
         "calibration=%r calibration_sha256=%s operating_point=%s index=%s loaded_in=%.1fs",
         identity.name, identity.version, config.bundle.resolve(), identity.sha256,
         " ".join(f"{name}={digest}" for name, digest in identity.files),
-        analyser.device, torch.get_num_threads(), threshold, "bundle" if config.threshold is None else "node config",
+        analyser.device, analyser.runtime, torch.get_num_threads(), threshold,
+        "bundle" if config.threshold is None else "node config",
         identity.calibration, identity.calibration_sha256 or "none",
         "none" if operating_point is None else
         f"sensitivity={operating_point.sensitivity:.3f},specificity={operating_point.specificity:.3f},n={operating_point.n}",

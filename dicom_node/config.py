@@ -22,6 +22,8 @@ from dicom_node.tls import Subject, parse_subject
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("auto", "pytorch", "onnxruntime", "openvino")
+"""``inference.runtime``: what runs the networks (as :data:`monai_app.runtime.RUNTIMES`; not imported: no torch here)."""
 MIN_INSTANCE_BYTES = 1024**2
 """Smallest allowed ``node.max_instance_bytes`` (1 MiB: below it no radiograph fits)."""
 MAX_INSTANCE_BYTES = 64 * 1024**3
@@ -259,6 +261,7 @@ class NodeConfig:
     similar_k: int = 4
     threshold: float | None = None
     num_threads: int = 0
+    runtime: str = "auto"
     relevance_map: bool = True
     summary_image: bool = True
     lung_segmentation: bool = False
@@ -316,6 +319,8 @@ class NodeConfig:
         if self.threshold is not None:
             object.__setattr__(self, "threshold", check_unit_interval("inference.threshold", self.threshold))
         check_int("inference.num_threads", self.num_threads, 0, 1024)
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f'"inference.runtime" must be one of {", ".join(RUNTIMES)}, got {self.runtime!r}')
         for key in ("relevance_map", "summary_image", "lung_segmentation", "key_images"):
             check_bool(f"results.{key}", getattr(self, key))
         self._check_retention()
@@ -448,7 +453,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "storage": {"fsync": "fsync"},
     "delivery": {k: k for k in ("max_attempts", "max_age_hours", "retry_initial_seconds", "retry_max_seconds")},
     "inference": {
-        k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads")
+        k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads",
+                       "runtime")
     },
     "results": {k: k for k in ("relevance_map", "summary_image", "lung_segmentation", "key_images")},
     "retention": {

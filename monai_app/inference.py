@@ -25,7 +25,9 @@ from monai_app.labels import DEFAULT_THRESHOLD, POSITIVE_CLASS
 from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
 from monai_app.relevance import GradCamRelevance
 from monai_app.retrieval.index import Neighbour, SimilarityIndex
+from monai_app.runtime import NetworkRuntime, load_runtime
 from monai_app.transforms.chest_appearance import AppearanceModel
+from monai_app.transforms.classifier_input import LungProbabilityd
 from monai_app.transforms.dictionary import LoadChestXrayd
 from monai_app.transforms.geometry import ModelGrid, grid_from_meta
 from monai_app.transforms.lung_fields import LungFields, measure_lung_fields
@@ -151,6 +153,12 @@ class BundleAnalyser:
     load_appearance : bool
         Load ``models/chest_appearance.npz`` (the frontal-chest check); only its fitting
         script goes without.
+    runtime : str
+        What runs the U-Net and the classifier's forward pass (:data:`monai_app.runtime.RUNTIMES`):
+        ``"pytorch"``, ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (the fastest installed);
+        PyTorch when the one asked for cannot load (logged). Grad-CAM always runs on PyTorch.
+    runtime_cache : str, pathlib.Path or None
+        Folder of the exported networks (default :func:`monai_app.runtime.default_cache_dir`).
 
     Raises
     ------
@@ -166,6 +174,8 @@ class BundleAnalyser:
         load_index: bool = True,
         load_appearance: bool = True,
         index_dir: str | Path | None = None,
+        runtime: str = "pytorch",
+        runtime_cache: str | Path | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
         self.device = resolve_device(device)
@@ -221,6 +231,23 @@ class BundleAnalyser:
                 raise FileNotFoundError(f"no similar-study index {self.index_dir}")
             self.index = SimilarityIndex.load(self.index_dir)
         self._relevance: GradCamRelevance | None = None  # made on the first predict(relevance=True)
+        lung_transforms = [t for t in self.preprocessing.transforms if isinstance(t, LungProbabilityd)]
+        self._runtime: NetworkRuntime | None = None
+        lung_network = lung_transforms[0].network if lung_transforms else None
+        if isinstance(lung_network, torch.nn.Module):  # the bundle's U-Net, loaded by the transform
+            self._runtime = load_runtime(
+                runtime, lung_network, self.network, (digests[0], digests[1]), device=self.device,
+                cache_dir=Path(runtime_cache) if runtime_cache is not None else None,
+            )
+        if self._runtime is not None:
+            for transform in lung_transforms:
+                transform.use_network(self._runtime_lung_logits)
+        self.runtime = self._runtime.name if self._runtime is not None else "pytorch"
+        """The runtime the U-Net and the classifier's forward pass run on."""
+
+    def _runtime_lung_logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert self._runtime is not None
+        return torch.from_numpy(self._runtime.lung_logits(x.cpu().numpy()))
 
     @property
     def operating_point(self) -> OperatingPoint | None:
@@ -261,8 +288,12 @@ class BundleAnalyser:
             return []
         batch = torch.stack([image.tensor for image in images]).to(self.device)
         with torch.inference_mode():
-            embeddings = self.network.embed(batch)
-            logits = self.network.head(embeddings)
+            if self._runtime is not None:
+                embedding_array, logit_array = self._runtime.embed_and_classify(batch.detach().cpu().numpy())
+                embeddings, logits = torch.from_numpy(embedding_array), torch.from_numpy(logit_array)
+            else:
+                embeddings = self.network.embed(batch)
+                logits = self.network.head(embeddings)
             probabilities = [self.postprocessing({"pred": logit})["pred"] for logit in logits]
         maps: Sequence[np.ndarray | None] = [None] * len(images)
         if relevance:

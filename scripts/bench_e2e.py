@@ -165,10 +165,13 @@ def wait_for_reports(watcher: ArrivalWatcher, orthanc: OrthancServer, sources: s
         time.sleep(0.02)
 
 
-def node_config(path: Path, orthanc: OrthancServer, batch_size: int, device: str, results: str) -> Path:
+def node_config(path: Path, orthanc: OrthancServer, batch_size: int, device: str, results: str,
+                runtime: str = "auto") -> Path:
     switches = "".join(f"{key} = {str(value).lower()}\n" for key, value in RESULT_PROFILES[results].items())
     path.write_text(
-        f'[inference]\ndevice = "{device}"\nbatch_size = {batch_size}\n[results]\n{switches}'
+        # The repository's own bundle, the one the model floor loads (not an installed copy's).
+        f'[inference]\nbundle = "{REPO / "bundle"}"\ndevice = "{device}"\nruntime = "{runtime}"\n'
+        f'batch_size = {batch_size}\n[results]\n{switches}'
         f'[[destinations]]\nname = "pacs"\nae_title = "{ORTHANC_AE_TITLE}"\nhost = "127.0.0.1"\n'
         f"port = {orthanc.dicom_port}\n"
     )
@@ -215,20 +218,23 @@ class ModelFloor(TypedDict):
     seconds: float
     files_per_second: float
     device: str
+    runtime: str
 
 
-def model_floor(files: list[Path], batch_size: int, device: str, relevance: bool = False) -> ModelFloor:
+def model_floor(files: list[Path], batch_size: int, device: str, relevance: bool = False,
+                runtime: str = "pytorch") -> ModelFloor:
     """Files/s of the bundle's preprocessing + classifier (+ Grad-CAM) alone, in this process."""
     from monai_app.inference import BundleAnalyser
 
-    analyser = BundleAnalyser(REPO / "bundle", device)
+    analyser = BundleAnalyser(REPO / "bundle", device, runtime=runtime)
     analyser.predict([analyser.prepare(files[0])], relevance=relevance)  # warm-up
     started = time.monotonic()
     for i in range(0, len(files), batch_size):
         analyser.predict([analyser.prepare(p) for p in files[i:i + batch_size]], relevance=relevance)
     seconds = time.monotonic() - started
     return {"batch_size": batch_size, "relevance": relevance, "seconds": round(seconds, 3),
-            "files_per_second": round(len(files) / seconds, 3), "device": str(analyser.device)}
+            "files_per_second": round(len(files) / seconds, 3), "device": str(analyser.device),
+            "runtime": analyser.runtime}
 
 
 def bench_batch_size(batch_size: int, results: str, args: argparse.Namespace, files: list[Path], uids: list[str],
@@ -237,7 +243,7 @@ def bench_batch_size(batch_size: int, results: str, args: argparse.Namespace, fi
     orthanc = OrthancServer(run_dir / "orthanc", calling_ae_titles=(NODE_AE,)).start()
     port = free_port()
     log_path = run_dir / "node.log"
-    config = node_config(run_dir / "node.toml", orthanc, batch_size, args.device, results)
+    config = node_config(run_dir / "node.toml", orthanc, batch_size, args.device, results, args.runtime)
     argv = [sys.executable, "-m", "dicom_node", "serve", "--ae-title", NODE_AE, "--port", str(port),
             "--bind", "127.0.0.1", "--spool", str(run_dir / "spool"), "--config", str(config)]
     with open(log_path, "ab") as log:
@@ -295,6 +301,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", default="off,summary",
                         help=f"comma-separated results profiles, of {', '.join(RESULT_PROFILES)} (default off,summary)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--runtime", default="auto", choices=("auto", "pytorch", "onnxruntime", "openvino"),
+                        help="the node's [inference] runtime; the model floor is measured with it and with PyTorch")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the reports of a pass")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for bench_e2e.json")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
@@ -313,8 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown --results profile(s) {unknown}; known: {', '.join(RESULT_PROFILES)}")
     results = [bench_batch_size(b, p, args, files, uids, work) for p in profiles for b in batch_sizes]
-    floors = [model_floor(files, b, args.device, relevance) for relevance in (False, True) for b in batch_sizes]
-    summary = {"per_profile": {p: profile_summary([r for r in results if r["results"] == p], floors) for p in profiles}}
+    runtimes = ["pytorch"] + ([args.runtime] if args.runtime != "pytorch" else [])  # PyTorch eager: the peer
+    floors = [model_floor(files, b, args.device, relevance, runtime) for runtime in runtimes
+              for relevance in (False, True) for b in batch_sizes]
+    node_floors = [f for f in floors if f["runtime"] == floors[-1]["runtime"]]  # the runtime the node ran
+    summary = {"per_profile": {p: profile_summary([r for r in results if r["results"] == p], node_floors)
+                               for p in profiles}}
     if "off" in profiles:
         off = summary["per_profile"]["off"]
         summary["added_seconds_per_study_vs_off"] = {
@@ -337,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['results']:>12} {r['batch_size']:>5} {p['mode']:>10} {p['studies_per_second']:>10.2f} "
                   f"{p['latency_p50_s']:>7.2f} {p['latency_p95_s']:>7.2f} {r['node_peak_rss_mib']:>8.0f}")
     for f in floors:
-        print(f"model floor (batch {f['batch_size']}, relevance {f['relevance']}, {f['device']}): "
+        print(f"model floor (batch {f['batch_size']}, relevance {f['relevance']}, {f['device']}, {f['runtime']}): "
               f"{f['files_per_second']:.2f} files/s")
     print(json.dumps(summary))
     return 0

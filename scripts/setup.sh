@@ -33,6 +33,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # Pinned CPU torch first: anything unpinned would pull a CUDA build of several GB.
 .venv/bin/pip install -q --no-cache-dir torch==2.13.0
 .venv/bin/pip install -q --no-cache-dir -e ".[test]"
+# The ONNX export of the shipped networks for [inference] runtime (the node makes it on first start otherwise).
+.venv/bin/python -m scripts.export_cpu_runtime || echo "setup: ONNX export failed; the node will run PyTorch" >&2
 
 # The OHIF v3 viewer harness: puppeteer-core and the pinned @ohif/app dist (viewer/install.sh).
 bash viewer/install.sh

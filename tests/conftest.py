@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,20 @@ from testkit.shared_data import ENV_VAR, shared_data_dir
 from testkit.sr import strict_writing_validation
 
 torch.set_num_threads(2)  # the CI machine's cores; more threads only contend
+
+
+@pytest.fixture(autouse=True, scope="session")
+def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Networks exported for ONNX Runtime / OpenVINO go to this session's temp folder (nodes started
+    as processes inherit it), not the user's cache, unless CXR_RUNTIME_CACHE names one."""
+    from monai_app.runtime import CACHE_ENV
+
+    if os.environ.get(CACHE_ENV):
+        yield
+        return
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("runtime"))
+    yield
+    del os.environ[CACHE_ENV]
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 

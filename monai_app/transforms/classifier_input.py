@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.networks.nets import UNet
 from monai.transforms import MapTransform, RandomizableTransform
 from torch.nn import functional as F
 
@@ -69,15 +68,20 @@ class LungProbabilityd(MapTransform):
         self.channels = tuple(int(c) for c in channels)
         self.num_res_units = int(num_res_units)
         self.device = torch.device(device)
-        self._network: UNet | None = None
+        self._network: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
-    def network(self) -> UNet:
-        """The frozen U-Net (loaded on first access)."""
+    def network(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The frozen U-Net (loaded on first access), or what :meth:`use_network` put in its place."""
         if self._network is None:
             logger.info("lung channel: U-Net weights %s", self.model_file)
             self._network = load_lung_network(self.model_file, self.channels, self.num_res_units, self.device)
         return self._network
+
+    def use_network(self, network: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Run ``network`` (``(B, 1, rows, columns)`` -> logits) instead of the PyTorch U-Net, e.g. an
+        exported copy of it on another runtime (:mod:`monai_app.runtime`)."""
+        self._network = network
 
     def probability(self, image: torch.Tensor) -> torch.Tensor:
         """Lung probability ``(1, *spatial_size)`` of an image ``(1, rows, columns)``."""

@@ -51,6 +51,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("[inference]\nanalysis = 1", r'"inference.analysis" must be true or false'),
         ("[inference]\nbundle = 3", r'"inference.bundle" must be a directory path'),
         ("[results]\nkey_images = \"no\"", r'"results.key_images" must be true or false'),
+        ("[inference]\nruntime = \"tensorrt\"", r'"inference.runtime" must be one of auto, pytorch, onnxruntime, openvino'),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(toml: str, message: str) -> None:
@@ -78,6 +79,12 @@ def test_inference_settings_from_the_file(tmp_path: Path) -> None:
     config = load_config(path)
     assert (config.device, config.batch_size, config.threshold, config.bundle) == ("cpu", 8, 0.4, Path("/opt/bundle"))
     assert config.analysis and config.similar_k == 4
+
+
+def test_runtime_is_auto_by_default_and_each_named_one_parses() -> None:
+    assert NodeConfig().runtime == "auto"
+    for name in ("auto", "pytorch", "onnxruntime", "openvino"):
+        assert config_from_mapping(tomllib.loads(f'[inference]\nruntime = "{name}"')).runtime == name
 
 
 def test_key_images_are_on_by_default_and_can_be_switched_off() -> None:
