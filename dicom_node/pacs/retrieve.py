@@ -31,11 +31,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_node.errors import NodeError
-from dicom_node.pacs.peer import PacsPeer, associate, on_connection_open, scu_ae
+from dicom_node.pacs.peer import PacsPeer, associate, scu_ae
 from dicom_node.pacs.query import FoundInstance
 from dicom_node.receive.dimse_status import OUT_OF_RESOURCES, SUCCESS
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from dicom_node.spool.durable import remove_temp_files, write_atomically
+from dicom_node.tcp import on_connection_open
 
 logger = logging.getLogger(__name__)
 

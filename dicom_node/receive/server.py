@@ -52,6 +52,7 @@ from pynetdicom.utils import make_target
 
 from dicom_node.audit import peer_address
 from dicom_node.log_safety import pynetdicom_loggers
+from dicom_node.tcp import no_delay_socket
 from dicom_node.tls import handshake_failure_reason
 
 if TYPE_CHECKING:
@@ -466,6 +467,7 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         """Accept a connection; on the TLS port wrap it without the handshake (done in the
         connection's reader, :meth:`EdgeAssociationSocket._handshake`)."""
         client_socket, address = cast(socket.socket, self.socket).accept()
+        no_delay_socket(client_socket)  # each C-STORE response at once (dicom_node.tcp)
         if self.ssl_context is None:
             return client_socket, address
         try:

@@ -20,12 +20,13 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicom_node.config import PacsDestination
 from dicom_node.errors import ConfigError
 from dicom_node.log_safety import describe_exception
+from dicom_node.tcp import on_connection_open
 from dicom_node.tls import (
     ClientTLSContext,
     KeyNames,
@@ -214,7 +215,10 @@ def send_files(
     tls_args = (context, destination.server_name) if context is not None else None
     try:
         with quiet_failed_tls(context):
-            assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
+            assoc = ae.associate(
+                destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args,
+                evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],  # no Nagle delay per message
+            )
     except (OSError, RuntimeError, ValueError) as exc:
         return _failed(first, destination, f"association failed: {describe_exception(exc)}")
     if not assoc.is_established:
