@@ -22,13 +22,17 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
+from dicom_node.pacs.peer import PacsPeer
+from dicom_node.pacs.query import FoundInstance
+from dicom_node.pacs.retrieve import InstanceFolder, Retriever
 from testkit.bundle import build_similar_index
 from testkit.dicom_factory import make_dx, save
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, c_get_instances, orthanc_binary
-from testkit.peers import dcmtk, dcmtk_env
+from testkit.peers import dcmtk, dcmtk_env, free_port
 
 NODE_AE = "CXR_AI"
 RETRIEVER_AE = "KOS_CHECK"  # the viewer side: a workstation that fetches what the KOS lists
+MOVE_AE = "KOS_MOVE"  # its Storage SCP, where Orthanc C-MOVEs the images to
 KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 SIMILAR_K = 3
 TIMEOUT = 90  # seconds for the node's start and one CPU analysis on a loaded 2-core machine
@@ -65,7 +69,9 @@ def priors_and_source(shared_data: Path, tmp_path_factory: pytest.TempPathFactor
 def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
     if orthanc_binary() is None:
         pytest.fail("Orthanc is not installed: run scripts/setup.sh")
-    server = OrthancServer(tmp_path / "orthanc", calling_ae_titles=(NODE_AE, RETRIEVER_AE)).start()
+    server = OrthancServer(
+        tmp_path / "orthanc", calling_ae_titles=(NODE_AE, RETRIEVER_AE), move_destinations={MOVE_AE: free_port()}
+    ).start()
     yield server
     server.stop()
 
@@ -143,3 +149,12 @@ def test_similar_images_in_the_report_and_the_kos_are_retrievable_from_the_pacs(
         assert (held.StudyInstanceUID, held.SeriesInstanceUID, held.SOPClassUID) == (study_uid, series_uid, sop_class)
     assert c_get_instances(orthanc, RETRIEVER_AE, list(from_kos.values())) == set(selected)
     assert c_get_instances(orthanc, RETRIEVER_AE, [from_report[uid] for uid in similar_in_report]) == set(similar_in_report)
+    # ... and with C-MOVE, for a viewer whose PACS pushes (Orthanc to a Storage SCP of its own).
+    folder = InstanceFolder(tmp_path / "moved", fsync=False)
+    mover = Retriever(
+        PacsPeer(ORTHANC_AE_TITLE, "127.0.0.1", orthanc.dicom_port), folder, RETRIEVER_AE, "move",
+        move_ae_title=MOVE_AE, move_port=orthanc.move_destinations[MOVE_AE], move_bind="127.0.0.1",
+    )
+    wanted = [FoundInstance(study, series, uid, sop_class, "", "", "") for uid, (study, series, _, sop_class) in from_kos.items()]
+    counts = mover.retrieve(wanted)
+    assert counts.failed == [] and {uid for uid in selected if folder.has(uid)} == set(selected)
