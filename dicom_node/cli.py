@@ -151,8 +151,7 @@ def _serve(config: NodeConfig) -> int:
 def _status(config: NodeConfig, as_json: bool) -> int:
     from dicom_node.spool.retention import disk_usage, policy_from_config, purge
 
-    if not config.spool.is_dir():
-        print(f"cxr-node: no spool at {config.spool}", file=sys.stderr)
+    if not _spool_exists(config):
         return 1
     spool = Spool(config.spool, fsync=False)
     counts = spool.counts()
@@ -203,6 +202,14 @@ def _status(config: NodeConfig, as_json: bool) -> int:
     return 0
 
 
+def _spool_exists(config: NodeConfig) -> bool:
+    """Whether the configured spool is there (else say so): read-only commands never create one."""
+    if config.spool.is_dir():
+        return True
+    print(f"cxr-node: no spool at {config.spool}", file=sys.stderr)
+    return False
+
+
 def _size(n: int) -> str:
     """Bytes for people: ``1.5 GB``."""
     size = float(n)
@@ -224,8 +231,7 @@ def _purge(config: NodeConfig, dry_run: bool, as_json: bool) -> int:
     from dicom_node.audit import open_audit_log, record_purge
     from dicom_node.spool.retention import policy_from_config, purge
 
-    if not config.spool.is_dir():
-        print(f"cxr-node: no spool at {config.spool}", file=sys.stderr)
+    if not _spool_exists(config):
         return 1
     audit = None if dry_run else open_audit_log(config)  # before any deletion: a bad audit directory stops it
     try:

@@ -20,6 +20,7 @@ Layout::
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shutil
@@ -34,10 +35,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import ConfigError
-from dicom_node.pacs.commands import SALT_ENV
-from dicom_node.pacs.prior_index import existing_index, merge_items, write_index
+from dicom_node.pacs.commands import SALT_ENV, PacsCommandError, salt_from
+from dicom_node.pacs.prior_index import existing_index, merge_items, study_patient_key, write_index
 from dicom_node.spool.durable import fsync_directory, is_temp_file, write_atomically
-from monai_app.retrieval.index import ReferenceItem, SimilarityIndex, pseudonymous_patient_key
+from monai_app.retrieval.index import META_FILE, ReferenceItem, SimilarityIndex
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +60,11 @@ def prior_from_header(header: Dataset, embedding: np.ndarray, salt: str, source:
     The Patient ID is only an input of the salted hash; no name, ID or birth date is kept.
     """
     study = str(header.StudyInstanceUID)
-    patient = str(header.get("PatientID", "") or "") or f"study:{study}"
     item = ReferenceItem(
         study_instance_uid=study, series_instance_uid=str(header.SeriesInstanceUID),
         sop_instance_uid=str(header.SOPInstanceUID), sop_class_uid=str(header.SOPClassUID),
-        label=UNKNOWN_LABEL, source=source, patient_key=pseudonymous_patient_key(patient, salt),
+        label=UNKNOWN_LABEL, source=source,
+        patient_key=study_patient_key(str(header.get("PatientID", "") or ""), study, salt),
         study_date=str(header.get("StudyDate", "") or ""),
     )
     return PendingPrior(item, np.asarray(embedding, np.float32).reshape(-1))
@@ -77,10 +78,10 @@ def index_salt() -> str:
     dicom_node.errors.ConfigError
         It is not set: the patient keys would be plain hashes of Patient IDs.
     """
-    salt = os.environ.get(SALT_ENV, "")
-    if not salt:
-        raise ConfigError(f"index.grow = true needs a secret salt for the patient keys: set {SALT_ENV}")
-    return salt
+    try:
+        return salt_from(None)
+    except PacsCommandError:
+        raise ConfigError(f"index.grow = true needs a secret salt for the patient keys: set {SALT_ENV}") from None
 
 
 class GrownIndex:
@@ -141,9 +142,10 @@ class GrownIndex:
             ready = [p for p in self.pending() if is_delivered(p.item.sop_instance_uid)]
             if not ready:
                 return None
-            items, vectors, build = existing_index(self.current())
+            current = self.current()
+            items, vectors, build = existing_index(current)
             items, vectors = merge_items(items, vectors, [p.item for p in ready], np.stack([p.embedding for p in ready]))
-            metric = SimilarityIndex.load(self.current()).metric
+            metric = json.loads((current / META_FILE).read_text())["metric"]  # existing_index read the rest
             version = self.versions_dir / str(self._next_version())
             write_index(version, items, vectors, {**build, "grown_from_traffic": True}, metric=metric)
             self._switch_current(version)

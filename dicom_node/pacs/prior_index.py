@@ -194,7 +194,12 @@ def embed_instances(
 
 def patient_key(instance: FoundInstance, salt: str) -> str:
     """The salted pseudonymous key of the instance's patient (its study's when the PACS gives no Patient ID)."""
-    return pseudonymous_patient_key(instance.patient_id or f"study:{instance.study_instance_uid}", salt)
+    return study_patient_key(instance.patient_id, instance.study_instance_uid, salt)
+
+
+def study_patient_key(patient_id: str, study_instance_uid: str, salt: str) -> str:
+    """The salted pseudonymous key of a study's patient; the study's own when there is no Patient ID."""
+    return pseudonymous_patient_key(patient_id or f"study:{study_instance_uid}", salt)
 
 
 def prior_items(
