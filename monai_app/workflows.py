@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
+
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
 
 from monai_app.retrieval.reference_set import require_salt
 
@@ -57,3 +61,45 @@ def index_salt(salt: str | None = None) -> str:
     value = os.environ.get(INDEX_SALT_ENV, "") if salt is None else str(salt)
     require_salt(value)
     return value
+
+
+def no_items(datalist: Sequence[object]) -> bool:
+    """Whether a stage's datalist is empty (its loader and engine are then not built).
+
+    >>> no_items([]), no_items([{"image": "a.png"}])
+    (True, False)
+    """
+    return len(datalist) == 0
+
+
+def train_segmentation(
+    trainer: SupervisedTrainer | None,
+    validator: SupervisedEvaluator,
+    without_masks: Literal["error", "keep_shipped"] = "error",
+) -> bool:
+    """Train the lung U-Net when the dataset has lung masks; whether it trained.
+
+    A dataset from the PACS (``cxr-node pacs-export``) has images and labels but no lung masks,
+    which need a human to draw or review them. Its training loader and trainer are then not
+    built (``None``, see :func:`no_items`), and ``run training`` keeps the bundle's U-Net
+    (``without_masks="keep_shipped"``): the later stages find no new ``lung_unet.pt`` and
+    :func:`trained_or_shipped` gives them the shipped one. The stage run alone
+    (``run training_segmentation``) has nothing to do and says so.
+
+    Raises
+    ------
+    ValueError
+        If there are no training masks and ``without_masks`` is ``"error"``, or there are
+        training masks but no validation masks (the best model could not be chosen).
+    """
+    if trainer is None:
+        if without_masks == "error":
+            raise ValueError("the dataset has no training rows with lung masks: nothing for the U-Net to learn from")
+        logger.warning(
+            "segmentation stage skipped: the dataset has no lung masks; the bundle's U-Net is kept for the lung channel"
+        )
+        return False
+    if len(validator.data_loader) == 0:  # type: ignore[arg-type]  # a DataLoader here: zero batches, zero items
+        raise ValueError("training rows have lung masks but no validation row has one")
+    trainer.run()
+    return True

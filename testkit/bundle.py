@@ -12,6 +12,8 @@ from PIL import Image
 from testkit.shared_data import REPO_ROOT
 
 BUNDLE = REPO_ROOT / "bundle"
+SHIPPED_UNET = BUNDLE / "models" / "lung_unet.pt"
+"""The bundle's own lung U-Net weights (what a stage without lung masks keeps)."""
 CONFIGS = BUNDLE / "configs"
 
 

@@ -66,6 +66,8 @@ def segmentation_datalist(
     dataset_dir: str | Path,
     split: str,
     mask_sources: Sequence[str] | None = None,
+    *,
+    allow_empty: bool = False,
 ) -> list[dict[str, str]]:
     """Image/mask pairs of one split, for the lung segmentation network.
 
@@ -80,6 +82,10 @@ def segmentation_datalist(
     mask_sources : Sequence of str, optional
         Keep only masks from these sources (e.g. ``["ieee8023_v7labs"]`` for human-reviewed
         masks); ``None`` keeps every row with a mask.
+    allow_empty : bool
+        Return ``[]`` instead of raising when nothing matches: the training stage's datasets
+        are built before :func:`monai_app.workflows.train_segmentation` decides what an
+        unmasked dataset (e.g. a PACS export) means.
 
     Returns
     -------
@@ -90,7 +96,7 @@ def segmentation_datalist(
     Raises
     ------
     ValueError
-        If ``split`` is unknown or the selection is empty.
+        If ``split`` is unknown, or the selection is empty and ``allow_empty`` is false.
     """
     if split not in SPLITS:
         raise ValueError(f'Argument "split" must be one of {SPLITS}, got {split!r}')
@@ -111,7 +117,7 @@ def segmentation_datalist(
                 "mask_source": origin,
             }
         )
-    if not items:
+    if not items and not allow_empty:
         raise ValueError(f"no {split!r} rows with masks from {mask_sources} in the manifest")
     logger.info("%s: %d image/mask pairs from %s", split, len(items), mask_sources or "all sources")
     return items

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,8 +14,8 @@ import pydicom
 import pytest
 
 from monai_app.data.manifest import classification_datalist, read_manifest
-from monai_app.retrieval.index import pseudonymous_patient_key
-from testkit.bundle import CLASSIFIER, CLASSIFIER_PROPERTIES, EVALUATE, workflow
+from monai_app.retrieval.index import SimilarityIndex, pseudonymous_patient_key
+from testkit.bundle import CLASSIFIER_PROPERTIES, EVALUATE, SHIPPED_UNET, TRAIN, workflow
 from testkit.bundle import CLASSIFIER_TINY as TINY
 from testkit.pacs import CALLING_AE, DATE_FROM, DATE_TO, MOVE_AE, LoadedPacs
 from testkit.shared_data import REPO_ROOT
@@ -76,15 +77,25 @@ def test_exporting_again_retrieves_nothing_and_writes_the_same_manifest(
     assert (out / "manifest.csv").read_bytes() == before
 
 
-def test_the_bundle_trains_evaluates_and_calibrates_on_the_export(exported: tuple[Path, dict], tmp_path: Path) -> None:
+def test_run_training_trains_on_the_export_with_the_shipped_unet_then_evaluates_and_calibrates(
+    exported: tuple[Path, dict], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     out, _ = exported
-    trained = tmp_path / "classifier"
-    train = workflow(CLASSIFIER, "train", "training_classifier", CLASSIFIER_PROPERTIES, dataset_dir=str(out),
-                     cls_output_dir=str(trained), ssl_output_dir=str(tmp_path / "no_pretraining"), **TINY)
+    trained, unet_out = tmp_path / "classifier", tmp_path / "unet"
+    train = workflow(TRAIN, "train", "training", dataset_dir=str(out), output_dir=str(unet_out),
+                     cls_output_dir=str(trained), ssl_output_dir=str(tmp_path / "pretraining"),
+                     cls_index_salt=SALT, **TINY)
     train.initialize()
-    train.run()
+    with caplog.at_level(logging.INFO):
+        train.run()
     train.finalize()
-    assert (trained / "classifier.pt").is_file()
+    assert "segmentation stage skipped: the dataset has no lung masks" in caplog.text
+    assert f"lung channel: U-Net weights {SHIPPED_UNET}" in caplog.text, "an export has no masks: the bundle's U-Net stays"
+    assert not (unet_out / "lung_unet.pt").exists()
+    assert (trained / "classifier.pt").is_file() and (tmp_path / "pretraining" / "backbone.pt").is_file()
+    index = SimilarityIndex.load(trained / "index")
+    exported_studies = {r["study_instance_uid"] for r in read_manifest(out / "manifest.csv")}
+    assert index.items and {i.study_instance_uid for i in index.items} <= exported_studies, "the PACS's own UIDs"
     labelled_train = classification_datalist(out / "manifest.csv", out, "train")
     assert all(str(item["image"]).endswith(".dcm") for item in labelled_train), "unknown rows are left out, DICOM read"
 
