@@ -32,6 +32,8 @@ TRAIN = _stack("common", "train_segmentation", "pretrain", "train_classifier", "
 """Every training stage: ``run training`` (and any one stage's run key)."""
 EVALUATE = _stack("common", "train_segmentation", "train_classifier", "build_index", "evaluate")
 """All evaluations (``evaluating``, ``evaluating_classifier``, ``calibrating_threshold``, ``evaluating_retrieval``)."""
+CROSS_VALIDATE = _stack("common", "train_classifier", "cross_validate")
+"""``cross_validating``: the classifier recipe retrained on k patient-grouped folds, with its ablation and the kNN vote."""
 CALIBRATE = _stack("common", "calibrate")
 """``calibrating``: the probability calibration of the shipped classifier."""
 INFERENCE = _stack("common", "inference")

@@ -20,6 +20,7 @@ from testkit.bundle import (
     CALIBRATE,
     CLASSIFIER,
     CONFIGS,
+    CROSS_VALIDATE,
     EVALUATE,
     INFERENCE,
     INFERENCE_CLASSIFIER,
@@ -42,6 +43,7 @@ RUN_KEYS = [  # (stacking, run key) of every documented command
     (EVALUATE, "calibrating_threshold"),
     (EVALUATE, "evaluating_retrieval"),
     (CALIBRATE, "calibrating"),
+    (CROSS_VALIDATE, "cross_validating"),
     (INFERENCE, "run"),
     (INFERENCE_CLASSIFIER, "run"),
 ]
@@ -57,7 +59,7 @@ def _config_text(path: Path) -> str:
 def test_the_configs_are_one_file_per_stage_over_common() -> None:
     names = {p.name for p in STAGE_FILES}
     assert names == {"common.yaml", "train_segmentation.yaml", "pretrain.yaml", "train_classifier.yaml",
-                     "build_index.yaml", "train.yaml", "evaluate.yaml", "calibrate.yaml", "inference.yaml",
+                     "build_index.yaml", "train.yaml", "evaluate.yaml", "calibrate.yaml", "cross_validate.yaml", "inference.yaml",
                      "inference_classifier.yaml"}
 
 
@@ -163,7 +165,7 @@ def test_metadata_lists_the_bundles_packages_and_this_version() -> None:
     packages = meta["required_packages_version"]
     assert {"annoy": "1.17.3", "scikit-learn": "1.9.1", "pillow": "13.0.0"}.items() <= packages.items()
     assert "highdicom" not in packages
-    assert meta["version"] in meta["changelog"] and meta["version"] == "0.8.1"
+    assert meta["version"] in meta["changelog"] and meta["version"] == "0.9.0"
     ConfigParser.load_config_file(CONFIGS / "metadata.json")  # valid JSON for monai.bundle
 
 
