@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -221,10 +222,10 @@ def peers(kind: str, run_dir: Path) -> tuple[Pacs, Sender, Callable[[int], bool]
             partial(echo_ok, called_ae=NODE_AE))
 
 
-def bench_batch_size(batch_size: int, results: str, args: argparse.Namespace, files: list[Path], uids: list[str],
-                     work: Path) -> dict[str, Any]:
-    run_dir = Path(tempfile.mkdtemp(prefix=f"b{batch_size}_{results}_", dir=work))
-    pacs, sender, echo = peers(args.peers, run_dir)
+def bench_batch_size(batch_size: int, results: str, peer_kind: str, args: argparse.Namespace, files: list[Path],
+                     uids: list[str], work: Path) -> dict[str, Any]:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"b{batch_size}_{results}_{peer_kind}_", dir=work))
+    pacs, sender, echo = peers(peer_kind, run_dir)
     port = free_port()
     log_path = run_dir / "node.log"
     spool = run_dir / "spool"
@@ -245,7 +246,8 @@ def bench_batch_size(batch_size: int, results: str, args: argparse.Namespace, fi
         passes = []
         for mode in ("sequential", "burst"):
             # Each pass sends the files under new UIDs, so no report is a re-send.
-            pass_files, pass_uids = relabel(files, run_dir / mode)
+            pass_files, pass_uids = relabel(files[:args.sequential or None] if mode == "sequential" else files,
+                                            run_dir / mode)
             result = asdict(run_pass(mode, results, batch_size, pass_files, pass_uids, port, pacs, sender,
                                      args.senders, spool, args.timeout))
             passes.append(result)
@@ -256,7 +258,10 @@ def bench_batch_size(batch_size: int, results: str, args: argparse.Namespace, fi
     finally:
         stop(node)
         pacs.stop()
-    return {"batch_size": batch_size, "results": results, "peers": args.peers, "passes": passes,
+        if not args.keep_files:  # GBs at detector size: the copies sent, the spool, what the PACS stored
+            for folder in ("warmup", "sequential", "burst", "spool", "pacs"):
+                shutil.rmtree(run_dir / folder, ignore_errors=True)
+    return {"batch_size": batch_size, "results": results, "peers": peer_kind, "passes": passes,
             "warmup": warmup["studies"][0], "node_peak_rss_mib": round(rss, 1)}
 
 
@@ -286,6 +291,20 @@ def accelerator_facts(device: str) -> dict[str, Any]:
     return facts
 
 
+def peer_ratios(results: list[dict[str, Any]], base: str, other: str) -> list[dict[str, Any]]:
+    """``other`` peers against ``base`` per profile, batch size and pass: p50 latency and studies/s ratios."""
+    by_key = {(r["peers"], r["results"], r["batch_size"], p["mode"]): p for r in results for p in r["passes"]}
+    ratios = []
+    for (peer, profile, batch, mode), mine in by_key.items():
+        theirs = by_key.get((base, profile, batch, mode))
+        if peer == other and theirs is not None:
+            ratios.append({"results": profile, "batch_size": batch, "mode": mode,
+                           "latency_p50_ratio": round(mine["latency_p50_s"] / theirs["latency_p50_s"], 3),
+                           "studies_per_second_ratio": round(
+                               mine["studies_per_second"] / theirs["studies_per_second"], 3)})
+    return ratios
+
+
 def relabel(files: list[Path], out_dir: Path) -> tuple[list[Path], list[str]]:
     """Copies of ``files`` with fresh SOP Instance UIDs (same pixels, study and series)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -309,11 +328,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--runtime", default="auto", choices=("auto", "pytorch", "onnxruntime", "openvino"),
                         help="the node's [inference] runtime; the model floor is measured with it and with PyTorch")
-    parser.add_argument("--peers", default="dcmtk", choices=PEERS,
-                        help="sender and PACS: DCMTK storescu and Orthanc, or pynetdicom processes (default dcmtk)")
+    parser.add_argument("--peers", default="dcmtk",
+                        help="sender and PACS, comma-separated to compare: dcmtk (storescu and Orthanc) or "
+                             "pynetdicom (scripts.bench_sender and scripts.soak_pacs); default dcmtk")
     parser.add_argument("--size", default="cxr", choices=("cxr", "small"),
                         help="cxr: 2500 x 2048 (~10 MB, default); small: 256 x 256 (~130 KB)")
     parser.add_argument("--senders", type=int, default=1, help="associations at once in the burst (default 1)")
+    parser.add_argument("--sequential", type=int, default=0,
+                        help="studies in the sequential pass (default --n): a large burst, a short sequential pass")
+    parser.add_argument("--floor-n", type=int, default=0, help="files the model floor runs over (default --n)")
+    parser.add_argument("--keep-files", action="store_true",
+                        help="keep each run's sent copies, spool and PACS store (default: removed after the run)")
     parser.add_argument("--no-floor", action="store_true", help="skip the model floor (quick runs, tests)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the reports of a pass")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for bench_e2e.json")
@@ -333,13 +358,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in profiles if p not in RESULT_PROFILES]
     if unknown:
         raise SystemExit(f"unknown --results profile(s) {unknown}; known: {', '.join(RESULT_PROFILES)}")
-    results = [bench_batch_size(b, p, args, files, uids, work) for p in profiles for b in batch_sizes]
+    peer_kinds = args.peers.split(",")
+    if not set(peer_kinds) <= set(PEERS):
+        raise SystemExit(f"unknown --peers {args.peers!r}; known: {', '.join(PEERS)}")
+    # The peer sets alternate within each batch size, so a drift in the machine's load hits both.
+    results = [bench_batch_size(b, p, k, args, files, uids, work) for p in profiles for b in batch_sizes
+               for k in peer_kinds]
     runtimes = ["pytorch"] + ([args.runtime] if args.runtime != "pytorch" else [])  # PyTorch eager: the peer
-    floors = [] if args.no_floor else [model_floor(files, b, args.device, relevance, runtime) for runtime in runtimes
-                                       for relevance in (False, True) for b in batch_sizes]
+    floor_files = files[:args.floor_n or None]
+    floors = [] if args.no_floor else [model_floor(floor_files, b, args.device, relevance, runtime)
+                                       for runtime in runtimes for relevance in (False, True) for b in batch_sizes]
     node_floors = [f for f in floors if f["runtime"] == floors[-1]["runtime"]]  # the runtime the node ran
-    summary = {"per_profile": {p: profile_summary([r for r in results if r["results"] == p], node_floors)
-                               for p in profiles}}
+    first = [r for r in results if r["peers"] == peer_kinds[0]]
+    summary: dict[str, Any] = {"per_profile": {p: profile_summary([r for r in first if r["results"] == p], node_floors)
+                                               for p in profiles}}
+    if len(peer_kinds) > 1:
+        summary["peer_ratios"] = peer_ratios(results, peer_kinds[0], peer_kinds[1])
     if "off" in profiles:
         off = summary["per_profile"]["off"]
         summary["added_seconds_per_study_vs_off"] = {
@@ -353,16 +387,18 @@ def main(argv: list[str] | None = None) -> int:
             for p, s in summary["per_profile"].items() if p != "off"
         }
     out = {"machine": facts, "accelerator": accelerator_facts(args.device), "n": args.n, "size": args.size,
-           "peers": args.peers, "senders": args.senders, "device": args.device, "results": results,
+           "sequential_n": args.sequential or args.n, "peers": args.peers, "senders": args.senders,
+           "device": args.device, "results": results,
            "model_floor": floors,
            "summary": summary}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_e2e.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(f"{'results':>12} {'batch':>5} {'mode':>10} {'studies/s':>10} {'p50 s':>7} {'p95 s':>7} {'max s':>7} "
-          f"{'RSS MiB':>8}")
+    print(f"{'peers':>10} {'results':>12} {'batch':>5} {'mode':>10} {'studies/s':>10} {'p50 s':>7} {'p95 s':>7} "
+          f"{'max s':>7} {'RSS MiB':>8}")
     for r in results:
         for p in r["passes"]:
-            print(f"{r['results']:>12} {r['batch_size']:>5} {p['mode']:>10} {p['studies_per_second']:>10.2f} "
+            print(f"{r['peers']:>10} {r['results']:>12} {r['batch_size']:>5} {p['mode']:>10} "
+                  f"{p['studies_per_second']:>10.2f} "
                   f"{p['latency_p50_s']:>7.2f} {p['latency_p95_s']:>7.2f} {p['latency_max_s']:>7.2f} "
                   f"{r['node_peak_rss_mib']:>8.0f}")
     for f in floors:
