@@ -181,6 +181,13 @@ def run_pass(mode: str, results: str, batch_size: int, files: list[Path], uids: 
     # Per study, by its place in the pass (no UIDs in the output): for outliers.
     studies = [{"index": i, "response_s": round(responded[u] - started, 3), "latency_s": round(found[u] - responded[u], 3),
                 "stages_s": job_stages(spool, u)} for i, u in enumerate(uids)]
+    # The PACS has the SR before the node hears Success and records "sent": give the last ones a moment.
+    deadline = time.monotonic() + 10
+    while any("sent" not in s["stages_s"] for s in studies) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        for study, uid in zip(studies, uids):
+            if "sent" not in study["stages_s"]:
+                study["stages_s"] = job_stages(spool, uid)
     return PassResult(mode, results, batch_size, len(files), round(seconds, 3), round(len(files) / seconds, 3),
                       round(percentile(latencies, 0.5), 3), round(percentile(latencies, 0.95), 3),
                       round(max(latencies), 3), senders if mode == "burst" else 1, round(started_unix, 3),

@@ -64,7 +64,7 @@ def sample(out: Path, interval: float) -> int:
 def pass_utilisation(samples: list[tuple[float, float, float]], start: float, end: float) -> dict[str, Any]:
     """Mean and max utilisation and max memory of the samples within ``[start, end]``.
 
-    >>> pass_utilisation([(0.0, 10, 100), (1.0, 50, 300), (2.0, 90, 200), (3.0, 0, 50)], 0.5, 2.5)
+    >>> pass_utilisation([(0.0, 10.0, 100.0), (1.0, 50.0, 300.0), (2.0, 90.0, 200.0), (3.0, 0.0, 50.0)], 0.5, 2.5)
     {'samples': 2, 'gpu_util_mean_percent': 70.0, 'gpu_util_max_percent': 90.0, 'memory_max_mib': 300.0}
     """
     inside = [s for s in samples if start <= s[0] <= end]

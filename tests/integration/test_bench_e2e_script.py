@@ -22,7 +22,7 @@ def test_bench_e2e_with_pynetdicom_peers_gets_every_report_to_the_pacs_and_times
     result = subprocess.run(
         [sys.executable, "-m", "scripts.bench_e2e", "--n", str(STUDIES), "--batch-sizes", "2", "--results", "off",
          "--size", "small", "--device", "cpu", "--peers", "pynetdicom", "--senders", "2", "--no-floor",
-         "--keep-files", "--timeout", "60", "--out", str(out), "--work", str(tmp_path)],
+         "--keep-files", "--timeout", "120", "--out", str(out), "--work", str(tmp_path)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
