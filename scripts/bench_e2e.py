@@ -179,8 +179,9 @@ def run_pass(mode: str, results: str, batch_size: int, files: list[Path], uids: 
     seconds = max(found.values()) - started
     latencies = [found[u] - responded[u] for u in uids]
     # Per study, by its place in the pass (no UIDs in the output): for outliers.
-    studies = [{"index": i, "response_s": round(responded[u] - started, 3), "latency_s": round(found[u] - responded[u], 3),
-                "stages_s": job_stages(spool, u)} for i, u in enumerate(uids)]
+    studies: list[dict[str, Any]] = [
+        {"index": i, "response_s": round(responded[u] - started, 3), "latency_s": round(found[u] - responded[u], 3),
+         "stages_s": job_stages(spool, u)} for i, u in enumerate(uids)]
     # The PACS has the SR before the node hears Success and records "sent": give the last ones a moment.
     deadline = time.monotonic() + 10
     while any("sent" not in s["stages_s"] for s in studies) and time.monotonic() < deadline:
