@@ -29,6 +29,8 @@ SMALL_BATCHES=${SMALL_BATCHES:-1,64}
 SENDERS=${SENDERS:-4}          # associations at once in each burst
 RESULTS=${RESULTS:-summary}    # the shipped [results] profile
 FLOOR_N=${FLOOR_N:-64}
+DEVICE=${DEVICE:-cuda}         # cpu: a dry run of this script on a machine without a GPU
+SKIP_INSTALL=${SKIP_INSTALL:-0}  # 1: the packages are importable already (a dry run in the project venv)
 started=$(date +%s)
 step() { echo "== $(( $(date +%s) - started )) s: $*"; }
 
@@ -47,11 +49,13 @@ nproc; free -g | head -2
 
 step "the project's missing packages into $SITE"
 ls .whl/*.whl .whl/annoy-*.tar.gz .gpu-data/manifest.csv || { echo "carry .whl and .gpu-data (scripts/gpu_wheelhouse.sh)"; exit 2; }
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl || exit 2
-# annoy has no wheel; portable flags instead of its -march=native (docs: toolchain notes).
-ANNOY_COMPILER_ARGS="-D_CRT_SECURE_NO_WARNINGS,-fpermissive,-O3,-ffast-math,-fno-associative-math,-DANNOYLIB_MULTITHREADED_BUILD,-std=c++14" \
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target "$SITE" \
-    .whl/annoy-*.tar.gz || { echo "annoy did not build"; exit 2; }
+if [ "$SKIP_INSTALL" != 1 ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl || exit 2
+    # annoy has no wheel; portable flags instead of its -march=native (docs: toolchain notes).
+    ANNOY_COMPILER_ARGS="-D_CRT_SECURE_NO_WARNINGS,-fpermissive,-O3,-ffast-math,-fno-associative-math,-DANNOYLIB_MULTITHREADED_BUILD,-std=c++14" \
+        "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target "$SITE" \
+        .whl/annoy-*.tar.gz || { echo "annoy did not build"; exit 2; }
+fi
 export PYTHONPATH="$SITE:$PWD" CXR_SHARED_DATA="$PWD/.gpu-data" PYTHONUNBUFFERED=1
 "$PY" -c 'import annoy, highdicom, monai, pydicom, pynetdicom, torch; import dicom_node.app, monai_app.inference
 print("imports ok: monai", monai.__version__, "pydicom", pydicom.__version__, "torch", torch.__version__)' || exit 2
@@ -62,12 +66,12 @@ sampler=$!
 trap 'kill "$sampler" 2>/dev/null' EXIT
 
 step "detector size: $CXR_N studies, batch sizes $BATCHES"
-"$PY" -m scripts.bench_e2e --device cuda --runtime pytorch --peers pynetdicom --size cxr --n "$CXR_N" \
+"$PY" -m scripts.bench_e2e --device "$DEVICE" --runtime pytorch --peers pynetdicom --size cxr --n "$CXR_N" \
     --sequential "$SEQ_N" --senders "$SENDERS" --batch-sizes "$BATCHES" --results "$RESULTS" \
     --floor-n "$FLOOR_N" --timeout 300 --out "$OUT/cxr" --work /tmp
 if [ "$SMALL_N" -gt 0 ]; then
     step "small: $SMALL_N studies, batch sizes $SMALL_BATCHES"
-    "$PY" -m scripts.bench_e2e --device cuda --runtime pytorch --peers pynetdicom --size small --n "$SMALL_N" \
+    "$PY" -m scripts.bench_e2e --device "$DEVICE" --runtime pytorch --peers pynetdicom --size small --n "$SMALL_N" \
         --sequential "$SEQ_N" --senders "$SENDERS" --batch-sizes "$SMALL_BATCHES" --results "$RESULTS" \
         --no-floor --timeout 300 --out "$OUT/small" --work /tmp
 fi

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -51,13 +52,20 @@ def smi_read() -> Reading:
 
 
 def sample(out: Path, interval: float) -> int:
-    read = nvml_reader() or smi_read
+    read = nvml_reader()
+    if read is None and shutil.which("nvidia-smi") is None:
+        print("gpu_util: neither NVML nor nvidia-smi: no GPU samples", file=sys.stderr)
+        return 1
     with open(out, "w", encoding="utf-8") as f:
         f.write("unix_time,utilization_gpu_percent,memory_used_mib\n")
         while True:
-            util, memory = read()
-            f.write(f"{time.time():.3f},{util:.0f},{memory:.0f}\n")
-            f.flush()
+            try:
+                util, memory = (read or smi_read)()
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:  # one lost sample, not the run's
+                print(f"gpu_util: sample failed: {exc}", file=sys.stderr)
+            else:
+                f.write(f"{time.time():.3f},{util:.0f},{memory:.0f}\n")
+                f.flush()
             time.sleep(interval)
 
 
