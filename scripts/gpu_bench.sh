@@ -46,6 +46,7 @@ PY
 nvidia-smi --query-gpu=name,driver_version,memory.total,utilization.gpu --format=csv || echo "no nvidia-smi"
 command -v gcc || echo "no gcc: annoy cannot be built"
 nproc; free -g | head -2
+echo "wheelhouse built at: $(tr '\n' ' ' < .gpu-data/COMMIT 2>/dev/null)"
 
 step "the project's missing packages into $SITE"
 ls .whl/*.whl .whl/annoy-*.tar.gz .gpu-data/manifest.csv || { echo "carry .whl and .gpu-data (scripts/gpu_wheelhouse.sh)"; exit 2; }
@@ -81,4 +82,5 @@ kill "$sampler" 2>/dev/null
 "$PY" -m scripts.gpu_util summarize --samples "$OUT/gpu_util.csv" --bench "$OUT/cxr/bench_e2e.json" \
     --bench "$OUT/small/bench_e2e.json" --out "$OUT/gpu_summary.json" | tee "$OUT/summary.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >> "$OUT/summary.txt" || true
+echo "wheelhouse built at: $(tr '\n' ' ' < .gpu-data/COMMIT 2>/dev/null)" >> "$OUT/summary.txt"
 step "done"

@@ -10,7 +10,8 @@
 #               pip install --no-index --no-deps), and annoy as its sdist (no wheel exists;
 #               scripts/gpu_bench.sh builds it there with the machine's gcc);
 #   .gpu-data/  the first 16 chest images of the shared data (the ones bench_e2e's corpus
-#               starts with) and their manifest rows: ../shared does not travel.
+#               starts with) and their manifest rows: ../shared does not travel; COMMIT, the
+#               repository's commit when this ran (the copy there has no git history).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -43,5 +44,7 @@ for row in rows:
     (out / row["image_path"]).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(shared / row["image_path"], out / row["image_path"])
 PY
+# The device machine's copy has no git history: say which tree the wheelhouse was built beside.
+{ git rev-parse HEAD; git status --porcelain | grep -q . && echo dirty || echo clean; } > .gpu-data/COMMIT || true
 du -sh .whl .gpu-data
 ls .whl

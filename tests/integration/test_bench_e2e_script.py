@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pydicom
 
-from scripts.soak_pacs import referenced_instances, result_kind
 from testkit.shared_data import REPO_ROOT
 
 STUDIES = 3
@@ -48,6 +47,7 @@ def test_bench_e2e_with_pynetdicom_peers_gets_every_report_to_the_pacs_and_times
     reported: list[str] = []
     for path in (run_dir / "pacs").glob("*.dcm"):
         ds = pydicom.dcmread(path)
-        if result_kind(str(ds.SOPClassUID)) == "sr":
-            reported.extend(sent.intersection(referenced_instances(ds)))
+        if ds.Modality == "SR":  # the KOS is "KO", the summary image "OT"
+            reported.extend(sent.intersection(
+                str(e.value) for e in ds.iterall() if e.keyword == "ReferencedSOPInstanceUID"))
     assert sorted(reported) == sorted(sent)
