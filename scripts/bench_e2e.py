@@ -34,25 +34,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypedDict
 
 import pydicom
 
+from dicom_node.spool.store import Spool
 from scripts import dicom_corpus
-from scripts.bench_ingest import dcmtk_env, free_port, log_tail, machine_facts, stop, wait_ready
-from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer
+from scripts.bench_ingest import free_port, log_tail, machine_facts, stop, wait_ready
+from scripts.bench_peers import (
+    PEERS,
+    OrthancPacs,
+    Pacs,
+    PynetdicomPacs,
+    Sender,
+    echo_ok,
+    send_parallel,
+    send_pynetdicom,
+    send_storescu,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_AE = "CXR_AI"
-CALLING_AE = "BENCH_SCU"
+READY_LINE = "ready: analysing"  # dicom_node.app, once the models are loaded
 
 
 RESULT_PROFILES: dict[str, dict[str, bool]] = {
@@ -77,6 +90,12 @@ class PassResult:
     latency_p50_s: float
     latency_p95_s: float
     latency_max_s: float
+    senders: int  # associations at once (burst); sequential: 1
+    started_unix: float  # for lining up outside samples (GPU utilisation)
+    ended_unix: float
+    # Per study: index in the pass, its response (s from the pass start), latency, and the seconds
+    # from its receipt to each state of its job record (processing, outbox, sent).
+    studies: list[dict[str, Any]] = field(default_factory=list)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -92,88 +111,43 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-class ArrivalWatcher(threading.Thread):
-    """Records when each new instance appears in Orthanc (``/changes``, every 20 ms)."""
-
-    def __init__(self, orthanc: OrthancServer) -> None:
-        super().__init__(daemon=True)
-        self.orthanc = orthanc
-        self.arrivals: dict[str, float] = {}  # Orthanc instance ID -> time.monotonic()
-        self._halt = threading.Event()
-        self._since = int(orthanc.get("/changes?last")["Last"])
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            changes = self.orthanc.get(f"/changes?since={self._since}&limit=1000")
-            now = time.monotonic()
-            for change in changes["Changes"]:
-                if change["ChangeType"] == "NewInstance":
-                    self.arrivals.setdefault(change["ID"], now)
-            self._since = int(changes["Last"])
-            self._halt.wait(0.02)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
-
-
-def report_source(orthanc: OrthancServer, orthanc_id: str, sources: set[str]) -> str | None:
-    """The sent image an SR in Orthanc reports on (one of ``sources``), or ``None``."""
-    url = f"http://127.0.0.1:{orthanc.http_port}/instances/{orthanc_id}/file"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(response.read()))
-    stack = list(ds.get("ContentSequence", []))
-    while stack:
-        item = stack.pop()
-        stack.extend(item.get("ContentSequence", []))
-        for ref in item.get("ReferencedSOPSequence", []):
-            if str(ref.ReferencedSOPInstanceUID) in sources:
-                return str(ref.ReferencedSOPInstanceUID)
-    return None
-
-
-def send(port: int, files: list[Path]) -> list[float]:
-    """storescu ``files`` over one association; the time of each C-STORE response, in order."""
-    argv = ["/usr/bin/storescu", "-v", "-aet", CALLING_AE, "-aec", NODE_AE, "127.0.0.1", str(port),
-            *map(str, files)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
-    responses = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "Received Store Response" in line:
-            responses.append(time.monotonic())
-    if proc.wait() != 0 or len(responses) != len(files):
-        raise RuntimeError(f"storescu failed ({proc.returncode}), {len(responses)} of {len(files)} responses")
-    return responses
-
-
-def wait_for_reports(watcher: ArrivalWatcher, orthanc: OrthancServer, sources: set[str],
-                     found: dict[str, float], timeout_s: float) -> None:
+def wait_for_reports(pacs: Pacs, sources: set[str], found: dict[str, float], timeout_s: float) -> None:
     """Fill ``found`` (source UID -> SR arrival time) until every source has its SR."""
-    seen: set[str] = set()
     deadline = time.monotonic() + timeout_s
     while not sources <= set(found):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(sources - set(found))} report(s) missing after {timeout_s:.0f} s")
-        for orthanc_id, arrived in list(watcher.arrivals.items()):
-            if orthanc_id in seen:
-                continue
-            seen.add(orthanc_id)
-            source = report_source(orthanc, orthanc_id, sources)
-            if source is not None:
-                found[source] = arrived
+        found.update(pacs.reports(sources))
         time.sleep(0.02)
 
 
-def node_config(path: Path, orthanc: OrthancServer, batch_size: int, device: str, results: str,
+def wait_for_line(log_path: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Block until ``text`` is in the log at ``log_path``; raise if ``proc`` exits or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while text not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"no {text!r} in the node's log (exit status {proc.poll()})")
+        time.sleep(0.1)
+
+
+def job_stages(spool: Path, uid: str) -> dict[str, float]:
+    """Seconds from the job's receipt to each state it entered (its record's history), from the spool."""
+    job = Spool(spool, fsync=False).find_job(uid)  # read-only: the lock is taken on the first write
+    if job is None:
+        return {}
+    received = datetime.fromisoformat(job.received_at)
+    return {state: round((datetime.fromisoformat(at) - received).total_seconds(), 3) for state, at in job.history}
+
+
+def node_config(path: Path, pacs: Pacs, batch_size: int, device: str, results: str,
                 runtime: str = "auto") -> Path:
     switches = "".join(f"{key} = {str(value).lower()}\n" for key, value in RESULT_PROFILES[results].items())
     path.write_text(
         # The repository's own bundle, the one the model floor loads (not an installed copy's).
         f'[inference]\nbundle = "{REPO / "bundle"}"\ndevice = "{device}"\nruntime = "{runtime}"\n'
         f'batch_size = {batch_size}\n[results]\n{switches}'
-        f'[[destinations]]\nname = "pacs"\nae_title = "{ORTHANC_AE_TITLE}"\nhost = "127.0.0.1"\n'
-        f"port = {orthanc.dicom_port}\n"
+        f'[[destinations]]\nname = "pacs"\nae_title = "{pacs.ae_title}"\nhost = "127.0.0.1"\n'
+        f"port = {pacs.dicom_port}\n"
     )
     return path
 
@@ -187,27 +161,38 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def run_pass(mode: str, results: str, batch_size: int, files: list[Path], uids: list[str], port: int,
-             orthanc: OrthancServer, timeout_s: float) -> PassResult:
-    watcher = ArrivalWatcher(orthanc)
-    watcher.start()
+             pacs: Pacs, sender: Sender, senders: int, spool: Path, timeout_s: float) -> PassResult:
+    pacs.watch()
     found: dict[str, float] = {}
     responded: dict[str, float] = {}
-    started = time.monotonic()
+    started_unix, started = time.time(), time.monotonic()
     try:
         if mode == "sequential":
             for path, uid in zip(files, uids):
-                responded[uid] = send(port, [path])[0]
-                wait_for_reports(watcher, orthanc, {uid}, found, timeout_s)
+                responded[uid] = sender(port, [path])[0]
+                wait_for_reports(pacs, {uid}, found, timeout_s)
         else:
-            responded = dict(zip(uids, send(port, files)))
-            wait_for_reports(watcher, orthanc, set(uids), found, timeout_s)
+            responded = dict(zip(uids, send_parallel(sender, port, files, senders)))
+            wait_for_reports(pacs, set(uids), found, timeout_s)
     finally:
-        watcher.stop()
+        pacs.unwatch()
     seconds = max(found.values()) - started
     latencies = [found[u] - responded[u] for u in uids]
+    # Per study, by its place in the pass (no UIDs in the output): for outliers.
+    studies: list[dict[str, Any]] = [
+        {"index": i, "response_s": round(responded[u] - started, 3), "latency_s": round(found[u] - responded[u], 3),
+         "stages_s": job_stages(spool, u)} for i, u in enumerate(uids)]
+    # The PACS has the SR before the node hears Success and records "sent": give the last ones a moment.
+    deadline = time.monotonic() + 10
+    while any("sent" not in s["stages_s"] for s in studies) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        for study, uid in zip(studies, uids):
+            if "sent" not in study["stages_s"]:
+                study["stages_s"] = job_stages(spool, uid)
     return PassResult(mode, results, batch_size, len(files), round(seconds, 3), round(len(files) / seconds, 3),
                       round(percentile(latencies, 0.5), 3), round(percentile(latencies, 0.95), 3),
-                      round(max(latencies), 3))
+                      round(max(latencies), 3), senders if mode == "burst" else 1, round(started_unix, 3),
+                      round(time.time(), 3), studies)
 
 
 class ModelFloor(TypedDict):
@@ -237,47 +222,95 @@ def model_floor(files: list[Path], batch_size: int, device: str, relevance: bool
             "runtime": analyser.runtime}
 
 
-def bench_batch_size(batch_size: int, results: str, args: argparse.Namespace, files: list[Path], uids: list[str],
-                     work: Path) -> dict[str, Any]:
-    run_dir = Path(tempfile.mkdtemp(prefix=f"b{batch_size}_{results}_", dir=work))
-    orthanc = OrthancServer(run_dir / "orthanc", calling_ae_titles=(NODE_AE,)).start()
+def peers(kind: str, run_dir: Path) -> tuple[Pacs, Sender, Callable[[int], bool] | None]:
+    """The PACS, the sender and the node's readiness C-ECHO (``None``: DCMTK echoscu) of ``--peers``."""
+    if kind == "dcmtk":
+        return OrthancPacs(run_dir, NODE_AE), partial(send_storescu, called_ae=NODE_AE), None
+    return (PynetdicomPacs(run_dir), partial(send_pynetdicom, called_ae=NODE_AE, work=run_dir),
+            partial(echo_ok, called_ae=NODE_AE))
+
+
+def bench_batch_size(batch_size: int, results: str, peer_kind: str, args: argparse.Namespace, files: list[Path],
+                     uids: list[str], work: Path) -> dict[str, Any]:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"b{batch_size}_{results}_{peer_kind}_", dir=work))
+    pacs, sender, echo = peers(peer_kind, run_dir)
     port = free_port()
     log_path = run_dir / "node.log"
-    config = node_config(run_dir / "node.toml", orthanc, batch_size, args.device, results, args.runtime)
+    spool = run_dir / "spool"
+    config = node_config(run_dir / "node.toml", pacs, batch_size, args.device, results, args.runtime)
     argv = [sys.executable, "-m", "dicom_node", "serve", "--ae-title", NODE_AE, "--port", str(port),
-            "--bind", "127.0.0.1", "--spool", str(run_dir / "spool"), "--config", str(config)]
+            "--bind", "127.0.0.1", "--spool", str(spool), "--config", str(config)]
     with open(log_path, "ab") as log:
         node = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        wait_ready(port, node, timeout_s=120)
+        wait_ready(port, node, timeout_s=120, echo=echo)
+        # The node receives while it loads the models: a study sent before this line waits for
+        # them (the unexplained 5.2 s sequential maximum of an earlier run was that study).
+        wait_for_line(log_path, READY_LINE, node, timeout_s=300)
+        # One study through the first inference (lazy initialisation, CUDA kernels), not counted.
+        warm_files, warm_uids = relabel(files[:1], run_dir / "warmup")
+        warmup = asdict(run_pass("warmup", results, batch_size, warm_files, warm_uids, port, pacs, sender, 1, spool,
+                                 args.timeout))
         passes = []
         for mode in ("sequential", "burst"):
             # Each pass sends the files under new UIDs, so no report is a re-send.
-            pass_files, pass_uids = relabel(files, run_dir / mode)
-            passes.append(asdict(run_pass(mode, results, batch_size, pass_files, pass_uids, port, orthanc, args.timeout)))
-            print(json.dumps(passes[-1]), flush=True)
+            pass_files, pass_uids = relabel(files[:args.sequential or None] if mode == "sequential" else files,
+                                            run_dir / mode)
+            result = asdict(run_pass(mode, results, batch_size, pass_files, pass_uids, port, pacs, sender,
+                                     args.senders, spool, args.timeout))
+            passes.append(result)
+            print(json.dumps({k: v for k, v in result.items() if k != "studies"}), flush=True)
         rss = peak_rss_mib(node.pid)
     except Exception as exc:
         raise RuntimeError(f"{exc}{log_tail(log_path, 20)}") from exc
     finally:
         stop(node)
-        orthanc.stop()
-    return {"batch_size": batch_size, "results": results, "passes": passes, "node_peak_rss_mib": round(rss, 1)}
+        pacs.stop()
+        if not args.keep_files:  # GBs at detector size: the copies sent, the spool, what the PACS stored
+            for folder in ("warmup", "sequential", "burst", "spool", "pacs"):
+                shutil.rmtree(run_dir / folder, ignore_errors=True)
+    return {"batch_size": batch_size, "results": results, "peers": peer_kind, "passes": passes,
+            "warmup": warmup["studies"][0], "node_peak_rss_mib": round(rss, 1)}
 
 
 def profile_summary(results: list[dict[str, Any]], floors: list[ModelFloor]) -> dict[str, Any]:
     """Best burst throughput of one results profile, against the model floor it needs."""
     relevance = RESULT_PROFILES[results[0]["results"]]["relevance_map"]
     best = max(results, key=lambda r: r["passes"][1]["studies_per_second"])
-    floor = max((f for f in floors if f["relevance"] == relevance), key=lambda f: f["files_per_second"])
+    floor = max((f["files_per_second"] for f in floors if f["relevance"] == relevance), default=None)
+    burst = best["passes"][1]["studies_per_second"]
     return {
         "best_batch_size": best["batch_size"],
-        "burst_studies_per_second": best["passes"][1]["studies_per_second"],
-        "model_floor_files_per_second": floor["files_per_second"],
-        "node_over_floor": round(best["passes"][1]["studies_per_second"] / floor["files_per_second"], 3),
+        "burst_studies_per_second": burst,
+        "model_floor_files_per_second": floor,
+        "node_over_floor": round(burst / floor, 3) if floor else None,
         "sequential_latency_p50_s_batch_1": next(
             (r["passes"][0]["latency_p50_s"] for r in results if r["batch_size"] == 1), None),
     }
+
+
+def accelerator_facts(device: str) -> dict[str, Any]:
+    """torch's version and, for ``--device cuda``/``auto``, the GPU it sees."""
+    import torch
+
+    facts: dict[str, Any] = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
+    if device != "cpu" and torch.cuda.is_available():
+        facts.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
+    return facts
+
+
+def peer_ratios(results: list[dict[str, Any]], base: str, other: str) -> list[dict[str, Any]]:
+    """``other`` peers against ``base`` per profile, batch size and pass: p50 latency and studies/s ratios."""
+    by_key = {(r["peers"], r["results"], r["batch_size"], p["mode"]): p for r in results for p in r["passes"]}
+    ratios = []
+    for (peer, profile, batch, mode), mine in by_key.items():
+        theirs = by_key.get((base, profile, batch, mode))
+        if peer == other and theirs is not None:
+            ratios.append({"results": profile, "batch_size": batch, "mode": mode,
+                           "latency_p50_ratio": round(mine["latency_p50_s"] / theirs["latency_p50_s"], 3),
+                           "studies_per_second_ratio": round(
+                               mine["studies_per_second"] / theirs["studies_per_second"], 3)})
+    return ratios
 
 
 def relabel(files: list[Path], out_dir: Path) -> tuple[list[Path], list[str]]:
@@ -303,6 +336,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--runtime", default="auto", choices=("auto", "pytorch", "onnxruntime", "openvino"),
                         help="the node's [inference] runtime; the model floor is measured with it and with PyTorch")
+    parser.add_argument("--peers", default="dcmtk",
+                        help="sender and PACS, comma-separated to compare: dcmtk (storescu and Orthanc) or "
+                             "pynetdicom (scripts.bench_sender and scripts.soak_pacs); default dcmtk")
+    parser.add_argument("--size", default="cxr", choices=("cxr", "small"),
+                        help="cxr: 2500 x 2048 (~10 MB, default); small: 256 x 256 (~130 KB)")
+    parser.add_argument("--senders", type=int, default=1, help="associations at once in the burst (default 1)")
+    parser.add_argument("--sequential", type=int, default=0,
+                        help="studies in the sequential pass (default --n): a large burst, a short sequential pass")
+    parser.add_argument("--floor-n", type=int, default=0, help="files the model floor runs over (default --n)")
+    parser.add_argument("--keep-files", action="store_true",
+                        help="keep each run's sent copies, spool and PACS store (default: removed after the run)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the model floor (quick runs, tests)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the reports of a pass")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for bench_e2e.json")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
@@ -312,7 +357,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench_e2e_", dir=args.work))
-    files = dicom_corpus.build_cxr_sized_corpus(work / "corpus", args.n, images_per_study=1)
+    build = dicom_corpus.build_cxr_sized_corpus if args.size == "cxr" else dicom_corpus.build_small_corpus
+    files = build(work / "corpus", args.n, images_per_study=1)
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
     facts = machine_facts(work)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -320,13 +366,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in profiles if p not in RESULT_PROFILES]
     if unknown:
         raise SystemExit(f"unknown --results profile(s) {unknown}; known: {', '.join(RESULT_PROFILES)}")
-    results = [bench_batch_size(b, p, args, files, uids, work) for p in profiles for b in batch_sizes]
+    peer_kinds = args.peers.split(",")
+    if not set(peer_kinds) <= set(PEERS):
+        raise SystemExit(f"unknown --peers {args.peers!r}; known: {', '.join(PEERS)}")
+    # The peer sets alternate within each batch size, so a drift in the machine's load hits both.
+    results = [bench_batch_size(b, p, k, args, files, uids, work) for p in profiles for b in batch_sizes
+               for k in peer_kinds]
     runtimes = ["pytorch"] + ([args.runtime] if args.runtime != "pytorch" else [])  # PyTorch eager: the peer
-    floors = [model_floor(files, b, args.device, relevance, runtime) for runtime in runtimes
-              for relevance in (False, True) for b in batch_sizes]
+    floor_files = files[:args.floor_n or None]
+    floors = [] if args.no_floor else [model_floor(floor_files, b, args.device, relevance, runtime)
+                                       for runtime in runtimes for relevance in (False, True) for b in batch_sizes]
     node_floors = [f for f in floors if f["runtime"] == floors[-1]["runtime"]]  # the runtime the node ran
-    summary = {"per_profile": {p: profile_summary([r for r in results if r["results"] == p], node_floors)
-                               for p in profiles}}
+    first = [r for r in results if r["peers"] == peer_kinds[0]]
+    summary: dict[str, Any] = {"per_profile": {p: profile_summary([r for r in first if r["results"] == p], node_floors)
+                                               for p in profiles}}
+    if len(peer_kinds) > 1:
+        summary["peer_ratios"] = peer_ratios(results, peer_kinds[0], peer_kinds[1])
     if "off" in profiles:
         off = summary["per_profile"]["off"]
         summary["added_seconds_per_study_vs_off"] = {
@@ -339,15 +394,21 @@ def main(argv: list[str] | None = None) -> int:
             }
             for p, s in summary["per_profile"].items() if p != "off"
         }
-    out = {"machine": facts, "n": args.n, "device": args.device, "results": results, "model_floor": floors,
+    out = {"machine": facts, "accelerator": accelerator_facts(args.device), "n": args.n, "size": args.size,
+           "sequential_n": args.sequential or args.n, "peers": args.peers, "senders": args.senders,
+           "device": args.device, "results": results,
+           "model_floor": floors,
            "summary": summary}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_e2e.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(f"{'results':>12} {'batch':>5} {'mode':>10} {'studies/s':>10} {'p50 s':>7} {'p95 s':>7} {'RSS MiB':>8}")
+    print(f"{'peers':>10} {'results':>12} {'batch':>5} {'mode':>10} {'studies/s':>10} {'p50 s':>7} {'p95 s':>7} "
+          f"{'max s':>7} {'RSS MiB':>8}")
     for r in results:
         for p in r["passes"]:
-            print(f"{r['results']:>12} {r['batch_size']:>5} {p['mode']:>10} {p['studies_per_second']:>10.2f} "
-                  f"{p['latency_p50_s']:>7.2f} {p['latency_p95_s']:>7.2f} {r['node_peak_rss_mib']:>8.0f}")
+            print(f"{r['peers']:>10} {r['results']:>12} {r['batch_size']:>5} {p['mode']:>10} "
+                  f"{p['studies_per_second']:>10.2f} "
+                  f"{p['latency_p50_s']:>7.2f} {p['latency_p95_s']:>7.2f} {p['latency_max_s']:>7.2f} "
+                  f"{r['node_peak_rss_mib']:>8.0f}")
     for f in floors:
         print(f"model floor (batch {f['batch_size']}, relevance {f['relevance']}, {f['device']}, {f['runtime']}): "
               f"{f['files_per_second']:.2f} files/s")

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,9 @@ def log_tail(path: Path, lines: int = 8) -> str:
     return "".join(f"\n  | {line}" for line in text)
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    """Block until something on ``port`` answers C-ECHO to ``AE_TITLE``.
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0,
+               echo: Callable[[int], bool] | None = None) -> None:
+    """Block until something on ``port`` answers C-ECHO to ``AE_TITLE`` (DCMTK echoscu, or ``echo``).
 
     Raises
     ------
@@ -153,7 +155,7 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"receiver exited with {proc.returncode} before it was ready")
-        if subprocess.run(argv, env=dcmtk_env(), capture_output=True).returncode == 0:
+        if echo(port) if echo else subprocess.run(argv, env=dcmtk_env(), capture_output=True).returncode == 0:
             return
         time.sleep(0.1)
     raise RuntimeError(f"no C-ECHO answer on port {port} within {timeout_s:.0f} s")
@@ -271,7 +273,10 @@ def cpu_busy_fraction(seconds: float = 1.0) -> float:
 def machine_facts(work: Path) -> dict[str, Any]:
     """Cores, CPU, memory, the work folder's file system and tool versions."""
     def first_line(argv: list[str]) -> str:
-        out = subprocess.run(argv, capture_output=True, text=True)
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True)
+        except OSError:  # not installed (the GPU machine has no DCMTK, maybe no git)
+            return ""
         lines = (out.stdout or out.stderr).strip().splitlines()
         return lines[0] if out.returncode == 0 and lines else ""
 

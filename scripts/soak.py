@@ -58,24 +58,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from scripts import dicom_corpus
 from scripts.bench_e2e import RESULT_PROFILES
 from scripts.bench_ingest import dcmtk_env, free_port, machine_facts
-from scripts.soak_pacs import PACS_AE_TITLE
+from scripts.soak_pacs import PACS_AE_TITLE, result_kind
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_AE = "CXR_AI"
 MODALITY_AE = "SOAK_MODALITY"
 JOB_STATES = ("received", "processing", "outbox", "sent", "failed", "not_analysed")
-SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-RESULT_KINDS = {
-    "1.2.840.10008.5.1.4.1.1.7": "sc", "1.2.840.10008.5.1.4.1.1.66.4": "seg", "1.2.840.10008.5.1.4.1.1.88.59": "ko",
-}
 UID_RE = re.compile(r"\b\d+(?:\.\d+){3,}\b")
-
-
-def result_kind(sop_class_uid: str) -> str:
-    """``sr``, ``sc``, ``seg`` or ``ko`` for a result object's SOP class (``other`` otherwise)."""
-    if sop_class_uid in RESULT_KINDS:  # the KOS's class is in the SR range too
-        return RESULT_KINDS[sop_class_uid]
-    return "sr" if sop_class_uid.startswith(SR_CLASS_PREFIX) else "other"
 
 
 def expected_kinds(results: str) -> tuple[str, ...]:
