@@ -127,6 +127,43 @@ def summarise(folds: Mapping[int, Mapping[str, Mapping[str, Any]]], rows: Mappin
     return summary
 
 
+def _interval(section: Mapping[str, Any] | None, name: str) -> str:
+    if not section or section.get(name) is None:
+        return "n/a"
+    ci = section.get(f"{name}_ci95")
+    return f"{section[name]:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+
+
+def _over_folds(summary: Mapping[str, Any]) -> str:
+    if summary["mean"] is None:
+        return "n/a"
+    ci = summary["ci95"]
+    return f"{summary['mean']:.3f} ± {summary['sd']:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+
+
+def summary_table(result: Mapping[str, Any]) -> str:
+    """``cross_validation.json`` as Markdown: one row per arm, then the paired effects."""
+    arms = [a for a in result if isinstance(result[a], Mapping) and "pooled" in result[a]]
+    lines = [
+        f"{result['n_folds']}-fold patient-grouped cross-validation, {result['n_labelled_images']} labelled images. "
+        "Over folds: mean ± SD (t-interval); pooled: out-of-fold, patient bootstrap 95 % interval.",
+        "",
+        "| arm | within-source ROC AUC over folds | pooled within-source ROC AUC | pooled within-source sensitivity "
+        "| pooled within-source specificity | pooled ROC AUC, all images |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in arms:
+        pooled = result[arm]["pooled"]
+        lines.append(
+            f"| {arm} | {_over_folds(result[arm]['over_folds']['within_source_roc_auc'])} "
+            f"| {_interval(pooled['within_source'], 'roc_auc')} | {_interval(pooled['within_source'], 'sensitivity')} "
+            f"| {_interval(pooled['within_source'], 'specificity')} | {_interval(pooled['all'], 'roc_auc')} |"
+        )
+    lines += ["", "| effect on within-source ROC AUC (paired by fold) | mean ± SD (t-interval) |", "| --- | --- |"]
+    lines += [f"| {name} | {_over_folds(e)} |" for name, e in result["effects_within_source_roc_auc"].items()]
+    return "\n".join(lines) + "\n"
+
+
 class CrossValidation:
     """Retrain ``training_classifier`` on each fold and arm, predict, and write ``cross_validation.json``.
 
@@ -206,6 +243,7 @@ class CrossValidation:
             **summarise(figures, pooled, self.bootstrap_resamples),
         }
         (self.output_dir / "cross_validation.json").write_text(json.dumps(result, indent=2) + "\n")
+        (self.output_dir / "cross_validation.md").write_text(summary_table(result))
         return result
 
     def _fold_arm(self, fold: int, arm: str, manifest: Path) -> tuple[list[dict[str, Any]], np.ndarray]:

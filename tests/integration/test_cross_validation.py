@@ -64,6 +64,8 @@ def test_each_arm_has_fold_figures_an_interval_and_the_paired_effects(cross_vali
         assert auc["n_folds"] >= 1 and 0.0 <= auc["min"] <= auc["mean"] <= auc["max"] <= 1.0
         assert result[arm]["pooled"]["all"]["n"] == result["n_labelled_images"]
     assert set(result["effects_within_source_roc_auc"]) == {"lung - no_lung", "lung - knn_vote"}
+    table = (out / "cross_validation.md").read_text()
+    assert all(f"| {arm} |" in table for arm in ("lung", "no_lung", "knn_vote")) and "| lung - no_lung |" in table
     lung = np.load(out / "fold_0" / "lung" / "embeddings.npy")
     no_lung = np.load(out / "fold_0" / "no_lung" / "embeddings.npy")
     assert lung.shape == no_lung.shape and not np.allclose(lung, no_lung), "the arms are different models"
