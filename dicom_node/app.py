@@ -58,7 +58,7 @@ class ReceiverNode:
             self.metrics = NodeMetrics(self.spool)
             self.ae: AE = build_ae(config)
             # Received data sets stream to temp files in the spool, capped at max_instance_bytes.
-            self.incoming = IncomingFiles(self.spool.instances_dir, config.max_instance_bytes)
+            self.incoming = IncomingFiles(self.spool.instances_dir, config.max_instance_bytes, writeback=config.fsync)
             self.incoming.install()
             # TLS files are read now, before the models load: a bad one stops start-up (exit 2).
             self.tls_context = build_tls_context(config)

@@ -160,7 +160,7 @@ class AnalysisProcess:
             except (EOFError, OSError):
                 break
             try:
-                self._handle(message)
+                self.handle(message)
             except Exception:
                 logger.exception("analysis process: message not applied")
         if not self._stopping and self.algorithm is not None:  # before ready, start() raises
@@ -169,7 +169,8 @@ class AnalysisProcess:
                          self._process.exitcode if self._process else None)
         self._answer.set()
 
-    def _handle(self, message: tuple[Any, ...]) -> None:
+    def handle(self, message: tuple[Any, ...]) -> None:
+        """Act on one message of the child (in the reader thread)."""
         kind = message[0]
         if kind == "ready":
             self.algorithm = message[1]

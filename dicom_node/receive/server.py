@@ -73,6 +73,8 @@ REJECTION_LOG_INTERVAL = 10.0
 _LINGER_SECONDS = 2.0
 _MAX_LINGERING = 256
 _PDU_TYPES = range(0x01, 0x08)
+# The most a PDU read allocates ahead of the bytes it has received.
+_GROW_BYTES = 1024 * 1024
 
 
 
@@ -240,18 +242,11 @@ class EdgeAssociationSocket(AssociationSocket):
         before_request = not conn.requested
         if before_request:
             deadline = min(deadline, conn.request_deadline)
-        data = bytearray()
         self.mid_pdu = True
         try:
-            while len(data) < nr_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = sock.recv(min(65536, nr_bytes - len(data)))
-                if not chunk:
-                    break  # closed by the peer (or cut): pynetdicom sees a short read
-                data += chunk
+            data, timed_out = _receive(sock, nr_bytes, deadline)
+            if timed_out:
+                raise TimeoutError
         except TimeoutError:
             assoc = cast(EdgeAssociation, self.assoc)
             if before_request:
@@ -303,6 +298,41 @@ class EdgeAssociationSocket(AssociationSocket):
                 conn, f"PDU of {length} bytes announced, the node accepts at most {limit}: A-ABORT sent",
                 "pdu_too_large", wake=not conn.requested,
             )
+
+
+def _receive(sock: socket.socket, nr_bytes: int, deadline: float) -> tuple[bytearray, bool]:
+    """Read up to ``nr_bytes`` from ``sock`` by ``deadline`` (monotonic): ``(data, timed_out)``;
+    ``data`` is short when the peer closed or the deadline passed.
+
+    The bytes go straight into one buffer (``recv_into``, as much per call as the kernel
+    has): no chunk objects to join, one copy of every received byte fewer and far fewer
+    calls per 128 KiB PDU. The buffer grows by at most :data:`_GROW_BYTES` ahead of what
+    arrived, so a peer that announces a huge PDU and sends nothing costs no memory.
+    """
+    data = bytearray(min(nr_bytes, _GROW_BYTES))
+    got = 0
+    timed_out = False
+    while True:
+        with memoryview(data) as view:
+            while got < len(data):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                sock.settimeout(remaining)
+                try:
+                    n = sock.recv_into(view[got:])
+                except TimeoutError:
+                    timed_out = True
+                    break
+                if not n:
+                    break  # closed by the peer (or cut): pynetdicom sees a short read
+                got += n
+        if got < len(data) or len(data) == nr_bytes:  # short (closed, timed out) or complete
+            break
+        data.extend(bytes(min(_GROW_BYTES, nr_bytes - len(data))))
+    del data[got:]
+    return data, timed_out
 
 
 class EdgeDIMSE(DIMSEServiceProvider):

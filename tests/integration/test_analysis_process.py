@@ -1,0 +1,48 @@
+"""The analysis runs in a child process at a lower priority, and dies with its node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dicom_node.analyse.process import ANALYSIS_NICENESS
+from testkit.peers import NodeProcess, wait_for
+
+
+def _stat(pid: int | str, task: int | str | None = None) -> list[str]:
+    """Fields of /proc/PID[/task/TID]/stat after the command name (state first)."""
+    path = Path(f"/proc/{pid}") / (f"task/{task}/stat" if task is not None else "stat")
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
+def _nice(pid: int | str, task: int | str | None = None) -> int:
+    return int(_stat(pid, task)[16])  # field 19 of proc(5)
+
+
+def _analysis_child(pid: int) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    (child,) = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return child
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return _stat(pid)[0] in ("Z", "X")  # a zombie has ended; nobody may reap it in a container
+    except FileNotFoundError:
+        return True
+
+
+def test_the_models_run_in_a_child_at_lower_priority_that_ends_with_a_killed_node(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "spool", tmp_path / "node.log", ("--analysis", "--device", "cpu"))
+    try:
+        node.start(timeout=120)
+        assert node.process is not None
+        pid = node.process.pid
+        child = _analysis_child(pid)
+        assert f"analysis process: pid={child} nice=+{ANALYSIS_NICENESS}" in node.log()
+        # Every thread of the child (PyTorch's and OpenVINO's too) is niced; none of the node's is.
+        assert {_nice(child, t.name) for t in Path(f"/proc/{child}/task").iterdir()} == {_nice(pid) + ANALYSIS_NICENESS}
+        assert {_nice(pid, t.name) for t in Path(f"/proc/{pid}/task").iterdir()} == {_nice(pid)}
+        node.kill9()
+        assert wait_for(lambda: _gone(child), 10), "the analysis process outlived its node"
+    finally:
+        node.kill()
