@@ -49,6 +49,7 @@ import pydicom
 from scripts import dicom_corpus
 from scripts.bench_ingest import dcmtk_env, free_port, log_tail, machine_facts, stop, wait_ready
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer
+from testkit.process_tree import status_sum
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_AE = "CXR_AI"
@@ -179,11 +180,9 @@ def node_config(path: Path, orthanc: OrthancServer, batch_size: int, device: str
 
 
 def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a running process, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory (VmHWM) of a running node, MiB: the sum of its processes' peaks
+    (the receiver and the analysis process)."""
+    return status_sum(pid, ("VmHWM",))["VmHWM"] / 1024
 
 
 def run_pass(mode: str, results: str, batch_size: int, files: list[Path], uids: list[str], port: int,

@@ -52,6 +52,7 @@ from pynetdicom.utils import make_target
 
 from dicom_node.audit import peer_address
 from dicom_node.log_safety import pynetdicom_loggers
+from dicom_node.receive.reactor import WakeableDUL, next_message, wait_readable
 from dicom_node.tcp import no_delay_socket
 from dicom_node.tls import handshake_failure_reason
 
@@ -233,6 +234,19 @@ class EdgeAssociationSocket(AssociationSocket):
             assoc.dul.to_user_queue.put(cast(Any, None))  # read as "no request": stop waiting
             return False
 
+    @property
+    def ready(self) -> bool:
+        """pynetdicom's check for data, but waiting for it (or for something to send) instead
+        of the DUL loop's 1 ms sleep (:mod:`dicom_node.receive.reactor`)."""
+        if self.socket is None or self._is_connected is False:
+            time.sleep(0.001)  # the loop no longer sleeps by itself: keep its pace
+            return False
+        try:
+            return wait_readable(self.socket, cast(EdgeAssociation, self.assoc).dul)
+        except (OSError, TimeoutError, ValueError):
+            self.event_queue.put("Evt17")  # transport closed, as pynetdicom's check says
+            return False
+
     def recv(self, nr_bytes: int) -> bytearray:
         conn = self._conn
         if self._handshake_due and not self._handshake():
@@ -339,6 +353,10 @@ class EdgeDIMSE(DIMSEServiceProvider):
     """A DIMSE message that does not decode aborts its association (A-ABORT) with one
     line, instead of raising in the DUL reactor thread (which killed it silently)."""
 
+    def get_msg(self, block: bool = False) -> tuple[Any, Any]:
+        """The association loop's non-blocking look waits a little for the message (reactor)."""
+        return super().get_msg(block) if block else next_message(self)
+
     def receive_primitive(self, primitive: P_DATA) -> None:
         try:
             super().receive_primitive(primitive)
@@ -373,6 +391,8 @@ class EdgeAssociation(Association):
 
     def __init__(self, ae: ApplicationEntity, server: EdgeAssociationServer, conn: Connection) -> None:
         super().__init__(ae, MODE_ACCEPTOR)
+        self.dul = WakeableDUL(self)  # woken by data and by sends, not polled (receive.reactor)
+        self.network_timeout = ae.network_timeout  # the timers live in the DUL: set them on this one
         self.server = server
         self.connection: Connection | None = conn
         self.reject_reason = ""
@@ -640,6 +660,8 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             self.log_connection_closed(conn, self._no_request_reason(), "request_timeout")  # an idle socket
         conn.cut()
         assoc.dul.kill_dul()
+        if assoc.dul.ident is None and isinstance(assoc.dul, WakeableDUL):
+            assoc.dul.close_wake()  # its loop never ran, so it cannot close the pipe itself
         with self._lock:
             self._registry.by_socket.pop(conn.sock, None)
         self._forget(conn)
