@@ -1,11 +1,19 @@
-"""The analysis runs in a child process at a lower priority, and dies with its node."""
+"""The analysis runs in a child process at a lower priority, dies with its node, and cannot take the receiver with it."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import pytest
+
 from dicom_node.analyse.process import ANALYSIS_NICENESS
-from testkit.peers import NodeProcess, wait_for
+from testkit.peers import NodeProcess, dcmtk, dcmtk_env, free_port, wait_for
+from testkit.sr import CANON_DX, DICOM_DIR
 
 
 def _stat(pid: int | str, task: int | str | None = None) -> list[str]:
@@ -44,5 +52,30 @@ def test_the_models_run_in_a_child_at_lower_priority_that_ends_with_a_killed_nod
         assert {_nice(pid, t.name) for t in Path(f"/proc/{pid}/task").iterdir()} == {_nice(pid)}
         node.kill9()
         assert wait_for(lambda: _gone(child), 10), "the analysis process outlived its node"
+    finally:
+        node.kill()
+
+
+def test_a_node_whose_analysis_process_died_keeps_receiving_and_says_so(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    node = NodeProcess(
+        tmp_path / "spool", tmp_path / "node.log", ("--analysis", "--device", "cpu", "--metrics-port", str(metrics_port))
+    )
+    try:
+        node.start(timeout=120)
+        assert node.process is not None
+        os.kill(_analysis_child(node.process.pid), signal.SIGKILL)
+        assert wait_for(lambda: "analysis process exited" in node.log(), 10), node.log()
+        sent = subprocess.run(
+            [dcmtk("dcmsend"), "-aet", "PORTABLE_DX1", "-aec", "CXR_AI", "127.0.0.1", str(node.port),
+             str(DICOM_DIR / CANON_DX)],
+            capture_output=True, text=True, env=dcmtk_env(), timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5)
+        assert refused.value.code == 503
+        assert refused.value.read().decode() == "analysis process exited\n"
+        assert node.terminate() == 0
     finally:
         node.kill()
