@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -258,6 +259,10 @@ def run_child(config: NodeConfig, from_node: Connection, to_node: Connection) ->
     """The child process: load the models, then run the worker (and the index growth) until
     the node says stop; exit at once when the node is gone."""
     os.nice(ANALYSIS_NICENESS)  # first: every thread started from here on inherits it
+    # Ctrl-C reaches the whole process group, systemd's stop the whole unit: the node decides
+    # when its analysis stops (its "stop" lets the batch in progress finish; its death ends us).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from dicom_node.serving_process import keep_evaluation_packages_out
 
     keep_evaluation_packages_out()  # before anything imports MONAI

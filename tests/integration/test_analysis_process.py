@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -50,6 +51,11 @@ def test_the_models_run_in_a_child_at_lower_priority_that_ends_with_a_killed_nod
         # Every thread of the child (PyTorch's and OpenVINO's too) is niced; none of the node's is.
         assert {_nice(child, t.name) for t in Path(f"/proc/{child}/task").iterdir()} == {_nice(pid) + ANALYSIS_NICENESS}
         assert {_nice(pid, t.name) for t in Path(f"/proc/{pid}/task").iterdir()} == {_nice(pid)}
+        # A stop for the whole process group (Ctrl-C, systemd) is the node's to act on, not the child's.
+        os.kill(child, signal.SIGTERM)
+        os.kill(child, signal.SIGINT)
+        time.sleep(1)
+        assert not _gone(child)
         node.kill9()
         assert wait_for(lambda: _gone(child), 10), "the analysis process outlived its node"
     finally:
