@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from pynetdicom import AE
 
 from dicom_node import __version__
+from dicom_node.analyse.process import AnalysisProcess
 from dicom_node.analyse.worker import InferenceWorker, WorkerSettings
 from dicom_node.audit import AuditLog, open_audit_log, record_purge
 from dicom_node.config import NodeConfig
@@ -57,7 +58,7 @@ class ReceiverNode:
             self.metrics = NodeMetrics(self.spool)
             self.ae: AE = build_ae(config)
             # Received data sets stream to temp files in the spool, capped at max_instance_bytes.
-            self.incoming = IncomingFiles(self.spool.instances_dir, config.max_instance_bytes)
+            self.incoming = IncomingFiles(self.spool.instances_dir, config.max_instance_bytes, writeback=config.fsync)
             self.incoming.install()
             # TLS files are read now, before the models load: a bad one stops start-up (exit 2).
             self.tls_context = build_tls_context(config)
@@ -80,18 +81,15 @@ class ReceiverNode:
         self._metrics_server: MetricsServer | None = None
         self._stop_outbox = threading.Event()
         self._outbox_thread: threading.Thread | None = None
-        self.worker: InferenceWorker | None = None
-        self._stop_worker = threading.Event()
-        self._worker_thread: threading.Thread | None = None
+        # The models, the worker and the index growth: in a child process (analyse.process).
+        self.analysis: AnalysisProcess | None = None
+        self._analysis_ready = False
         self.purger = PeriodicPurge(
             self.spool, policy_from_config(config), config.retention_interval_minutes * 60,
             on_purged=self._record_purge,
         )
         self._stop_purger = threading.Event()
         self._purger_thread: threading.Thread | None = None
-        self.index_growth: IndexGrowthLoop | None = None
-        self._stop_growth = threading.Event()
-        self._growth_thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Bind the ports, recover the spool, start the outbox and the purge, accept
@@ -125,17 +123,12 @@ class ReceiverNode:
         self._log_listening(time.monotonic() - started)
         if self.config.analysis:
             logger.info("loading the models from %s (receiving meanwhile)", self.config.bundle.resolve())
-            self.worker = build_worker(
-                self.config, self.spool, on_result=self.outbox.wake.set, metrics=self.metrics, audit=self.audit
-            )
+            self.analysis = AnalysisProcess(self.config, self.outbox.wake.set, metrics=self.metrics, audit=self.audit)
+            algorithm = self.analysis.start()
             self.metrics.model.info({
-                "name": self.worker.algorithm.name, "version": self.worker.algorithm.version,
-                "weights_sha256": self.worker.algorithm.weights_sha256,
+                "name": algorithm.name, "version": algorithm.version, "weights_sha256": algorithm.weights_sha256,
             })
-            if self.config.index_grow and self.config.similar_k:
-                self.index_growth = start_index_growth(self.config, self.spool, self.worker)
-                self._growth_thread = _start_thread("index-growth", self.index_growth.run, self._stop_growth)
-            self._worker_thread = _start_thread("inference", self.worker.run, self._stop_worker)
+            self._analysis_ready = True
         logger.info(
             "ready: %s in %.1f s from start", "analysing" if self.config.analysis else "receiving only (analysis off)",
             time.monotonic() - started,
@@ -190,15 +183,17 @@ class ReceiverNode:
             problems.append("not listening")
         if not os.access(self.spool.root, os.W_OK):
             problems.append("spool not writable")
-        if self.config.analysis and self.worker is None:
+        if self.config.analysis and not self._analysis_ready:
             problems.append("models loading (receiving meanwhile)" if self._servers else "models not loaded")
+        if self.analysis is not None and self.analysis.exited:
+            problems.append("analysis process exited")
         return problems
 
     def _bind(self) -> list[EdgeAssociationServer]:
         """Bind and listen on the plaintext and the TLS port (connections wait in the backlog
         until the node accepts). Both listeners share one ``max_associations`` pool."""
         evt_handlers = build_event_handlers(
-            self.config, self.spool, on_stored=lambda: self.worker.wake.set() if self.worker else None,
+            self.config, self.spool, on_stored=lambda: self.analysis.wake() if self.analysis else None,
             incoming=self.incoming, metrics=self.metrics, audit=self.audit,
         )
         limits = connection_limits(self.config)
@@ -248,18 +243,12 @@ class ReceiverNode:
             logger.warning("shutdown: aborting %d association(s) still in flight", in_flight)
         for server in servers:
             server.close_connections()  # A-ABORT, then every transport closed; bounded
-        if self.worker is not None and self._worker_thread is not None:
-            self._stop_worker.set()
-            self.worker.wake.set()
-            self._worker_thread.join(timeout=60)  # the batch in progress; a cut one is redone after restart
+        if self.analysis is not None:
+            self.analysis.stop()  # the batch in progress; a cut one is redone after restart
         self._stop_outbox.set()
         self.outbox.wake.set()
         if self._outbox_thread is not None:
             self._outbox_thread.join(timeout=self.config.acse_timeout + 5)  # one C-STORE at most
-        self._stop_growth.set()
-        if self.index_growth is not None and self._growth_thread is not None:
-            self.index_growth.wake.set()
-            self._growth_thread.join(timeout=60)  # a rebuild in progress finishes (or is redone at the next start)
         self._stop_purger.set()
         self.purger.wake.set()
         if self._purger_thread is not None:

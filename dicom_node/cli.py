@@ -90,7 +90,7 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
     )
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
     from dicom_node.log_safety import SafeFormatter
 
     handler = logging.StreamHandler(sys.stderr)
@@ -134,7 +134,7 @@ def _serve(config: NodeConfig) -> int:
     keep_evaluation_packages_out()  # before anything imports MONAI
     from dicom_node.app import ReceiverNode  # imports pynetdicom: keep `status` fast
 
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("pacs-index", "pacs-export"):
             from dicom_node.pacs import cli as pacs_cli
 
-            _setup_logging(config.log_level)
+            setup_logging(config.log_level)
             return pacs_cli.run(args, config)
         return _status(config, args.json)
     except NodeError as exc:

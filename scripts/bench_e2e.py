@@ -62,6 +62,7 @@ from scripts.bench_peers import (
     send_pynetdicom,
     send_storescu,
 )
+from testkit.process_tree import status_sum
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_AE = "CXR_AI"
@@ -153,11 +154,9 @@ def node_config(path: Path, pacs: Pacs, batch_size: int, device: str, results: s
 
 
 def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a running process, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory (VmHWM) of a running node, MiB: the sum of its processes' peaks
+    (the receiver and the analysis process)."""
+    return status_sum(pid, ("VmHWM",))["VmHWM"] / 1024
 
 
 def run_pass(mode: str, results: str, batch_size: int, files: list[Path], uids: list[str], port: int,

@@ -11,8 +11,14 @@ Usage (from the repo root)::
 
     python -m scripts.bench_ingest --n 200 --rounds 3 --sizes small,cxr --out bench-out
 
-Prints median files/s and MB/s per receiver and the node/storescp ratio, and writes them
-with the machine facts to ``OUT/bench_ingest.json``. Output never contains patient data
+The node runs in both analysis modes (``--analysis both``, the default): ``node-analysis-on``
+(the models loaded and analysing what arrives, the default product) and ``node-analysis-off``
+(``--no-analysis``: receive and spool only). With analysis on, timing starts only once the
+node logged ``ready:`` (models loaded), so model loading is not counted as ingest.
+
+Prints median files/s and MB/s per receiver, each node mode over storescp and the disk
+floor, and analysis on over off, and writes them with the machine facts to
+``OUT/bench_ingest.json``. Output never contains patient data
 (the corpus is synthetic-ID DX built from public images).
 """
 
@@ -45,7 +51,8 @@ from scripts import dicom_corpus
 REPO = Path(__file__).resolve().parents[1]
 AE_TITLE = "CXR_AI"
 CALLING_AE = "BENCH_SCU"
-RECEIVERS = ("node", "storescp")
+NODE_ON, NODE_OFF = "node-analysis-on", "node-analysis-off"
+NODE_MODES = {"on": (NODE_ON,), "off": (NODE_OFF,), "both": (NODE_ON, NODE_OFF)}
 FLOOR = "disk-floor"  # no network: the same bytes written as the node writes them
 SIZE_CLASSES = ("small", "cxr")
 
@@ -72,8 +79,9 @@ class SizeResult:
     n_files: int
     bytes: int
     summary: dict[str, dict[str, float]]
-    ratio_node_over_storescp: float  # of median files/s
-    ratio_node_over_disk_floor: float  # of median files/s: how close to what the disk allows
+    # Of median files/s, per node mode: "<mode>/storescp", "<mode>/disk-floor" (how close to
+    # what the disk allows) and, with both modes, "analysis-on/analysis-off".
+    ratios: dict[str, float]
     rounds: list[RoundResult]
 
 
@@ -97,7 +105,7 @@ def receiver_command(
     Parameters
     ----------
     receiver : str
-        ``"node"`` or ``"storescp"``.
+        ``"node-analysis-on"``, ``"node-analysis-off"`` or ``"storescp"``.
     port : int
         Port to listen on (127.0.0.1 only for the node; storescp has no bind option).
     store_dir : Path
@@ -112,11 +120,12 @@ def receiver_command(
     tuple
         ``(argv, env)``.
     """
-    if receiver == "node":
+    if receiver in (NODE_ON, NODE_OFF):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
         return [*node_cmd, "--ae-title", AE_TITLE, "--port", str(port), "--bind", "127.0.0.1",
-                "--spool", str(store_dir), "--config", str(config)], env
+                "--spool", str(store_dir), "--config", str(config),
+                "--analysis" if receiver == NODE_ON else "--no-analysis"], env
     # Same maximum PDU as the node's default (128 KiB; storescp's own default is 16 KiB).
     return ["/usr/bin/storescp", "--aetitle", AE_TITLE, "--max-pdu", "131072",
             "--output-directory", str(store_dir), str(port)], dcmtk_env()
@@ -128,7 +137,7 @@ def stored_uids(receiver: str, store_dir: Path) -> set[str]:
     The node writes ``<spool>/instances/<SOPInstanceUID>.dcm``; storescp writes
     ``<store_dir>/<modality>.<SOPInstanceUID>`` (e.g. ``DX.1.2.3``).
     """
-    if receiver == "node":
+    if receiver in (NODE_ON, NODE_OFF):
         return {p.stem for p in (store_dir / "instances").glob("*.dcm") if p.is_file()}
     return {p.name.split(".", 1)[1] for p in store_dir.iterdir()
             if p.is_file() and "." in p.name}
@@ -140,16 +149,24 @@ def log_tail(path: Path, lines: int = 8) -> str:
     return "".join(f"\n  | {line}" for line in text)
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0,
-               echo: Callable[[int], bool] | None = None) -> None:
-    """Block until something on ``port`` answers C-ECHO to ``AE_TITLE`` (DCMTK echoscu, or ``echo``).
+def wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path | None = None,
+               timeout_s: float = 120.0, echo: Callable[[int], bool] | None = None) -> None:
+    """Block until something on ``port`` answers C-ECHO to ``AE_TITLE`` (DCMTK echoscu, or ``echo``)
+    and, with ``log_path``, its log has the node's ``ready:`` line (the models are loaded: receiving
+    starts before).
 
     Raises
     ------
     RuntimeError
-        If ``proc`` exits or nothing answers within ``timeout_s``.
+        If ``proc`` exits or it is not ready within ``timeout_s``.
     """
     deadline = time.monotonic() + timeout_s
+    while log_path is not None and "ready:" not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no 'ready:' line within {timeout_s:.0f} s")
+        time.sleep(0.2)
     argv = ["/usr/bin/echoscu", "-to", "2", "-aet", CALLING_AE, "-aec", AE_TITLE,
             "127.0.0.1", str(port)]
     while time.monotonic() < deadline:
@@ -202,7 +219,7 @@ def run_round(
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
-            wait_ready(port, proc)
+            wait_ready(port, proc, log_path if receiver == NODE_ON else None)
         except RuntimeError as err:
             raise RuntimeError(f"{receiver}: {err}{log_tail(log_path)}") from None
         scu = ["/usr/bin/storescu", "-aet", CALLING_AE, "-aec", AE_TITLE,
@@ -306,9 +323,21 @@ def machine_facts(work: Path) -> dict[str, Any]:
     }
 
 
+def ratios(summary: dict[str, dict[str, float]], nodes: tuple[str, ...]) -> dict[str, float]:
+    """Each node mode's median files/s over storescp's and the disk floor's, and analysis on over off."""
+    rate = {receiver: s["files_per_s"] for receiver, s in summary.items()}
+    out = {}
+    for node in nodes:
+        out[f"{node}/storescp"] = rate[node] / rate["storescp"]
+        out[f"{node}/{FLOOR}"] = rate[node] / rate[FLOOR]
+    if NODE_ON in rate and NODE_OFF in rate:
+        out["analysis-on/analysis-off"] = rate[NODE_ON] / rate[NODE_OFF]
+    return out
+
+
 def bench_size(size: str, args: argparse.Namespace, work: Path, config: Path,
                node_cmd: list[str]) -> SizeResult:
-    """Build (or reuse) the corpus for ``size`` and run every round on both receivers."""
+    """Build (or reuse) the corpus for ``size`` and run every round on every receiver."""
     real_every = args.real_every if size == "cxr" else 0
     corpus_dir = work / "corpus" / (f"{size}-real{real_every}" if real_every else size)
     files = sorted(corpus_dir.glob("*.dcm")) if corpus_dir.is_dir() else []
@@ -322,35 +351,33 @@ def bench_size(size: str, args: argparse.Namespace, work: Path, config: Path,
     n_bytes = sum(f.stat().st_size for f in files)
     for f in files:  # warm the page cache so round 1 does not also measure reading the corpus
         f.read_bytes()
+    receivers = (*NODE_MODES[args.analysis], "storescp")
     rounds: list[RoundResult] = []
     for r in range(args.rounds):
-        order = RECEIVERS if r % 2 == 0 else RECEIVERS[::-1]
+        order = receivers if r % 2 == 0 else receivers[::-1]
         for position, receiver in enumerate(order):
             seconds, stored = run_round(receiver, files, sent_uids, work, node_cmd, config)
             rounds.append(RoundResult(receiver, r, position, seconds, stored))
-            print(f"  {size:5} round {r + 1}/{args.rounds} {receiver:10} {seconds:7.2f} s "
+            print(f"  {size:5} round {r + 1}/{args.rounds} {receiver:17} {seconds:7.2f} s "
                   f"{len(files) / seconds:8.1f} files/s", flush=True)
         seconds = time_disk_floor(files, work, fsync=not args.no_fsync)
         rounds.append(RoundResult(FLOOR, r, len(order), seconds, len(files)))
-        print(f"  {size:5} round {r + 1}/{args.rounds} {FLOOR:10} {seconds:7.2f} s "
+        print(f"  {size:5} round {r + 1}/{args.rounds} {FLOOR:17} {seconds:7.2f} s "
               f"{len(files) / seconds:8.1f} files/s", flush=True)
     summary = summarize(rounds, len(files), n_bytes)
-    node = summary["node"]["files_per_s"]
-    return SizeResult(len(files), n_bytes, summary, node / summary["storescp"]["files_per_s"],
-                      node / summary[FLOOR]["files_per_s"], rounds)
+    return SizeResult(len(files), n_bytes, summary, ratios(summary, NODE_MODES[args.analysis]), rounds)
 
 
 def print_table(results: dict[str, SizeResult]) -> None:
-    """Print medians per size class and receiver, and the node/storescp ratio."""
-    print(f"\n{'size':5} {'receiver':10} {'files':>6} {'MB':>8} {'median s':>9} "
+    """Print medians per size class and receiver, and the ratios."""
+    print(f"\n{'size':5} {'receiver':17} {'files':>6} {'MB':>8} {'median s':>9} "
           f"{'files/s':>9} {'MB/s':>8}")
     for size, res in results.items():
-        for receiver in (*RECEIVERS, FLOOR):
-            s = res.summary[receiver]
-            print(f"{size:5} {receiver:10} {res.n_files:>6} {res.bytes / 1e6:>8.1f} "
+        for receiver, s in res.summary.items():
+            print(f"{size:5} {receiver:17} {res.n_files:>6} {res.bytes / 1e6:>8.1f} "
                   f"{s['median_s']:>9.2f} {s['files_per_s']:>9.1f} {s['mb_per_s']:>8.1f}")
-        print(f"{size:5} node/storescp files/s ratio: {res.ratio_node_over_storescp:.2f}")
-        print(f"{size:5} node/{FLOOR} files/s ratio: {res.ratio_node_over_disk_floor:.2f}")
+        for name, value in res.ratios.items():
+            print(f"{size:5} {name} files/s ratio: {value:.2f}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -363,6 +390,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder for bench_ingest.json (default bench-out/)")
     p.add_argument("--real-every", type=int, default=0, metavar="K",
                    help="cxr: every K-th file is a real chest DICOM, decoded (default 0: none)")
+    p.add_argument("--analysis", choices=sorted(NODE_MODES), default="both",
+                   help="node with analysis on (models loaded, analysing what arrives), off "
+                        "(--no-analysis), or both in the same run (default)")
     p.add_argument("--no-fsync", action="store_true",
                    help="run the node with [storage] fsync = false (storescp never fsyncs)")
     p.add_argument("--work", type=Path, default=None,
@@ -396,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         disk = facts["disk"]
         print(f"{facts['cores']} cores ({facts['cpu_busy_before_start']:.0%} busy), "
               f"{facts['cpu']}, {facts['memory_gib']} GiB; work dir on "
-              f"{disk['fstype']} {disk['device']}; node fsync={'off' if args.no_fsync else 'on'}"
+              f"{disk['fstype']} {disk['device']}; node fsync={'off' if args.no_fsync else 'on'}, "
+              f"analysis={args.analysis}"
               f"; {facts['dcmtk']}", flush=True)
         results: dict[str, SizeResult] = {}
         try:
@@ -407,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print_table(results)
     facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    facts["cpu_busy_at_end"] = round(cpu_busy_fraction(), 3)
+    print(f"CPUs {facts['cpu_busy_at_end']:.0%} busy after the run; load average "
+          f"{facts['load_average_1_5_15_min'][0]} at the start, {facts['load_average_at_end'][0]} at the end")
     if facts["cpu_busy_before_start"] > 0.25:
         print(f"warning: CPUs were {facts['cpu_busy_before_start']:.0%} busy before the run; "
               "other processes skew the numbers")
@@ -415,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
               "config": {"n": args.n, "rounds": args.rounds, "sizes": args.sizes,
                          "real_every": args.real_every,
                          "node_fsync": not args.no_fsync, "node_cmd": node_cmd,
+                         "node_analysis": args.analysis,
                          "sender": "DCMTK storescu, one association, TCP_NODELAY=1",
                          "storescp": "DCMTK storescp --max-pdu 131072, TCP_NODELAY=1"},
               "results": {size: asdict(res) for size, res in results.items()}}

@@ -52,6 +52,7 @@ from pydicom.filereader import _read_file_meta_info, read_dataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
 from testkit.peers import NodeProcess
+from testkit.process_tree import status_sum
 from testkit.shared_data import shared_data_dir
 
 CANARY_NAME = "CANARY^ZQXJ"
@@ -424,13 +425,8 @@ def dcmdump_ok(path: Path) -> bool | None:
 
 
 def rss_kib(pid: int, key: str = "VmRSS") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """``key`` of the node's processes together (the receiver and an analysis process), KiB."""
+    return status_sum(pid, (key,))[key]
 
 
 def job_states(spool: Path) -> dict[str, str]:

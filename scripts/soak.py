@@ -59,6 +59,7 @@ from scripts import dicom_corpus
 from scripts.bench_e2e import RESULT_PROFILES
 from scripts.bench_ingest import dcmtk_env, free_port, machine_facts
 from scripts.soak_pacs import PACS_AE_TITLE, result_kind
+from testkit.process_tree import process_tree, status_sum
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_AE = "CXR_AI"
@@ -222,26 +223,27 @@ class Outages(threading.Thread):
 # --- sampling ---------------------------------------------------------------------------------
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM (KiB) and Threads of a running process."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "Threads"):
-            values[key] = int(rest.split()[0])
-    return values
+    """VmRSS, VmHWM (KiB) and Threads of a running node: its receiver and its analysis process."""
+    return status_sum(pid, ("VmRSS", "VmHWM", "Threads"))
 
 
 def fd_kinds(pid: int) -> dict[str, int]:
-    """Open descriptors by kind: socket, pipe, anon_inode, or the folder of a file."""
+    """Open descriptors of a node (and its analysis process) by kind: socket, pipe, anon_inode,
+    or the folder of a file."""
     kinds: Counter[str] = Counter()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in os.listdir(fd_dir):
+    for member in process_tree(pid):
+        fd_dir = Path(f"/proc/{member}/fd")
         try:
-            target = os.readlink(fd_dir / fd)
+            fds = os.listdir(fd_dir)
         except FileNotFoundError:
-            continue  # closed meanwhile
-        kind = target.split(":", 1)[0] if ":" in target and not target.startswith("/") else str(Path(target).parent)
-        kinds[kind] += 1
+            continue  # ended meanwhile
+        for fd in fds:
+            try:
+                target = os.readlink(fd_dir / fd)
+            except FileNotFoundError:
+                continue  # closed meanwhile
+            kind = target.split(":", 1)[0] if ":" in target and not target.startswith("/") else str(Path(target).parent)
+            kinds[kind] += 1
     return dict(kinds)
 
 

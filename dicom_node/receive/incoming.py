@@ -24,7 +24,11 @@ from typing import Any
 
 from pynetdicom import _config, dimse_messages
 
-from dicom_node.spool.durable import TEMP_PREFIX
+from dicom_node.spool.durable import TEMP_PREFIX, start_writeback
+
+# With fsync on, every this many bytes received are handed to the disk at once (see
+# :func:`~dicom_node.spool.durable.start_writeback`), so writing overlaps receiving.
+WRITEBACK_BYTES = 1024 * 1024
 
 
 class CappedFile:
@@ -34,10 +38,12 @@ class CappedFile:
     ``file.flush`` and ``close``.
     """
 
-    def __init__(self, path: Path, limit: int) -> None:
+    def __init__(self, path: Path, limit: int, writeback: bool = False) -> None:
         self.name = str(path)
         self.limit = limit
+        self.writeback = writeback  # start writing to disk while receiving (the node fsyncs)
         self.received = 0  # bytes offered, stored or not
+        self._written_back = 0  # bytes handed to start_writeback
         self.error: OSError | None = None  # the first write error (ENOSPC): the rest is dropped
         self._f = open(path, "xb", buffering=0)  # PDU-sized writes: no user-space buffer
         self.file = self  # pynetdicom flushes ``file.file`` after each PDU
@@ -66,6 +72,9 @@ class CappedFile:
             done = 0
             while done < length:
                 done += self._f.write(view[done:]) or 0
+            if self.writeback and self.received - self._written_back >= WRITEBACK_BYTES:
+                start_writeback(self._f.fileno(), self._written_back, self.received - self._written_back)
+                self._written_back = self.received
         except OSError as exc:
             self.error = exc
             try:
@@ -98,11 +107,14 @@ class IncomingFiles:
         name, so storing is a rename).
     max_bytes : int
         Largest instance (preamble, file meta and data set) stored.
+    writeback : bool
+        Start writing each file to disk while it arrives (for a node that fsyncs before Success).
     """
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, writeback: bool = False) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.writeback = writeback
         self._lock = threading.Lock()
         self._open: dict[str, tuple[int, CappedFile]] = {}  # path -> (reader thread id, file)
 
@@ -117,7 +129,7 @@ class IncomingFiles:
     def open(self, *_args: Any, **_kwargs: Any) -> CappedFile:
         """Create the next temp file (called by pynetdicom's reader thread of an association)."""
         path = self.directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}.incoming"
-        capped = CappedFile(path, self.max_bytes)
+        capped = CappedFile(path, self.max_bytes, self.writeback)
         with self._lock:
             self._open[capped.name] = (threading.get_ident(), capped)
         return capped

@@ -52,6 +52,7 @@ from pynetdicom.utils import make_target
 
 from dicom_node.audit import peer_address
 from dicom_node.log_safety import pynetdicom_loggers
+from dicom_node.receive.reactor import WakeableDUL, next_message, wait_readable
 from dicom_node.tcp import no_delay_socket
 from dicom_node.tls import handshake_failure_reason
 
@@ -73,6 +74,8 @@ REJECTION_LOG_INTERVAL = 10.0
 _LINGER_SECONDS = 2.0
 _MAX_LINGERING = 256
 _PDU_TYPES = range(0x01, 0x08)
+# The most a PDU read allocates ahead of the bytes it has received.
+_GROW_BYTES = 1024 * 1024
 
 
 
@@ -231,6 +234,19 @@ class EdgeAssociationSocket(AssociationSocket):
             assoc.dul.to_user_queue.put(cast(Any, None))  # read as "no request": stop waiting
             return False
 
+    @property
+    def ready(self) -> bool:
+        """pynetdicom's check for data, but waiting for it (or for something to send) instead
+        of the DUL loop's 1 ms sleep (:mod:`dicom_node.receive.reactor`)."""
+        if self.socket is None or self._is_connected is False:
+            time.sleep(0.001)  # the loop no longer sleeps by itself: keep its pace
+            return False
+        try:
+            return wait_readable(self.socket, cast(EdgeAssociation, self.assoc).dul)
+        except (OSError, TimeoutError, ValueError):
+            self.event_queue.put("Evt17")  # transport closed, as pynetdicom's check says
+            return False
+
     def recv(self, nr_bytes: int) -> bytearray:
         conn = self._conn
         if self._handshake_due and not self._handshake():
@@ -240,18 +256,11 @@ class EdgeAssociationSocket(AssociationSocket):
         before_request = not conn.requested
         if before_request:
             deadline = min(deadline, conn.request_deadline)
-        data = bytearray()
         self.mid_pdu = True
         try:
-            while len(data) < nr_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = sock.recv(min(65536, nr_bytes - len(data)))
-                if not chunk:
-                    break  # closed by the peer (or cut): pynetdicom sees a short read
-                data += chunk
+            data, timed_out = _receive(sock, nr_bytes, deadline)
+            if timed_out:
+                raise TimeoutError
         except TimeoutError:
             assoc = cast(EdgeAssociation, self.assoc)
             if before_request:
@@ -305,9 +314,48 @@ class EdgeAssociationSocket(AssociationSocket):
             )
 
 
+def _receive(sock: socket.socket, nr_bytes: int, deadline: float) -> tuple[bytearray, bool]:
+    """Read up to ``nr_bytes`` from ``sock`` by ``deadline`` (monotonic): ``(data, timed_out)``;
+    ``data`` is short when the peer closed or the deadline passed.
+
+    The bytes go straight into one buffer (``recv_into``, as much per call as the kernel
+    has): no chunk objects to join, one copy of every received byte fewer and far fewer
+    calls per 128 KiB PDU. The buffer grows by at most :data:`_GROW_BYTES` ahead of what
+    arrived, so a peer that announces a huge PDU and sends nothing costs no memory.
+    """
+    data = bytearray(min(nr_bytes, _GROW_BYTES))
+    got = 0
+    timed_out = False
+    while True:
+        with memoryview(data) as view:
+            while got < len(data):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                sock.settimeout(remaining)
+                try:
+                    n = sock.recv_into(view[got:])
+                except TimeoutError:
+                    timed_out = True
+                    break
+                if not n:
+                    break  # closed by the peer (or cut): pynetdicom sees a short read
+                got += n
+        if got < len(data) or len(data) == nr_bytes:  # short (closed, timed out) or complete
+            break
+        data.extend(bytes(min(_GROW_BYTES, nr_bytes - len(data))))
+    del data[got:]
+    return data, timed_out
+
+
 class EdgeDIMSE(DIMSEServiceProvider):
     """A DIMSE message that does not decode aborts its association (A-ABORT) with one
     line, instead of raising in the DUL reactor thread (which killed it silently)."""
+
+    def get_msg(self, block: bool = False) -> tuple[Any, Any]:
+        """The association loop's non-blocking look waits a little for the message (reactor)."""
+        return super().get_msg(block) if block else next_message(self)
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         try:
@@ -343,6 +391,8 @@ class EdgeAssociation(Association):
 
     def __init__(self, ae: ApplicationEntity, server: EdgeAssociationServer, conn: Connection) -> None:
         super().__init__(ae, MODE_ACCEPTOR)
+        self.dul = WakeableDUL(self)  # woken by data and by sends, not polled (receive.reactor)
+        self.network_timeout = ae.network_timeout  # the timers live in the DUL: set them on this one
         self.server = server
         self.connection: Connection | None = conn
         self.reject_reason = ""
@@ -610,6 +660,8 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             self.log_connection_closed(conn, self._no_request_reason(), "request_timeout")  # an idle socket
         conn.cut()
         assoc.dul.kill_dul()
+        if assoc.dul.ident is None and isinstance(assoc.dul, WakeableDUL):
+            assoc.dul.close_wake()  # its loop never ran, so it cannot close the pipe itself
         with self._lock:
             self._registry.by_socket.pop(conn.sock, None)
         self._forget(conn)

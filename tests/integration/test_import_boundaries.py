@@ -49,6 +49,32 @@ def test_a_serving_node_with_its_models_loads_no_evaluation_or_plotting_package(
     finally:
         process.kill()
     loaded = _loaded(log.read_text(errors="replace"))
+    # The models live in the analysis process (dicom_node.analyse.process): the receiver maps none of them.
+    assert not loaded & {"torch", "monai", "annoy", *EVALUATION_ONLY_PACKAGES}, sorted(loaded)
+
+
+# The analysis process's own code, in a fresh interpreter as `spawn` starts it, told to stop once ready.
+RUN_CHILD_AND_REPORT = """
+import json, sys
+from multiprocessing import Pipe
+from pathlib import Path
+from dicom_node.analyse.process import run_child
+from dicom_node.config import NodeConfig
+from_node, to_child = Pipe(duplex=False)
+from_child, to_node = Pipe(duplex=False)
+to_child.send("stop")
+run_child(NodeConfig(spool=Path(sys.argv[1]), device="cpu"), from_node, to_node)
+assert from_child.recv()[0] == "ready"
+print("LOADED " + json.dumps(sorted({m.split(".")[0] for m, v in sys.modules.items() if v is not None})))
+"""
+
+
+def test_the_analysis_process_with_its_models_loads_no_evaluation_or_plotting_package(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_CHILD_AND_REPORT, str(tmp_path / "spool")], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = _loaded(done.stdout)
     assert {"torch", "monai", "annoy"} <= loaded, "the models and the index must really be loaded"
     assert not loaded & set(EVALUATION_ONLY_PACKAGES), sorted(loaded & set(EVALUATION_ONLY_PACKAGES))
 
