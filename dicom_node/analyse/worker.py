@@ -236,6 +236,7 @@ class InferenceWorker:
             self._not_analysed(job, f"analysis error: gave up after {MAX_ATTEMPTS} attempts")
             return None
         path = self.spool.instance_path(job.sop_instance_uid)
+        unavailable: BaseException | None = None
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
             verdict = check_header(header)
@@ -244,15 +245,18 @@ class InferenceWorker:
                 return None
             image = self.analyser.prepare(path)
         except Exception as exc:
+            # The remote U-Net inside the preprocessing (MONAI wraps it): raised below, out of this
+            # block, so MONAI's wrapper (which may quote data) is not chained to it.
             unavailable = find_cause(exc, BackendUnavailableError)
-            if unavailable is not None:  # the remote U-Net inside the preprocessing (MONAI wraps it)
-                raise unavailable from None
-            cause = find_cause(exc, (UndecodableImageError, pydicom.errors.InvalidDicomError))
-            if cause is not None:
-                self._not_analysed(job, f"undecodable: {describe_exception(cause)}")
-            else:
-                self._retry_or_give_up(job, exc)
-            return None
+            if unavailable is None:
+                cause = find_cause(exc, (UndecodableImageError, pydicom.errors.InvalidDicomError))
+                if cause is not None:
+                    self._not_analysed(job, f"undecodable: {describe_exception(cause)}")
+                else:
+                    self._retry_or_give_up(job, exc)
+                return None
+        if unavailable is not None:
+            raise unavailable
         verdict = check_image(image)
         if not verdict.applicable:  # never a finding on what the classifier was not made for
             self._not_analysed(job, verdict.reason)
