@@ -96,6 +96,29 @@ class RayCluster:
             pids.add(int(self.identity(name)["replica"].rsplit(":", 1)[1]))
         return pids
 
+    def cpu_seconds(self) -> float:
+        """CPU time so far of the cluster's processes: the head's process group (GCS, raylet, ...) and
+        every descendant of those (the workers, in groups of their own: Serve's proxy, controller, replicas)."""
+        if self.process is None:
+            return 0.0
+        stats: dict[int, tuple[int, int, float]] = {}  # pid -> (parent, process group, CPU seconds)
+        ticks = os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            stats[int(entry.name)] = (int(fields[1]), int(fields[2]), (int(fields[11]) + int(fields[12])) / ticks)
+        members = {pid for pid, (_, group, _) in stats.items() if group == self.process.pid}
+        grown = True
+        while grown:
+            found = {pid for pid, (parent, _, _) in stats.items() if parent in members} - members
+            members |= found
+            grown = bool(found)
+        return sum(stats[pid][2] for pid in members)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="cxr", help="application name and route prefix (node: inference.serve_application)")
     parser.add_argument("--http-host", default="127.0.0.1", help="where Serve's HTTP proxy listens (0.0.0.0 for other machines)")
     parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=1, help="replicas (the minimum with --max-replicas)")
+    parser.add_argument("--max-replicas", type=int, default=0, help="autoscale up to this many replicas (0: fixed)")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per replica")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="Ray GPUs per replica (e.g. 0.5: two replicas a GPU)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(
-        bundle=args.bundle, name=args.name, replicas=args.replicas, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        bundle=args.bundle, name=args.name, replicas=args.replicas, max_replicas=args.max_replicas, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
         device=args.device, runtime=args.runtime, num_threads=args.num_threads, max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
     )

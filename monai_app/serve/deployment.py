@@ -44,7 +44,8 @@ class ServeSettings:
 
     bundle: str
     name: str = "cxr"  # the application's name and route prefix (/cxr)
-    replicas: int = 1
+    replicas: int = 1  # fixed count, or the minimum when max_replicas is set
+    max_replicas: int = 0  # > replicas: Serve autoscales between the two on the requests in flight
     num_cpus: float = 1.0  # Ray resources per replica
     num_gpus: float = 0.0
     device: str = "auto"  # in the replica: the GPU when it has one
@@ -147,10 +148,16 @@ def _batch(array: np.ndarray, item_shape: tuple[int, ...]) -> list[np.ndarray]:
 
 def build_app(settings: ServeSettings) -> Any:
     """The Serve application of ``settings`` (pass it to ``serve.run``)."""
+    scaling: dict[str, Any] = {"num_replicas": settings.replicas}
+    if settings.max_replicas > settings.replicas:
+        scaling = {"autoscaling_config": {
+            "min_replicas": settings.replicas, "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.max_batch_size,  # about one full batch queued per replica
+        }}
     deployment = deployment_of(
         BundleNetworks,
         name="BundleNetworks",
-        num_replicas=settings.replicas,
+        **scaling,
         ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
         max_ongoing_requests=settings.max_ongoing_requests,
         health_check_period_s=2,

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dicom_node.spool import JobState, Spool
 from scripts.dicom_corpus import build_cxr_sized_corpus
-from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
+from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, running_orthanc
 from testkit.peers import NodeProcess, dcmtk, dcmtk_env, free_port, wait_for
 from testkit.ray_cluster import RayCluster
 from testkit.shared_data import REPO_ROOT
@@ -150,11 +150,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    if orthanc_binary() is None:
-        pytest.fail("Orthanc is not installed: run scripts/setup.sh")
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc"), calling_ae_titles=(NODE_AE,)).start()
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("orthanc"), (NODE_AE,)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
