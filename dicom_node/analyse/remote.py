@@ -124,7 +124,7 @@ class ServeClient:
             if answer.status in _UNAVAILABLE_STATUS:
                 failure = f"HTTP {answer.status} for {route}"
                 break
-            if answer.status != 200:  # 400: this node sent something malformed; an analysis error
+            if answer.status != 200:  # 400: malformed request, 422: the networks failed on it; analysis errors
                 raise RuntimeError(f"{self.endpoint}/{route}: HTTP {answer.status}: {data[:200].decode(errors='replace')}")
             logger.debug("backend: %s answered by %s", route, answer.getheader(REPLICA_HEADER, "?"))
             return data, WireIdentity.from_headers(dict(answer.getheaders()))
@@ -194,6 +194,24 @@ class RemoteBundleAnalyser(BundleAnalyser):
             timeout=timeout, accept_other_model=accept_other_model, metrics=metrics,
         )
         self.runtime = f"ray serve {self.client.endpoint}"
+        self._probe()
+
+    def _probe(self) -> None:
+        """One look at the deployment at start-up, for the log; never fails the start (the cluster
+        may come later: analysis waits for it, receiving does not)."""
+        try:
+            served = self.client.identity()
+        except (BackendUnavailableError, RuntimeError) as exc:
+            logger.warning("backend: %s not answering now (%s); analysis waits for it, receiving goes on",
+                           self.client.endpoint, exc)
+            return
+        differences = self.client.expected.differences(served)
+        if differences and not self.client.accept_other_model:
+            logger.error("backend: %s serves another model (%s): its answers will be refused",
+                         self.client.endpoint, "; ".join(differences))
+        else:
+            logger.info("backend: %s serves %s %s (weights %s)", self.client.endpoint, served.name, served.version,
+                        served.sha256[:16])
 
     def _remote_lung_logits(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.client.lung_logits(x.detach().cpu().numpy()))

@@ -99,6 +99,10 @@ class BundleNetworks:
                 return self._answer(encode_arrays(arrays), NPZ)
         except ValueError as exc:  # a malformed body: the caller's fault, not worth a retry
             return Response(str(exc).encode(), status_code=400, headers=self._headers())
+        except Exception as exc:  # the networks failed on this batch: an analysis error, not "try later"
+            # 422, not Serve's 500: a node waits out a 500 (a replica that died) without counting tries,
+            # but counts this one, so an image that always fails ends as not analysed.
+            return Response(f"analysis error: {type(exc).__name__}".encode(), status_code=422, headers=self._headers())
         return Response(b"unknown route", status_code=404, headers=self._headers())
 
     def _headers(self) -> dict[str, str]:

@@ -297,8 +297,9 @@ def test_the_cluster_killed_and_started_again_only_delays_analysis(
     assert wait_for(waiting_with_retries, 60), sites[0].log()[-3000:]
     status = subprocess.run([sys.executable, "-m", "dicom_node", "status", "--json", "--spool", str(sites[0].spool)],
                             capture_output=True, text=True, timeout=60, check=True)
-    backlog = json.loads(status.stdout)["jobs"]
-    assert backlog["received"] + backlog["processing"] >= len(files), backlog
+    backlog = json.loads(status.stdout)
+    assert backlog["jobs"]["received"] + backlog["jobs"]["processing"] >= len(files), backlog["jobs"]
+    assert backlog["backend_waiting"]["jobs"] == len(files) and backlog["backend_waiting"]["most_tries"] >= 2
     metrics = _metrics(sites[0])
     assert sample_value(metrics, "cxr_backend_calls_total", route="lung", outcome="unavailable") >= 2
     assert sample_value(metrics, "cxr_jobs", state="received") + sample_value(metrics, "cxr_jobs", state="processing") \
