@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import threading
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(json.dumps(result), flush=True)
                     results.append(result)
     finally:
-        cluster.stop()
+        cluster.close()
+        shutil.rmtree(work, ignore_errors=True)  # the corpus: ~9 MB a file
     summary = summarise(results)
     summary["original_bytes_per_study"] = round(original_bytes)
     out = {"machine": facts, "cpu_busy_after": round(cpu_busy_fraction(), 3), "n": args.n, "rounds": args.rounds,

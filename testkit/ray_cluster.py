@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,3 +133,8 @@ class RayCluster:
             pass
         self.process.wait(timeout=30)
         self.process = None
+
+    def close(self) -> None:
+        """Stop, and delete the cluster's session files (logs included)."""
+        self.stop()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -145,7 +145,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
         cluster.deploy(BUNDLE, replicas=2)
         yield cluster
     finally:
-        cluster.stop()
+        cluster.close()
 
 
 @pytest.fixture(scope="module")
