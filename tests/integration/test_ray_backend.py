@@ -11,6 +11,7 @@ cluster killed and started again while a site keeps receiving.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -32,6 +33,8 @@ from testkit.peers import NodeProcess, dcmtk, dcmtk_env, free_port, wait_for
 from testkit.ray_cluster import RayCluster
 from testkit.shared_data import REPO_ROOT
 from testkit.sr import content_items, reports_in_orthanc
+
+logger = logging.getLogger(__name__)
 
 NODE_AE = "CXR_AI"
 BURST = 3  # images per site per burst
@@ -226,7 +229,6 @@ def test_a_replica_killed_mid_burst_loses_no_report_and_duplicates_none(
 ) -> None:
     before = cluster.replica_pids()
     assert len(before) == 2
-    victim = min(before)
     files = corpus[2 * BURST: 4 * BURST]
     sender = threading.Thread(target=_send_from_sites, args=([(sites[0], files[:BURST]), (sites[1], files[BURST:])],))
     sender.start()
@@ -234,13 +236,35 @@ def test_a_replica_killed_mid_burst_loses_no_report_and_duplicates_none(
     # Mid-burst: once the first of these images is analysed, the others still on their way.
     spools = [Spool(node.spool, fsync=False) for node in sites]
     assert wait_for(lambda: any(_reported(spool, uid) for spool in spools for uid in uids), 120)
+    victim = _busy(before)  # computing a batch: calls in flight on it
     os.kill(victim, signal.SIGKILL)
     done = sum(1 for spool in spools for uid in uids if _reported(spool, uid))
     assert done < len(uids), "the kill came after the burst's analysis"
     sender.join(timeout=150)
     _assert_once_and_as_local(orthanc, files, local_reference, sites)
+    failed = sum(sample_value(_metrics(node), "cxr_backend_calls_total", outcome="unavailable") for node in sites)
+    logger.info("replica kill: %d of %d images reported before it, %g calls failed and were retried", done,
+                len(uids), failed)
+    assert failed >= 1, "the kill hit calls in flight (the victim was computing), which the nodes retried"
     assert wait_for(lambda: victim not in cluster.replica_pids() and len(cluster.replica_pids()) == 2, 120), \
         "Serve replaces the killed replica"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy(pids: set[int], timeout: float = 60) -> int:
+    """The first of ``pids`` seen computing (over half a core in a 100 ms window)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = {pid: _cpu_seconds(pid) for pid in pids}
+        time.sleep(0.1)
+        for pid in pids:
+            if _cpu_seconds(pid) - before[pid] > 0.05:
+                return pid
+    raise AssertionError("no replica computed within the burst")
 
 
 def _other_model_bundle(target: Path) -> Path:
