@@ -308,10 +308,20 @@ def build_worker(
         torch.set_num_threads(config.num_threads)
     started = time.monotonic()
     try:
-        analyser = BundleAnalyser(
-            config.bundle, config.device, load_index=config.similar_k > 0, index_dir=config.index_directory,
-            runtime=config.runtime,
-        )
+        analyser: BundleAnalyser
+        if config.backend == "ray":  # the networks on a Serve deployment; the rest of the bundle here
+            from dicom_node.analyse.remote import RemoteBundleAnalyser
+
+            analyser = RemoteBundleAnalyser(
+                config.bundle, config.serve_url, config.serve_application, timeout=config.serve_timeout_seconds,
+                accept_other_model=config.accept_other_model, metrics=metrics, load_index=config.similar_k > 0,
+                index_dir=config.index_directory,
+            )
+        else:
+            analyser = BundleAnalyser(
+                config.bundle, config.device, load_index=config.similar_k > 0, index_dir=config.index_directory,
+                runtime=config.runtime,
+            )
     except (FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(
             f"cannot load the model bundle {config.bundle}: {exc} "
@@ -345,6 +355,7 @@ def build_worker(
         destinations=tuple(d.name for d in config.destinations),
         relevance_map=config.relevance_map, summary_image=config.summary_image,
         lung_segmentation=config.lung_segmentation, key_images=config.key_images,
+        backend_retry_max_seconds=config.backend_retry_max_seconds,
     )
     return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result, metrics=metrics, audit=audit)
 

@@ -157,6 +157,9 @@ def _status(config: NodeConfig, as_json: bool) -> int:
     counts = spool.counts()
     failed = [{"job": j.job_id, "detail": j.detail} for j in spool.jobs(JobState.FAILED)]
     not_analysed = Counter(j.detail.split(":", 1)[0] for j in spool.jobs(JobState.NOT_ANALYSED))
+    # [inference] backend = "ray": jobs the analysis backend could not answer yet, waiting or being tried again.
+    backend_waiting = [j.backend_attempts for state in (JobState.RECEIVED, JobState.PROCESSING)
+                       for j in spool.jobs(state) if j.backend_attempts]
     waiting: list[dict[str, Any]] = [
         {"job": j.job_id, "report": str(spool.result_path(j)), "destinations": [d.destination for d in j.deliveries]}
         for j in spool.jobs(JobState.OUTBOX)
@@ -177,6 +180,7 @@ def _status(config: NodeConfig, as_json: bool) -> int:
         print(json.dumps({
             "spool": str(config.spool.resolve()), "jobs": counts, "failed": failed,
             "not_analysed": dict(sorted(not_analysed.items())), "outbox": waiting,
+            "backend_waiting": {"jobs": len(backend_waiting), "most_tries": max(backend_waiting, default=0)},
             "storage": storage, "retention": retention,
         }, indent=1))
     else:
@@ -192,6 +196,8 @@ def _status(config: NodeConfig, as_json: bool) -> int:
             f"results {policy.results_days:g} d, records {policy.records_days:g} d after delivery, "
             f"high-water {policy.high_water_percent:g} %; a purge now would delete {_plan_text(would_free)}"
         )
+        if backend_waiting:
+            print(f"waiting for the analysis backend: {len(backend_waiting)} job(s), up to {max(backend_waiting)} tries")
         for reason, n in sorted(not_analysed.items()):
             print(f"not analysed ({reason}): {n}")
         for item in failed:

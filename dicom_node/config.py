@@ -11,6 +11,7 @@ import importlib.util
 import ipaddress
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -24,6 +25,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("auto", "pytorch", "onnxruntime", "openvino")
 """``inference.runtime``: what runs the networks (as :data:`monai_app.runtime.RUNTIMES`; not imported: no torch here)."""
+BACKENDS = ("local", "ray")
+"""``inference.backend``: the networks in the node's process, or on a Ray Serve deployment (docs/scale_out.md)."""
 MIN_INSTANCE_BYTES = 1024**2
 """Smallest allowed ``node.max_instance_bytes`` (1 MiB: below it no radiograph fits)."""
 MAX_INSTANCE_BYTES = 64 * 1024**3
@@ -262,6 +265,12 @@ class NodeConfig:
     threshold: float | None = None
     num_threads: int = 0
     runtime: str = "auto"
+    backend: str = "local"
+    serve_url: str = "http://127.0.0.1:8000"  # Ray Serve's HTTP proxy (backend = "ray")
+    serve_application: str = "cxr"  # the Serve application's name and route prefix
+    serve_timeout_seconds: float = 60.0
+    backend_retry_max_seconds: float = 60.0  # backoff cap while the backend cannot answer
+    accept_other_model: bool = False
     relevance_map: bool = True
     summary_image: bool = True
     lung_segmentation: bool = False
@@ -321,6 +330,7 @@ class NodeConfig:
         check_int("inference.num_threads", self.num_threads, 0, 1024)
         if self.runtime not in RUNTIMES:
             raise ConfigError(f'"inference.runtime" must be one of {", ".join(RUNTIMES)}, got {self.runtime!r}')
+        self._check_backend()
         for key in ("relevance_map", "summary_image", "lung_segmentation", "key_images"):
             check_bool(f"results.{key}", getattr(self, key))
         self._check_retention()
@@ -334,6 +344,18 @@ class NodeConfig:
         self._check_tls()
         self._check_audit()
         self._check_index()
+
+    def _check_backend(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f'"inference.backend" must be one of {", ".join(BACKENDS)}, got {self.backend!r}')
+        url = urllib.parse.urlsplit(self.serve_url) if isinstance(self.serve_url, str) else None
+        if url is None or url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f'"inference.serve_url" must be an http(s) URL such as http://ray-head:8000, got {self.serve_url!r}')
+        if not isinstance(self.serve_application, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.serve_application):
+            raise ConfigError(f'"inference.serve_application" must be 1-64 letters, digits, "_" or "-", got {self.serve_application!r}')
+        check_number("inference.serve_timeout_seconds", self.serve_timeout_seconds, 1, 3600)
+        check_number("inference.backend_retry_max_seconds", self.backend_retry_max_seconds, 1, 86400)
+        check_bool("inference.accept_other_model", self.accept_other_model)
 
     def _check_audit(self) -> None:
         check_bool("audit.enabled", self.audit_enabled)
@@ -454,7 +476,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "delivery": {k: k for k in ("max_attempts", "max_age_hours", "retry_initial_seconds", "retry_max_seconds")},
     "inference": {
         k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads",
-                       "runtime")
+                       "runtime", "backend", "serve_url", "serve_application", "serve_timeout_seconds",
+                       "backend_retry_max_seconds", "accept_other_model")
     },
     "results": {k: k for k in ("relevance_map", "summary_image", "lung_segmentation", "key_images")},
     "retention": {

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+_CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # remote calls: milliseconds up
 
 
 class SpoolCollector(Collector):
@@ -106,6 +107,23 @@ class NodeMetrics:
         )
         self.purged_bytes = Counter("cxr_purged_bytes", "Bytes deleted by the retention policy.", registry=self.registry)
         self.model = Info("cxr_model", "The models that make the results.", registry=self.registry)
+        # [inference] backend = "ray": the calls to the Serve deployment (dicom_node/analyse/remote.py).
+        self.backend_calls = Counter(
+            "cxr_backend_calls", "Calls to the remote analysis backend, by route (lung, predict) and outcome "
+            "(ok, unavailable, refused).", ["route", "outcome"], registry=self.registry,
+        )
+        self.backend_bytes = Counter(
+            "cxr_backend_bytes", "HTTP body bytes to and from the remote analysis backend, by direction (sent, received).",
+            ["direction"], registry=self.registry,
+        )
+        self.backend_seconds = Histogram(
+            "cxr_backend_call_seconds", "Time of one answered call to the remote analysis backend, by route.",
+            ["route"], buckets=_CALL_BUCKETS, registry=self.registry,
+        )
+        self.backend_waits = Counter(
+            "cxr_backend_waits", "Batches handed back to received because the analysis backend was unavailable or "
+            "refused (the jobs wait; receiving goes on).", registry=self.registry,
+        )
         if spool is not None:
             self.registry.register(SpoolCollector(spool))
 

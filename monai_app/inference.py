@@ -12,7 +12,7 @@ image carries the geometry back to its source pixels (:mod:`monai_app.transforms
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -159,6 +159,12 @@ class BundleAnalyser:
         PyTorch when the one asked for cannot load (logged). Grad-CAM always runs on PyTorch.
     runtime_cache : str, pathlib.Path or None
         Folder of the exported networks (default :func:`monai_app.runtime.default_cache_dir`).
+    lung_network : callable or None
+        Run this (``(B, 1, 256, 256)`` -> logits) in place of the bundle's U-Net, e.g. the remote
+        deployment's (:mod:`dicom_node.analyse.remote`); the runtime is then not loaded.
+    load_classifier : bool
+        Load the classifier's weights here; ``False`` where another process classifies
+        (``predict`` then raises ``RuntimeError``). The identity is that of the bundle's files either way.
 
     Raises
     ------
@@ -176,6 +182,8 @@ class BundleAnalyser:
         index_dir: str | Path | None = None,
         runtime: str = "pytorch",
         runtime_cache: str | Path | None = None,
+        lung_network: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        load_classifier: bool = True,
     ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
         self.device = resolve_device(device)
@@ -196,7 +204,9 @@ class BundleAnalyser:
         network = parser.get_parsed_content("network")
         if not isinstance(network, CovidClassifier):
             raise TypeError(f"network must be a CovidClassifier, got {type(network).__name__}")
-        self.network = load_classifier_weights(network, model_files[1]).to(self.device)
+        # Without its weights (load_classifier=False) the network stays unused: predict() refuses.
+        self.network = load_classifier_weights(network, model_files[1]).to(self.device) if load_classifier else network
+        self.classifier_loaded = load_classifier
         # The calibration is in the postprocessing already; read here for the logs and the report.
         calibration = parser.get_parsed_content("calibration", default=None)
         if calibration is not None and not isinstance(calibration, Calibration):
@@ -233,10 +243,13 @@ class BundleAnalyser:
         self._relevance: GradCamRelevance | None = None  # made on the first predict(relevance=True)
         lung_transforms = [t for t in self.preprocessing.transforms if isinstance(t, LungProbabilityd)]
         self._runtime: NetworkRuntime | None = None
-        lung_network = lung_transforms[0].network if lung_transforms else None
-        if isinstance(lung_network, torch.nn.Module):  # the bundle's U-Net, loaded by the transform
+        bundle_lung = lung_transforms[0].network if lung_transforms and lung_network is None else None
+        if lung_network is not None:
+            for transform in lung_transforms:
+                transform.use_network(lung_network)
+        elif isinstance(bundle_lung, torch.nn.Module) and load_classifier:  # the bundle's U-Net
             self._runtime = load_runtime(
-                runtime, lung_network, self.network, (digests[0], digests[1]), device=self.device,
+                runtime, bundle_lung, self.network, (digests[0], digests[1]), device=self.device,
                 cache_dir=Path(runtime_cache) if runtime_cache is not None else None,
             )
         if self._runtime is not None:
@@ -244,6 +257,15 @@ class BundleAnalyser:
                 transform.use_network(self._runtime_lung_logits)
         self.runtime = self._runtime.name if self._runtime is not None else "pytorch"
         """The runtime the U-Net and the classifier's forward pass run on."""
+        self._lung_transforms = lung_transforms
+
+    def lung_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """U-Net logits of a batch ``(B, 1, 256, 256)`` on whatever runs the lung channel here (what the
+        Serve deployment answers a node's ``prepare`` with)."""
+        if not self._lung_transforms:
+            raise RuntimeError("the bundle's preprocessing has no lung channel")
+        with torch.inference_mode():
+            return self._lung_transforms[0].network(x)
 
     def _runtime_lung_logits(self, x: torch.Tensor) -> torch.Tensor:
         assert self._runtime is not None
@@ -286,6 +308,8 @@ class BundleAnalyser:
         """
         if not images:
             return []
+        if not self.classifier_loaded:
+            raise RuntimeError("the classifier is not loaded in this process (load_classifier=False)")
         batch = torch.stack([image.tensor for image in images]).to(self.device)
         with torch.inference_mode():
             if self._runtime is not None:

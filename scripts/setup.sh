@@ -32,7 +32,8 @@ export ANNOY_COMPILER_ARGS="-D_CRT_SECURE_NO_WARNINGS,-fpermissive,-O3,-ffast-ma
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # Pinned CPU torch first: anything unpinned would pull a CUDA build of several GB.
 .venv/bin/pip install -q --no-cache-dir torch==2.13.0
-.venv/bin/pip install -q --no-cache-dir -e ".[test]"
+# ray: the Serve deployment of the models, for its tests and scripts/bench_ray.py (docs/scale_out.md).
+.venv/bin/pip install -q --no-cache-dir -e ".[test,ray]"
 # The ONNX export of the shipped networks for [inference] runtime (the node makes it on first start otherwise).
 .venv/bin/python -m scripts.export_cpu_runtime || echo "setup: ONNX export failed; the node will run PyTorch" >&2
 

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,6 +195,20 @@ class OrthancServer:
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM and wait: Orthanc takes 4-5 s to exit and free its ports."""
         stop_process(self.process, timeout)
+
+
+@contextmanager
+def running_orthanc(folder: Path, calling_ae_titles: tuple[str, ...]) -> Iterator[OrthancServer]:
+    """A started Orthanc that knows ``calling_ae_titles``, stopped on exit; fails the test when not installed."""
+    if orthanc_binary() is None:
+        import pytest  # only tests call this
+
+        pytest.fail("Orthanc is not installed: run scripts/setup.sh")
+    server = OrthancServer(folder, calling_ae_titles=calling_ae_titles).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def c_get_instances(

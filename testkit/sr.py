@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -16,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.report.sr import AlgorithmInfo, Finding, KnownLabel, SimilarStudy, build_report
 from dicom_node.spool import Job, Spool
+from testkit.orthanc import OrthancServer
 from testkit.shared_data import shared_data_dir
 
 DICOM_DIR = shared_data_dir() / "dicom"
@@ -101,3 +103,31 @@ def job_in_outbox(spool: Spool, destinations: list[str], uid: str = "1.2.826.0.1
     )
     report, _ = report_bytes()
     return spool.put_result(job, report, destinations)
+
+
+def content_items(ds: Dataset) -> Iterator[Dataset]:
+    """Every content item of an SR, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def referenced_images(ds: Dataset) -> set[str]:
+    """SOP Instance UIDs of the IMAGE content items of an SR."""
+    return {
+        str(ref.ReferencedSOPInstanceUID)
+        for item in content_items(ds) if item.get("ValueType") == "IMAGE"
+        for ref in item.ReferencedSOPSequence
+    }
+
+
+def reports_in_orthanc(orthanc: OrthancServer, sources: set[str]) -> dict[str, list[Dataset]]:
+    """The SRs stored in Orthanc, by the source image (one of ``sources``) each reports on."""
+    found: dict[str, list[Dataset]] = {}
+    for orthanc_id in orthanc.post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SR"}}):
+        url = f"http://127.0.0.1:{orthanc.http_port}/instances/{orthanc_id}/file"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(response.read()))
+        for source in referenced_images(ds) & sources:
+            found.setdefault(source, []).append(ds)
+    return found

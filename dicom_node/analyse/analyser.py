@@ -15,6 +15,8 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from dicom_node.errors import NodeError
+
 
 class PreparedImage(Protocol):
     """An image after the model's preprocessing, ready for :meth:`Analyser.predict`."""
@@ -141,3 +143,23 @@ class Analyser(Protocol[PreparedT]):
     def similar(self, embedding: np.ndarray, k: int, *, exclude_study: str = "") -> Sequence[Neighbour]:
         """The ``k`` reference studies nearest to ``embedding``, nearest first, none of study ``exclude_study``."""
         ...
+
+
+class BackendUnavailableError(NodeError):
+    """The models' backend cannot answer now (a remote cluster down, restarting or timing out).
+
+    Not an analysis error: the worker hands the jobs back to ``received`` without using up
+    their tries, counts the try in each job's ``backend_attempts`` and waits (with backoff)
+    before the next batch. Receiving goes on meanwhile. Raised outside ``except`` blocks, with
+    messages of this code base (addresses, statuses, identities), so the logs may quote them.
+    """
+
+
+class ModelMismatchError(BackendUnavailableError):
+    """The backend answered with another bundle version or weights than the node expects.
+
+    The answer is refused and nothing is reported (a report names the model that made it,
+    and its UID derives from that model's identity); the jobs wait as for an unavailable
+    backend, until the deployment serves the expected model or the node is configured to
+    accept it (``[inference] accept_other_model``).
+    """

@@ -5,6 +5,12 @@ It runs in its own thread, never in a C-STORE handler. Each job is moved to ``pr
 :meth:`Spool.recover` hands it back; a job that has crashed the node ``MAX_ATTEMPTS``
 times is not tried again. The report is written to the spool before the job leaves
 ``processing``: from then on the outbox owns it.
+
+A remote backend that cannot answer (:class:`~dicom_node.analyse.analyser.BackendUnavailableError`,
+e.g. a Ray cluster down) is no analysis error: the batch goes back to ``received`` with its
+tries intact and ``backend_attempts`` counted, and the worker waits with capped exponential
+backoff before the next batch. Receiving goes on; the backlog shows in ``cxr-node status``
+and the ``cxr_jobs`` gauge.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicom_node.analyse.analyser import Analyser, Neighbour, Prediction, PreparedImage
+from dicom_node.analyse.analyser import Analyser, BackendUnavailableError, Neighbour, Prediction, PreparedImage
 from dicom_node.analyse.applicability import check_header, check_image
 from dicom_node.analyse.image_evidence import image_evidence
 from dicom_node.audit import AuditLog
@@ -30,6 +36,7 @@ from dicom_node.log_safety import describe_exception
 from dicom_node.metrics import NodeMetrics
 from dicom_node.report.result import build_result
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy
+from dicom_node.send.delivery import next_retry_delay
 from dicom_node.spool import Job, JobState, Spool
 from monai_app.calibration import OperatingPoint
 from monai_app.errors import UndecodableImageError, find_cause
@@ -56,6 +63,8 @@ class WorkerSettings:
     summary_image: bool = True
     lung_segmentation: bool = False
     key_images: bool = True  # the Key Object Selection of the similar images
+    backend_retry_initial_seconds: float = 1.0  # first wait after the remote backend failed, then doubling
+    backend_retry_max_seconds: float = 60.0
 
 
 def similar_studies(neighbours: Sequence[Neighbour]) -> list[SimilarStudy]:
@@ -152,6 +161,8 @@ class InferenceWorker:
         self.on_result = on_result
         self.clock = clock
         self.wake = threading.Event()
+        self.backend_failures = 0  # consecutive batches the backend could not answer
+        self.backend_retry_at = 0.0  # no batch before this (Unix time)
 
     def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
         """Work until ``stop`` is set; errors are logged and the loop goes on."""
@@ -166,6 +177,8 @@ class InferenceWorker:
 
     def run_once(self) -> int:
         """Analyse one batch if one is due; return the number of jobs taken."""
+        if self.clock() < self.backend_retry_at:
+            return 0
         waiting = list(self.spool.jobs(JobState.RECEIVED))
         if not waiting:
             return 0
@@ -184,7 +197,11 @@ class InferenceWorker:
         ready: list[tuple[Job, Dataset, PreparedImage]] = []
         for job in jobs:
             job = self.spool.transition(job, JobState.PROCESSING, attempts=job.attempts + 1)
-            prepared = self._prepare(job)
+            try:
+                prepared = self._prepare(job)
+            except BackendUnavailableError as exc:
+                self._backend_unavailable([*(j for j, _, _ in ready), job], exc)
+                return
             if prepared is not None:
                 ready.append((job, *prepared))
         if not ready:
@@ -193,10 +210,14 @@ class InferenceWorker:
             predictions = self.analyser.predict(
                 [image for _, _, image in ready], relevance=self.settings.relevance_map
             )
+        except BackendUnavailableError as exc:
+            self._backend_unavailable([j for j, _, _ in ready], exc)
+            return
         except Exception as exc:
             for job, _, _ in ready:
                 self._retry_or_give_up(job, exc)
             return
+        self.backend_failures = 0
         for (job, header, image), prediction in zip(ready, predictions):
             try:
                 self._report(job, header, image, prediction)
@@ -215,6 +236,7 @@ class InferenceWorker:
             self._not_analysed(job, f"analysis error: gave up after {MAX_ATTEMPTS} attempts")
             return None
         path = self.spool.instance_path(job.sop_instance_uid)
+        unavailable: BaseException | None = None
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
             verdict = check_header(header)
@@ -223,12 +245,18 @@ class InferenceWorker:
                 return None
             image = self.analyser.prepare(path)
         except Exception as exc:
-            cause = find_cause(exc, (UndecodableImageError, pydicom.errors.InvalidDicomError))
-            if cause is not None:
-                self._not_analysed(job, f"undecodable: {describe_exception(cause)}")
-            else:
-                self._retry_or_give_up(job, exc)
-            return None
+            # The remote U-Net inside the preprocessing (MONAI wraps it): raised below, out of this
+            # block, so MONAI's wrapper (which may quote data) is not chained to it.
+            unavailable = find_cause(exc, BackendUnavailableError)
+            if unavailable is None:
+                cause = find_cause(exc, (UndecodableImageError, pydicom.errors.InvalidDicomError))
+                if cause is not None:
+                    self._not_analysed(job, f"undecodable: {describe_exception(cause)}")
+                else:
+                    self._retry_or_give_up(job, exc)
+                return None
+        if unavailable is not None:
+            raise unavailable
         verdict = check_image(image)
         if not verdict.applicable:  # never a finding on what the classifier was not made for
             self._not_analysed(job, verdict.reason)
@@ -281,6 +309,24 @@ class InferenceWorker:
                 "analysis", "not_analysed", calling_ae=job.calling_ae_title, sop_instance_uid=job.sop_instance_uid,
                 detail=reason.split(":", 1)[0],
             )
+
+    def _backend_unavailable(self, jobs: Sequence[Job], error: BackendUnavailableError) -> None:
+        """Hand ``jobs`` (in processing) back to received, their tries intact, and back off."""
+        self.backend_failures += 1
+        delay = next_retry_delay(
+            self.backend_failures, initial=self.settings.backend_retry_initial_seconds,
+            maximum=self.settings.backend_retry_max_seconds,
+        )
+        self.backend_retry_at = self.clock() + delay
+        what = describe_exception(error)  # our own messages: URLs, statuses, model identities
+        for job in jobs:
+            self.spool.transition(
+                job, JobState.RECEIVED, attempts=job.attempts - 1, backend_attempts=job.backend_attempts + 1,
+                detail=f"waiting for the analysis backend (try {job.backend_attempts + 1}): {what}",
+            )
+        if self.metrics is not None:
+            self.metrics.backend_waits.inc()
+        logger.error("backend: %d job(s) back to received, next try in %.0f s (%s)", len(jobs), delay, what)
 
     def _retry_or_give_up(self, job: Job, error: BaseException) -> None:
         # Exception types (and our own messages) only: pydicom's messages quote raw values.

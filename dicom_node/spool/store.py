@@ -100,6 +100,7 @@ class Job:
     state: JobState = JobState.RECEIVED
     attempts: int = 0
     detail: str = ""
+    backend_attempts: int = 0  # tries a remote analysis backend could not answer (not counted in attempts)
     history: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     result_file: str = ""  # the report, relative to the spool root, once there is one
     # Objects the report references (summary image, segmentation), sent before it so the

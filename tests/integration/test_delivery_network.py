@@ -12,7 +12,7 @@ import pytest
 
 from dicom_node.report.sr import AlgorithmInfo, Finding, SimilarStudy, build_report
 from dicom_node.send.delivery import DeliveryResult, PacsDestination, send_file, send_files
-from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
+from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, running_orthanc
 from testkit.peers import free_port
 from testkit.shared_data import shared_data_dir
 
@@ -24,11 +24,8 @@ CALLING_AE = "CXR_AI"
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    if orthanc_binary() is None:
-        pytest.fail("Orthanc is not installed: run scripts/setup.sh")
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc"), calling_ae_titles=(CALLING_AE,)).start()
-    yield server
-    server.stop()
+    with running_orthanc(tmp_path_factory.mktemp("orthanc"), (CALLING_AE,)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

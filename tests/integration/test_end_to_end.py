@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from testkit.dicom_factory import make_dx, save
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, orthanc_binary
 from testkit.peers import dcmtk, dcmtk_env, echo_ok, free_port
 from testkit.shared_data import REPO_ROOT
+from testkit.sr import content_items, referenced_images, reports_in_orthanc
 
 NODE_AE = "CXR_AI"
 COVID_CODE = "840539006"
@@ -110,34 +110,13 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str, log: Cal
     pytest.fail(f"timed out waiting for {what}\n{log()[-6000:]}")
 
 
-def _referenced_images(ds: pydicom.Dataset) -> set[str]:
-    return {
-        str(ref.ReferencedSOPInstanceUID)
-        for item in _content_items(ds) if item.get("ValueType") == "IMAGE"
-        for ref in item.ReferencedSOPSequence
-    }
-
-
 def _reports_in(orthanc: OrthancServer, sources: set[str]) -> dict[str, pydicom.Dataset]:
     """The SRs stored in Orthanc, by the source image (one of ``sources``) each reports on."""
-    found: dict[str, pydicom.Dataset] = {}
-    for orthanc_id in orthanc.post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SR"}}):
-        url = f"http://127.0.0.1:{orthanc.http_port}/instances/{orthanc_id}/file"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(response.read()))
-        for source in _referenced_images(ds) & sources:
-            found[source] = ds
-    return found
+    return {source: reports[-1] for source, reports in reports_in_orthanc(orthanc, sources).items()}
 
 
 def _sop_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID)
-
-
-def _content_items(ds: pydicom.Dataset) -> Iterator[pydicom.Dataset]:
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from _content_items(item)
 
 
 def test_chest_radiographs_come_back_to_orthanc_as_valid_reports(
@@ -154,13 +133,13 @@ def test_chest_radiographs_come_back_to_orthanc_as_valid_reports(
         source = pydicom.dcmread(next(p for p in frontal_chests if _sop_uid(p) == source_uid), stop_before_pixels=True, force=True)
         assert report.StudyInstanceUID == source.StudyInstanceUID and report.SeriesInstanceUID != source.SeriesInstanceUID
         assert report.get("PatientID", "") == source.get("PatientID", "") and report.VerificationFlag == "UNVERIFIED"
-        items = list(_content_items(report))
+        items = list(content_items(report))
         codes = {str(i.ConceptCodeSequence[0].CodeValue) for i in items if "ConceptCodeSequence" in i}
         assert COVID_CODE in codes, "the finding COVID-19 is not in the report"
         probabilities = [float(i.MeasuredValueSequence[0].NumericValue) for i in items if "MeasuredValueSequence" in i
                          and i.ConceptNameCodeSequence[0].CodeMeaning == "Probability"]
         assert len(probabilities) == 1 and 0.0 <= probabilities[0] <= 100.0  # percent
-        assert len(_referenced_images(report)) == 1 + 4, "the source image and four similar studies"
+        assert len(referenced_images(report)) == 1 + 4, "the source image and four similar studies"
         similar = [i for i in items if i.get("ValueType") == "TEXT" and i.ConceptNameCodeSequence[0].CodeMeaning == "Similar case"]
         assert len(similar) == 4, "four similar studies (k = 4) expected"
         regions = [i for i in items if i.get("ValueType") == "SCOORD"]

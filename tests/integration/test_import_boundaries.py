@@ -77,6 +77,7 @@ def test_the_analysis_process_with_its_models_loads_no_evaluation_or_plotting_pa
     loaded = _loaded(done.stdout)
     assert {"torch", "monai", "annoy"} <= loaded, "the models and the index must really be loaded"
     assert not loaded & set(EVALUATION_ONLY_PACKAGES), sorted(loaded & set(EVALUATION_ONLY_PACKAGES))
+    assert "ray" not in loaded, "the local backend never imports Ray (the ray backend talks HTTP to Serve)"
 
 
 def test_status_loads_neither_torch_nor_monai(tmp_path: Path) -> None:

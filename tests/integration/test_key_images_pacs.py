@@ -29,6 +29,7 @@ from testkit.bundle import build_similar_index
 from testkit.dicom_factory import make_dx, save
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer, c_get_instances, orthanc_binary
 from testkit.peers import dcmtk, dcmtk_env, free_port
+from testkit.sr import content_items
 
 NODE_AE = "CXR_AI"
 RETRIEVER_AE = "KOS_CHECK"  # the viewer side: a workstation that fetches what the KOS lists
@@ -85,12 +86,6 @@ def _instances(orthanc: OrthancServer, query: dict[str, str]) -> list[pydicom.Da
     return found
 
 
-def _content_items(ds: pydicom.Dataset) -> Iterator[pydicom.Dataset]:
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from _content_items(item)
-
-
 def _evidence(ds: pydicom.Dataset, keyword: str) -> dict[str, tuple[str, str, str, str]]:
     """SOP Instance UID -> (study, series, instance, class) of an evidence sequence."""
     return {
@@ -130,7 +125,7 @@ def test_similar_images_in_the_report_and_the_kos_are_retrievable_from_the_pacs(
     assert kos.SOPClassUID == KEY_OBJECT_SELECTION and kos.SeriesNumber == 9003
     assert (kos.PatientID, kos.SeriesInstanceUID != report.SeriesInstanceUID) == ("NEWPATIENT", True)
     similar_in_report = [
-        str(ref.ReferencedSOPInstanceUID) for item in _content_items(report)
+        str(ref.ReferencedSOPInstanceUID) for item in content_items(report)
         if item.get("ValueType") == "IMAGE" and item.ConceptNameCodeSequence[0].CodeMeaning == "Similar image"
         for ref in item.ReferencedSOPSequence
     ]
