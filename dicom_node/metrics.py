@@ -124,6 +124,10 @@ class NodeMetrics:
             "cxr_backend_waits", "Batches handed back to received because the analysis backend was unavailable or "
             "refused (the jobs wait; receiving goes on).", registry=self.registry,
         )
+        self.analysis_restarts = Counter(
+            "cxr_analysis_restarts", "Analysis processes started again after one died on its own (receiving goes on).",
+            registry=self.registry,
+        )
         if spool is not None:
             self.registry.register(SpoolCollector(spool))
 

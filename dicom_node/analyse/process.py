@@ -19,7 +19,10 @@ one-way pipes join them:
   Prometheus registry and audit file stay single-writer, in the node's process.
 
 If the node dies (``kill -9``), the child sees its pipe close and exits at once, as the node
-would have: a batch in progress is redone after the restart (:meth:`Spool.recover`).
+would have: a batch in progress is redone after the restart (:meth:`Spool.recover`). If the
+child dies on its own (a crash in a native library, the OOM killer), the node keeps receiving
+and starts a new child after :data:`RESTART_DELAYS_SECONDS`; the new child first returns the
+dead one's ``processing`` jobs to ``received``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, cast
@@ -42,12 +46,17 @@ if TYPE_CHECKING:
     from dicom_node.config import NodeConfig
     from dicom_node.metrics import NodeMetrics
     from dicom_node.report.sr import AlgorithmInfo
+    from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
 # Added to the child's nice value: under contention the receiver (nice 0) gets about ten
 # times the CPU share of each analysis thread (CFS weights 1024 against 110).
 ANALYSIS_NICENESS = 10
+# Waits before each restart of a child that died on its own; the last one repeats. A child
+# that ran STABLE_SECONDS before dying starts the sequence again (a crash loop backs off).
+RESTART_DELAYS_SECONDS = (2.0, 10.0, 60.0, 300.0)
+STABLE_SECONDS = 600.0
 _METRIC_METHODS = frozenset({"inc", "observe", "set"})
 
 
@@ -84,7 +93,10 @@ class AnalysisProcess:
         self._error = ""
         self._stopping = False
         self._pending_wake = threading.Event()
+        self._stop_requested = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._ready_at = 0.0
+        self._restarts = 0  # restarts since the child last ran STABLE_SECONDS
 
     def start(self) -> AlgorithmInfo:
         """Start the child and wait until its models are loaded.
@@ -94,6 +106,16 @@ class AnalysisProcess:
         dicom_node.errors.ConfigError
             The child could not load the bundle (its message), or died before it did.
         """
+        algorithm = self._launch()
+        if algorithm is None:
+            self.stop()
+            raise ConfigError(self._error or f"the analysis process exited with code {self._exitcode()}")
+        return algorithm
+
+    def _launch(self) -> AlgorithmInfo | None:
+        """Start a child and its two threads; its algorithm once ready, ``None`` if it failed."""
+        self.algorithm, self._error = None, ""
+        self._answer.clear()
         context = multiprocessing.get_context("spawn")
         to_child_read, self._to_child = context.Pipe(duplex=False)
         self._from_child, from_child_write = context.Pipe(duplex=False)
@@ -108,11 +130,39 @@ class AnalysisProcess:
             _daemon("analysis-waker", self._send_wakes),
         ]
         self._answer.wait()
-        if self.algorithm is None:
-            self.stop()
-            raise ConfigError(self._error or f"the analysis process exited with code {self._process.exitcode}")
-        logger.info("analysis process: pid=%d nice=+%d", self._process.pid, ANALYSIS_NICENESS)
+        if self.algorithm is not None:
+            self._ready_at = time.monotonic()
+            logger.info("analysis process: pid=%d nice=+%d", self._process.pid, ANALYSIS_NICENESS)
         return self.algorithm
+
+    def _restart_after_exit(self) -> None:
+        """The child died on its own: wait, then start another (until the node stops)."""
+        ran = time.monotonic() - self._ready_at
+        self._restarts = 0 if ran >= STABLE_SECONDS else self._restarts
+        while not self._stopping:
+            delay = RESTART_DELAYS_SECONDS[min(self._restarts, len(RESTART_DELAYS_SECONDS) - 1)]
+            self._restarts += 1
+            logger.error("analysis process exited (code %s): nothing is analysed; restart %d in %.0f s",
+                         self._exitcode(), self._restarts, delay)
+            if self._stop_requested.wait(delay):
+                return
+            self._close_pipes()
+            if self.metrics is not None:
+                self.metrics.analysis_restarts.inc()
+            if self._launch() is not None:
+                self.exited = False
+                self._pending_wake.set()  # what arrived meanwhile
+                logger.info("analysis process restarted (restart %d)", self._restarts)
+                return
+            logger.error("analysis process restart %d failed: %s", self._restarts, self._error or "exited")
+
+    def _exitcode(self) -> int | None:
+        return None if self._process is None else self._process.exitcode
+
+    def _close_pipes(self) -> None:
+        for conn in (self._to_child, self._from_child):
+            if conn is not None:
+                conn.close()
 
     def wake(self) -> None:
         """An instance was stored: tell the child (never blocks)."""
@@ -121,6 +171,7 @@ class AnalysisProcess:
     def stop(self, timeout: float = 60) -> None:
         """Let the child finish its batch in progress and exit; kill it after ``timeout`` s."""
         self._stopping = True
+        self._stop_requested.set()  # a restart waiting to happen does not
         self._pending_wake.set()  # the waker sends "stop" and ends
         process = self._process
         if process is None:
@@ -132,9 +183,7 @@ class AnalysisProcess:
             process.join(5)
         for thread in self._threads:
             thread.join(5)
-        for conn in (self._to_child, self._from_child):
-            if conn is not None:
-                conn.close()
+        self._close_pipes()
 
     @property
     def pid(self) -> int | None:
@@ -164,11 +213,13 @@ class AnalysisProcess:
                 self.handle(message)
             except Exception:
                 logger.exception("analysis process: message not applied")
-        if not self._stopping and self.algorithm is not None:  # before ready, start() raises
-            self.exited = True
-            logger.error("analysis process exited (code %s): nothing is analysed until the node restarts",
-                         self._process.exitcode if self._process else None)
+        if self._process is not None:
+            self._process.join(5)  # its exit code, for the log
+        died_on_its_own = not self._stopping and self.algorithm is not None  # before ready, _launch says so
         self._answer.set()
+        if died_on_its_own:
+            self.exited = True
+            self._restart_after_exit()
 
     def handle(self, message: tuple[Any, ...]) -> None:
         """Act on one message of the child (in the reader thread)."""
@@ -185,6 +236,22 @@ class AnalysisProcess:
             apply_metric(self.metrics, *message[1:])
         elif kind == "audit" and self.audit is not None:
             self.audit.record(*message[1], **message[2])
+
+
+def requeue_processing(spool: Spool) -> int:
+    """Return the jobs a dead analysis process left in ``processing`` to ``received``.
+
+    Only an analysis process takes jobs into ``processing``, and only one runs at a time, so
+    at its start every such job is one its predecessor did not finish.
+    """
+    from dicom_node.spool import JobState
+
+    jobs = list(spool.jobs(JobState.PROCESSING))
+    for job in jobs:
+        spool.transition(job, JobState.RECEIVED, detail="requeued: the analysis process restarted")
+    if jobs:
+        logger.info("analysis process: %d interrupted job(s) requeued", len(jobs))
+    return len(jobs)
 
 
 def apply_metric(metrics: NodeMetrics, name: str, labels: tuple[str, ...], method: str, value: float) -> None:
@@ -274,6 +341,7 @@ def run_child(config: NodeConfig, from_node: Connection, to_node: Connection) ->
 
     channel = _Channel(to_node)
     spool = Spool(config.spool, fsync=config.fsync)
+    requeue_processing(spool)
     try:
         worker = build_worker(
             config, spool, on_result=lambda: channel.send(("result",)),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dicom_node.analyse.process import ANALYSIS_NICENESS
+from dicom_node.spool import JobState, Spool
 from testkit.peers import NodeProcess, dcmtk, dcmtk_env, free_port, wait_for
 from testkit.sr import CANON_DX, DICOM_DIR
 
@@ -62,7 +63,7 @@ def test_the_models_run_in_a_child_at_lower_priority_that_ends_with_a_killed_nod
         node.kill()
 
 
-def test_a_node_whose_analysis_process_died_keeps_receiving_and_says_so(tmp_path: Path) -> None:
+def test_a_node_whose_analysis_process_died_keeps_receiving_says_so_and_starts_another(tmp_path: Path) -> None:
     metrics_port = free_port()
     node = NodeProcess(
         tmp_path / "spool", tmp_path / "node.log", ("--analysis", "--device", "cpu", "--metrics-port", str(metrics_port))
@@ -70,7 +71,8 @@ def test_a_node_whose_analysis_process_died_keeps_receiving_and_says_so(tmp_path
     try:
         node.start(timeout=120)
         assert node.process is not None
-        os.kill(_analysis_child(node.process.pid), signal.SIGKILL)
+        first = _analysis_child(node.process.pid)
+        os.kill(first, signal.SIGKILL)
         assert wait_for(lambda: "analysis process exited" in node.log(), 10), node.log()
         sent = subprocess.run(
             [dcmtk("dcmsend"), "-aet", "PORTABLE_DX1", "-aec", "CXR_AI", "127.0.0.1", str(node.port),
@@ -82,6 +84,16 @@ def test_a_node_whose_analysis_process_died_keeps_receiving_and_says_so(tmp_path
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5)
         assert refused.value.code == 503
         assert refused.value.read().decode() == "analysis process exited\n"
+        # A new child comes up after the first delay and analyses what arrived meanwhile.
+        assert wait_for(lambda: "analysis process restarted (restart 1)" in node.log(), 120), node.log()
+        assert _analysis_child(node.process.pid) != first
+        spool = Spool(tmp_path / "spool")
+        assert wait_for(lambda: not list(spool.jobs(JobState.RECEIVED)) and not list(spool.jobs(JobState.PROCESSING)),
+                        120), node.log()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5) as ready:
+            assert ready.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as scraped:
+            assert "cxr_analysis_restarts_total 1.0" in scraped.read().decode()
         assert node.terminate() == 0
     finally:
         node.kill()

@@ -8,11 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.uid import CTImageStorage as CT_IMAGE_STORAGE
+from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.analyse.process import AnalysisProcess, RemoteAudit, RemoteMetrics, _Channel, apply_metric
+from dicom_node.analyse.process import (
+    AnalysisProcess,
+    RemoteAudit,
+    RemoteMetrics,
+    _Channel,
+    apply_metric,
+    requeue_processing,
+)
 from dicom_node.audit import AuditLog
 from dicom_node.config import NodeConfig
 from dicom_node.metrics import NodeMetrics
+from dicom_node.spool import JobState, Spool
 
 
 def _sent(send: Any) -> list[tuple[Any, ...]]:
@@ -78,3 +88,17 @@ def test_a_result_of_the_child_wakes_the_outbox_and_ready_gives_the_algorithm(tm
 def test_only_metric_updates_are_applied(name: str, method: str) -> None:
     with pytest.raises(ValueError, match="not a metric update"):
         apply_metric(NodeMetrics(), name, (), method, 1.0)
+
+
+def test_a_new_analysis_process_takes_back_what_the_dead_one_left_in_processing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    jobs = [spool.store_instance([b"x" * 10], sop_instance_uid=f"1.2.{i}", sop_class_uid=CT_IMAGE_STORAGE,
+                                 transfer_syntax_uid=ExplicitVRLittleEndian, calling_ae_title="DX1")[0] for i in range(3)]
+    for job in jobs[:2]:
+        spool.transition(job, JobState.PROCESSING)
+    assert requeue_processing(spool) == 2
+    assert not list(spool.jobs(JobState.PROCESSING))
+    requeued = sorted(spool.jobs(JobState.RECEIVED), key=lambda j: j.sop_instance_uid)
+    assert [j.sop_instance_uid for j in requeued] == ["1.2.0", "1.2.1", "1.2.2"]
+    assert [j.detail for j in requeued[:2]] == ["requeued: the analysis process restarted"] * 2
+    assert requeue_processing(spool) == 0
