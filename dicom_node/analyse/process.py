@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from dicom_node.config import NodeConfig
     from dicom_node.metrics import NodeMetrics
     from dicom_node.report.sr import AlgorithmInfo
-    from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -238,22 +237,6 @@ class AnalysisProcess:
             self.audit.record(*message[1], **message[2])
 
 
-def requeue_processing(spool: Spool) -> int:
-    """Return the jobs a dead analysis process left in ``processing`` to ``received``.
-
-    Only an analysis process takes jobs into ``processing``, and only one runs at a time, so
-    at its start every such job is one its predecessor did not finish.
-    """
-    from dicom_node.spool import JobState
-
-    jobs = list(spool.jobs(JobState.PROCESSING))
-    for job in jobs:
-        spool.transition(job, JobState.RECEIVED, detail="requeued: the analysis process restarted")
-    if jobs:
-        logger.info("analysis process: %d interrupted job(s) requeued", len(jobs))
-    return len(jobs)
-
-
 def apply_metric(metrics: NodeMetrics, name: str, labels: tuple[str, ...], method: str, value: float) -> None:
     """Apply a metric update the child sent: ``metrics.<name>[.labels(*labels)].<method>(value)``."""
     if method not in _METRIC_METHODS or name.startswith("_"):
@@ -341,7 +324,9 @@ def run_child(config: NodeConfig, from_node: Connection, to_node: Connection) ->
 
     channel = _Channel(to_node)
     spool = Spool(config.spool, fsync=config.fsync)
-    requeue_processing(spool)
+    requeued = spool.requeue_processing("requeued: the analysis process restarted")
+    if requeued:
+        logger.info("analysis process: %d interrupted job(s) requeued", requeued)
     try:
         worker = build_worker(
             config, spool, on_result=lambda: channel.send(("result",)),

@@ -414,9 +414,7 @@ class Spool:
                         report["duplicates_removed"] += 1
                     else:
                         seen[path.stem] = state
-        for job in list(self.jobs(JobState.PROCESSING)):
-            self.transition(job, JobState.RECEIVED, detail="requeued after restart")
-            report["requeued"] += 1
+        report["requeued"] = self.requeue_processing("requeued after restart")
         for instance in self.instances_dir.glob("*.dcm"):
             if instance.stem not in seen and not is_temp_file(instance):
                 self._enqueue_orphan(instance)
@@ -424,6 +422,17 @@ class Spool:
         if any(report.values()):
             logger.info("spool recovered: %s", ", ".join(f"{k}={v}" for k, v in report.items()))
         return report
+
+    def requeue_processing(self, detail: str) -> int:
+        """Return every ``processing`` job to ``received`` (its analysis was cut off); how many.
+
+        Only the one analysis process moves jobs into ``processing``, so when a new one starts
+        (with the node, or after the last one died) every such job is one nobody is finishing.
+        """
+        jobs = list(self.jobs(JobState.PROCESSING))
+        for job in jobs:
+            self.transition(job, JobState.RECEIVED, detail=detail)
+        return len(jobs)
 
     def _enqueue_orphan(self, instance: Path) -> None:
         meta = pydicom.filereader.read_file_meta_info(instance)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +331,17 @@ def youden_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
     return float(thresholds[int(np.argmax(j))])
 
 
+def threshold_subset(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """The rows that choose a threshold, and their sources: those of the sources having both
+    labels (where the source cannot give the answer away), else all rows.
+
+    >>> threshold_subset([{"source": "a", "label": 0}, {"source": "a", "label": 1}, {"source": "b", "label": 0}])[1]
+    ['a']
+    """
+    mixed = sources_with_both_labels(rows)
+    return ([r for r in rows if r["source"] in mixed] if mixed else list(rows)), mixed
+
+
 def calibrate_threshold(per_image_csv: str | Path, output: str | Path) -> float:
     """Choose the decision threshold on a validation report and write it as JSON.
 
@@ -354,8 +365,7 @@ def calibrate_threshold(per_image_csv: str | Path, output: str | Path) -> float:
         rows: list[dict[str, Any]] = [
             {"source": r["source"], "label": int(r["label"]), "score": float(r["score"])} for r in csv.DictReader(handle)
         ]
-    mixed = sources_with_both_labels(rows)
-    subset = [r for r in rows if r["source"] in mixed] if mixed else rows
+    subset, mixed = threshold_subset(rows)
     labels, scores = [r["label"] for r in subset], [r["score"] for r in subset]
     threshold = youden_threshold(labels, scores)
     y, p = np.asarray(labels), np.asarray(scores)

@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow
-from monai.data import DataLoader, Dataset
 
 from monai_app.data.manifest import classification_datalist, read_manifest
-from monai_app.data.sampling import sources_with_both_labels
-from monai_app.evaluation.classification import classification_report, youden_threshold
+from monai_app.evaluation.classification import classification_report, threshold_subset, youden_threshold
 from monai_app.evaluation.folds import assign_folds, fold_rows, fold_summary, knn_vote_scores, paired_effects
-from monai_app.weights import read_weights
+from monai_app.networks.classifier import load_classifier_weights
+from monai_app.retrieval.reference_set import classify_and_embed
 
 logger = logging.getLogger(__name__)
 
@@ -36,26 +35,9 @@ KNN_MAJORITY = 0.5 + 1e-9
 """The node's vote: COVID-19 when more than half of the k neighbours are (a share above 0.5)."""
 
 
-def predict(
-    network: torch.nn.Module, transform: Any, datalist: Sequence[Mapping[str, object]], batch_size: int,
-    device: torch.device | str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """COVID-19 probability and embedding of each item, in order (one forward pass each)."""
-    network.eval().to(device)
-    loader = DataLoader(Dataset([dict(d) for d in datalist], transform), batch_size=batch_size, shuffle=False)
-    scores, embeddings = [], []
-    with torch.inference_mode():
-        for batch in loader:
-            embedding = network.embed(torch.as_tensor(batch["image"]).to(device))  # type: ignore[operator]
-            scores.append(torch.softmax(network.head(embedding), dim=1)[:, 1].cpu().numpy())  # type: ignore[operator]
-            embeddings.append(embedding.cpu().numpy())
-    return np.concatenate(scores).astype(float), np.concatenate(embeddings).astype(np.float32)
-
-
 def choose_threshold(val_rows: Sequence[Mapping[str, Any]]) -> float:
-    """The bundle's threshold rule on a fold's val rows: Youden's J within source, else over all."""
-    mixed = set(sources_with_both_labels(val_rows))
-    chosen = [r for r in val_rows if r["source"] in mixed] or list(val_rows)
+    """The bundle's threshold rule on a fold's val rows (:func:`threshold_subset`, Youden's J)."""
+    chosen, _ = threshold_subset(val_rows)
     return youden_threshold([int(r["label"]) for r in chosen], [float(r["score"]) for r in chosen])
 
 
@@ -262,12 +244,11 @@ class CrossValidation:
         workflow.initialize()
         workflow.run()
         workflow.finalize()
-        network = workflow.parser.get_parsed_content("cls_network")
-        network.load_state_dict({k: v.float() for k, v in read_weights(out / "classifier.pt").items()})
+        network = load_classifier_weights(workflow.parser.get_parsed_content("cls_network"), out / "classifier.pt")
         split_of = {r["image_path"]: r["split"] for r in read_manifest(manifest)}
         datalist = classification_datalist(manifest, self.dataset_dir, ["train", "val", "test"])
-        scores, embeddings = predict(network, workflow.parser.get_parsed_content("cls_preprocessing"), datalist,
-                                     self.batch_size, self.device)
+        scores, embeddings = classify_and_embed(network, datalist, workflow.parser.get_parsed_content("cls_preprocessing"),
+                                                self.batch_size, self.device)
         predicted = [
             {"image_path": d["image_path"], "patient_id": d["patient_id"], "source": d["source"], "label": int(str(d["label"])),
              "split": split_of[str(d["image_path"])], "score": float(s)}

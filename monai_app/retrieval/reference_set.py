@@ -99,14 +99,14 @@ def reference_item(entry: Mapping[str, object], salt: str) -> ReferenceItem:
     )
 
 
-def compute_embeddings(
+def classify_and_embed(
     network: CovidClassifier,
     datalist: Sequence[Mapping[str, object]],
     transform: Callable[[dict], dict],
     batch_size: int = 16,
     device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """Embeddings of the datalist's images, in datalist order.
+) -> tuple[np.ndarray, np.ndarray]:
+    """COVID-19 probability and embedding of each of the datalist's images, in order (one pass).
 
     Parameters
     ----------
@@ -123,16 +123,36 @@ def compute_embeddings(
 
     Returns
     -------
-    numpy.ndarray
-        ``(len(datalist), embedding_dim)`` float32.
+    tuple of numpy.ndarray
+        ``(len(datalist),)`` probabilities (float64) and ``(len(datalist), embedding_dim)``
+        embeddings (float32).
     """
     network.eval().to(device)
     loader = DataLoader(Dataset([dict(d) for d in datalist], transform), batch_size=batch_size, shuffle=False)
-    chunks = []
+    scores, embeddings = [], []
     with torch.no_grad():
         for batch in loader:
-            chunks.append(network.embed(torch.as_tensor(batch["image"]).to(device)).cpu().numpy())
-    return np.concatenate(chunks).astype(np.float32)
+            embedding = network.embed(torch.as_tensor(batch["image"]).to(device))
+            scores.append(torch.softmax(network.head(embedding), dim=1)[:, 1].cpu().numpy())
+            embeddings.append(embedding.cpu().numpy())
+    return np.concatenate(scores).astype(float), np.concatenate(embeddings).astype(np.float32)
+
+
+def compute_embeddings(
+    network: CovidClassifier,
+    datalist: Sequence[Mapping[str, object]],
+    transform: Callable[[dict], dict],
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Embeddings of the datalist's images, in datalist order (see :func:`classify_and_embed`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(datalist), embedding_dim)`` float32.
+    """
+    return classify_and_embed(network, datalist, transform, batch_size, device)[1]
 
 
 def require_salt(salt: str) -> None:

@@ -17,7 +17,6 @@ from dicom_node.analyse.process import (
     RemoteMetrics,
     _Channel,
     apply_metric,
-    requeue_processing,
 )
 from dicom_node.audit import AuditLog
 from dicom_node.config import NodeConfig
@@ -96,9 +95,9 @@ def test_a_new_analysis_process_takes_back_what_the_dead_one_left_in_processing(
                                  transfer_syntax_uid=ExplicitVRLittleEndian, calling_ae_title="DX1")[0] for i in range(3)]
     for job in jobs[:2]:
         spool.transition(job, JobState.PROCESSING)
-    assert requeue_processing(spool) == 2
+    assert spool.requeue_processing("requeued: the analysis process restarted") == 2
     assert not list(spool.jobs(JobState.PROCESSING))
     requeued = sorted(spool.jobs(JobState.RECEIVED), key=lambda j: j.sop_instance_uid)
     assert [j.sop_instance_uid for j in requeued] == ["1.2.0", "1.2.1", "1.2.2"]
     assert [j.detail for j in requeued[:2]] == ["requeued: the analysis process restarted"] * 2
-    assert requeue_processing(spool) == 0
+    assert spool.requeue_processing("requeued: the analysis process restarted") == 0
