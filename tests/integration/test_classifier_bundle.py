@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from testkit.images import assert_valid_png
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Output folder of one epoch of classifier training on the tiny data set."""
     out = tmp_path_factory.mktemp("cls_train_out")
     wf = workflow(
@@ -43,7 +45,8 @@ def trained(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPath
     assert wf.check_properties() == []
     wf.run()
     wf.finalize()
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # 0.4 GB of checkpoints; CI disks can be small
 
 
 def test_classifier_training_runs_one_epoch_and_exports_fp16_weights(trained: Path) -> None:

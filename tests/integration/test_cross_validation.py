@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +30,11 @@ def cross_validate(data: Path, out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cross_validated(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def cross_validated(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
     """One 3-fold run on the tiny data set: its folder and its ``cross_validation.json``."""
     out = tmp_path_factory.mktemp("cross_validation")
-    return out, cross_validate(tiny_classification_dataset, out)
+    yield out, cross_validate(tiny_classification_dataset, out)
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def test_every_labelled_image_is_tested_once_by_a_model_that_never_saw_its_patient(
@@ -50,7 +53,9 @@ def test_every_labelled_image_is_tested_once_by_a_model_that_never_saw_its_patie
             tested_here = [r["image_path"] for r in csv.DictReader(handle) if r["split"] == "test"]
         for path in tested_here:
             tested[path].append(fold)
-        assert (out / f"fold_{fold}" / "no_lung" / "classifier.pt").is_file()
+        for arm in ("lung", "no_lung"):
+            kept = {p.name for p in (out / f"fold_{fold}" / arm).glob("*.pt")}
+            assert kept == {"classifier.pt"}, "the compact weights stay, the training state is deleted"
     assert sorted(tested) == sorted(str(d["image_path"]) for d in labelled)
     assert all(len(f) == 1 for f in tested.values())
     assert result["n_labelled_images"] == len(labelled)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,14 @@ SSL_TINY: dict[str, Any] = {"ssl_num_epochs": 2}
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pretrained(tiny_classification_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("ssl_out")
     wf = workflow(PRETRAIN, "train", "pretraining", dataset_dir=str(tiny_classification_dataset), ssl_output_dir=str(out), **{**TINY, **SSL_TINY})
     wf.initialize()
     wf.run()
     wf.finalize()
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # 0.3 GB of checkpoints; CI disks can be small
 
 
 def test_pretraining_runs_and_exports_a_backbone_the_classifier_loads(pretrained: Path) -> None:
