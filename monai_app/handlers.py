@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
 from PIL import Image
 
+from monai_app.labels import POSITIVE_CLASS
 from monai_app.utils import as_bool
 
 logger = logging.getLogger(__name__)
@@ -385,14 +386,20 @@ class PredictionWriter:
             csv.writer(handle).writerows(rows)
 
 
-def pred_and_label_on_cpu(output: Sequence[Mapping[str, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``output_transform`` of metrics on decollated ``pred``/``label``, both moved to the CPU.
+def covid_score_and_label_on_cpu(
+    output: Sequence[Mapping[str, torch.Tensor]],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``output_transform`` of the ROC AUC: each item's COVID-19 probability and one-hot COVID-19 label, on the CPU.
 
-    On a GPU the prediction is on the device and the label can stay on the CPU, and MONAI's
-    ROC AUC indexes one with the other's ``argsort`` (which then fails).
+    One channel of each, so a two- or three-class head is scored on the same question (for two
+    classes it equals the macro ROC AUC of both channels, as before). On a GPU the prediction is on the
+    device and the label can stay on the CPU, and MONAI's ROC AUC indexes one with the other's
+    ``argsort`` (which then fails).
     """
     preds, labels = from_engine(["pred", "label"])(output)
-    return [torch.as_tensor(p).detach().cpu() for p in preds], [torch.as_tensor(y).detach().cpu() for y in labels]
+    channel = slice(POSITIVE_CLASS, POSITIVE_CLASS + 1)
+    return ([torch.as_tensor(p).detach().cpu()[channel] for p in preds],
+            [torch.as_tensor(y).detach().cpu()[channel] for y in labels])
 
 
 def step_loss(output: Mapping[str, torch.Tensor]) -> torch.Tensor:

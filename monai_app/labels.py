@@ -11,5 +11,9 @@ POSITIVE_CLASS = 1
 """Index of COVID-19 in the classifier's output."""
 CLASS_LABELS = {name: index for index, name in enumerate(CLASS_NAMES)}
 """Class name (as in the manifest's ``label`` column) -> output index."""
+FINDING_CLASS_NAMES = ("no_finding", "covid", "other_pneumonia")
+"""Output index -> class of the three-class head; COVID-19 keeps :data:`POSITIVE_CLASS`, as in the binary head."""
+NO_FINDING_TEXTS = frozenset({"no finding"})
+"""A non-COVID row's ``finding`` (lower case) that means a normal radiograph; any other text is another pneumonia."""
 DEFAULT_THRESHOLD = 0.5
 """Decision threshold on the COVID-19 probability when neither the bundle nor the node names one."""

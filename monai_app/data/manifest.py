@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from monai_app.labels import CLASS_LABELS
+from monai_app.labels import CLASS_LABELS, FINDING_CLASS_NAMES, NO_FINDING_TEXTS, POSITIVE_CLASS
 
 logger = logging.getLogger(__name__)
 
@@ -192,10 +192,26 @@ def split_images(
 """Manifest ``label`` -> classifier class index; other labels (``unknown``) are left out."""
 
 
+def finding_class(label: str, finding: str) -> int | None:
+    """Index of a row in :data:`~monai_app.labels.FINDING_CLASS_NAMES`, or ``None`` when it cannot be told.
+
+    >>> [finding_class("covid", "COVID-19, ARDS"), finding_class("non_covid", "No Finding"),
+    ...  finding_class("non_covid", "Atelectasis|Pneumonia"), finding_class("non_covid", "")]
+    [1, 0, 2, None]
+    """
+    if label == "covid":
+        return POSITIVE_CLASS
+    text = finding.strip().lower()
+    if label != "non_covid" or not text:
+        return None
+    return FINDING_CLASS_NAMES.index("no_finding" if text in NO_FINDING_TEXTS else "other_pneumonia")
+
+
 def classification_datalist(
     manifest: str | Path,
     dataset_dir: str | Path,
     split: str | Sequence[str],
+    num_classes: int = 2,
 ) -> list[dict[str, object]]:
     """Labelled images of one or more splits, for the COVID-19 classifier.
 
@@ -207,6 +223,9 @@ def classification_datalist(
         Folder the manifest's relative paths start from.
     split : str or Sequence of str
         ``"train"``, ``"val"``, ``"test"`` or several of them.
+    num_classes : int
+        2: COVID-19 or not. 3: items also carry ``finding`` (:func:`finding_class`), the target
+        of the three-class head; non-COVID rows with no ``finding`` text are then skipped.
 
     Returns
     -------
@@ -221,21 +240,32 @@ def classification_datalist(
         If a split is unknown or the selection is empty.
     """
     splits = checked_splits(split)
+    if int(num_classes) not in (2, len(FINDING_CLASS_NAMES)):
+        raise ValueError(f"num_classes must be 2 or {len(FINDING_CLASS_NAMES)}, got {num_classes}")
     root = Path(dataset_dir).resolve()
     items: list[dict[str, object]] = []
+    no_finding_text = 0
     for row in read_manifest(manifest):
         if row["split"] not in splits or row["label"] not in CLASS_LABELS:
             continue
-        items.append(
-            {
-                "image": str(root / row["image_path"]),
-                "label": CLASS_LABELS[row["label"]],
-                "image_path": row["image_path"],
-                "patient_id": row["patient_id"],
-                "source": row.get("source", "") or "unknown",
-            }
-        )
+        item: dict[str, object] = {
+            "image": str(root / row["image_path"]),
+            "label": CLASS_LABELS[row["label"]],
+            "image_path": row["image_path"],
+            "patient_id": row["patient_id"],
+            "source": row.get("source", "") or "unknown",
+        }
+        if int(num_classes) > 2:
+            finding = finding_class(row["label"], row.get("finding", "") or "")
+            if finding is None:
+                no_finding_text += 1
+                continue
+            item["finding"] = finding
+        items.append(item)
     if not items:
         raise ValueError(f"no labelled {splits} rows in the manifest")
+    if no_finding_text:
+        logger.info("%s: %d non-COVID images without a finding text left out of the three classes",
+                    "+".join(splits), no_finding_text)
     logger.info("%s: %d labelled images", "+".join(splits), len(items))
     return items

@@ -143,7 +143,17 @@ def load_classifier_weights(network: CovidClassifier, model_file: str | Path) ->
     -------
     CovidClassifier
         ``network`` itself, in eval mode.
+
+    Raises
+    ------
+    ValueError
+        If the weights' head has another number of classes than ``network`` (a three-class
+        training loaded by a two-class config, or the reverse): set ``cls_num_classes``.
     """
     state = read_weights(model_file)
+    head = state.get("fc3.weight")
+    if head is not None and head.shape[0] != network.num_classes:
+        raise ValueError(f"{Path(model_file).name} has a {head.shape[0]}-class head and the network "
+                         f"{network.num_classes}: set cls_num_classes to {head.shape[0]}")
     network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return network.eval()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from monai_app.data.manifest import classification_datalist, read_manifest
 from testkit.bundle import CLASSIFIER_PROPERTIES, CROSS_VALIDATE, workflow
@@ -53,7 +54,7 @@ def test_every_labelled_image_is_tested_once_by_a_model_that_never_saw_its_patie
             tested_here = [r["image_path"] for r in csv.DictReader(handle) if r["split"] == "test"]
         for path in tested_here:
             tested[path].append(fold)
-        for arm in ("lung", "no_lung"):
+        for arm in ("lung", "no_lung", "three_class"):
             kept = {p.name for p in (out / f"fold_{fold}" / arm).glob("*.pt")}
             assert kept == {"classifier.pt"}, "the compact weights stay, the training state is deleted"
     assert sorted(tested) == sorted(str(d["image_path"]) for d in labelled)
@@ -63,14 +64,17 @@ def test_every_labelled_image_is_tested_once_by_a_model_that_never_saw_its_patie
 
 def test_each_arm_has_fold_figures_an_interval_and_the_paired_effects(cross_validated: tuple[Path, dict]) -> None:
     out, result = cross_validated
-    for arm in ("lung", "no_lung", "knn_vote"):
+    for arm in ("lung", "no_lung", "three_class", "knn_vote"):
         assert len(result[arm]["folds"]) == FOLDS
         auc = result[arm]["over_folds"]["within_source_roc_auc"]
         assert auc["n_folds"] >= 1 and 0.0 <= auc["min"] <= auc["mean"] <= auc["max"] <= 1.0
         assert result[arm]["pooled"]["all"]["n"] == result["n_labelled_images"]
-    assert set(result["effects_within_source_roc_auc"]) == {"lung - no_lung", "lung - knn_vote"}
+    assert set(result["effects_within_source_roc_auc"]) == {"lung - no_lung", "lung - three_class", "lung - knn_vote"}
     table = (out / "cross_validation.md").read_text()
-    assert all(f"| {arm} |" in table for arm in ("lung", "no_lung", "knn_vote")) and "| lung - no_lung |" in table
+    assert all(f"| {arm} |" in table for arm in ("lung", "no_lung", "three_class", "knn_vote")) and "| lung - no_lung |" in table
+    heads = {arm: torch.load(out / "fold_0" / arm / "classifier.pt", weights_only=True)["fc3.weight"].shape[0]
+             for arm in ("lung", "three_class")}
+    assert heads == {"lung": 2, "three_class": 3}
     lung = np.load(out / "fold_0" / "lung" / "embeddings.npy")
     no_lung = np.load(out / "fold_0" / "no_lung" / "embeddings.npy")
     assert lung.shape == no_lung.shape and not np.allclose(lung, no_lung), "the arms are different models"

@@ -165,7 +165,7 @@ def test_metadata_lists_the_bundles_packages_and_this_version() -> None:
     packages = meta["required_packages_version"]
     assert {"annoy": "1.17.3", "scikit-learn": "1.9.1", "pillow": "13.0.0"}.items() <= packages.items()
     assert "highdicom" not in packages
-    assert meta["version"] in meta["changelog"] and meta["version"] == "0.9.0"
+    assert meta["version"] in meta["changelog"] and meta["version"] == "0.10.0"
     ConfigParser.load_config_file(CONFIGS / "metadata.json")  # valid JSON for monai.bundle
 
 
