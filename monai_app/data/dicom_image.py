@@ -13,6 +13,12 @@ The pipeline follows the DICOM grayscale display chain (PS3.3 C.11 / PS3.4 N.2):
 
 The result is a ``float32`` array in ``[0, 1]``: the same space as an 8-bit PNG divided
 by 255, so that a model trained on the PNGs of the shared data serves DICOM input.
+
+Steps 2-4 depend on each pixel's stored value alone (the percentile window on the image's
+histogram), so for integer pixels of up to 16 bits, every CR/DX seen, they are computed once
+per stored value and applied as one table lookup (:func:`display_table`): the same float32
+values as mapping every pixel, bit for bit, at a fraction of the time and without the full
+float64 copies of a detector-size image.
 """
 
 from __future__ import annotations
@@ -83,8 +89,31 @@ def window_to_unit(
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def histogram_percentiles(values: np.ndarray, counts: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """``np.percentile`` (its default, linear method) of the values that ``values[i]`` stands for ``counts[i]`` times.
+
+    >>> x = np.array([3, 1, 1, 7, 2, 2, 9])
+    >>> v, c = np.unique(x, return_counts=True)
+    >>> bool(np.array_equal(histogram_percentiles(v, c, (0.5, 99.5)), np.percentile(x, (0.5, 99.5))))
+    True
+    """
+    order = np.argsort(values, kind="stable")
+    ordered = np.asarray(values, dtype=np.float64)[order]
+    cumulative = np.cumsum(np.asarray(counts, dtype=np.int64)[order])
+    n = int(cumulative[-1])
+    virtual = (n - 1) * (np.asarray(percentiles, dtype=np.float64) / 100)
+    below = np.floor(virtual)
+    gamma = virtual - below
+    rank_below = below.astype(np.int64)
+    # the value of each rank: the first entry whose running count passes it (empty entries skipped)
+    a = ordered[np.searchsorted(cumulative, rank_below, side="right")]
+    b = ordered[np.searchsorted(cumulative, np.minimum(rank_below + 1, n - 1), side="right")]
+    diff = b - a
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)  # numpy's own lerp, both halves
+
+
 def percentile_window(
-    values: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    values: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES, counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Linearly map the ``[p_low, p_high]`` percentile range of ``values`` to ``[0, 1]``.
 
@@ -94,13 +123,18 @@ def percentile_window(
         Modality values.
     percentiles : tuple of float
         Lower and upper percentile (0-100).
+    counts : numpy.ndarray, optional
+        How many pixels each of ``values`` stands for (a table of distinct values), else one each.
 
     Returns
     -------
     numpy.ndarray
         ``float32`` array in ``[0, 1]``; all zeros for a constant image.
     """
-    low, high = np.percentile(values, percentiles)
+    if counts is None:
+        low, high = np.percentile(values, percentiles)
+    else:
+        low, high = histogram_percentiles(values, counts, percentiles)
     if high <= low:
         return np.zeros(np.shape(values), dtype=np.float32)
     return np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0, 1).astype(
@@ -181,7 +215,16 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
     return pixels
 
 
-def voi_to_unit(values: np.ndarray, ds: Dataset, percentiles: tuple[float, float]) -> np.ndarray:
+def uses_percentile_window(ds: Dataset) -> bool:
+    """Whether :func:`voi_to_unit` falls back to the percentile window (no VOI, more than 8 bits)."""
+    has_voi_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    return not has_voi_lut and not has_window and int(ds.get("BitsStored", 16)) > 8
+
+
+def voi_to_unit(
+    values: np.ndarray, ds: Dataset, percentiles: tuple[float, float], counts: np.ndarray | None = None,
+) -> np.ndarray:
     """Apply the dataset's VOI transform (or the documented fallback) into ``[0, 1]``.
 
     Parameters
@@ -192,6 +235,8 @@ def voi_to_unit(values: np.ndarray, ds: Dataset, percentiles: tuple[float, float
         The instance, for its VOI LUT Sequence or Window Center/Width.
     percentiles : tuple of float
         Percentile window used when the image has no VOI and more than 8 bits stored.
+    counts : numpy.ndarray, optional
+        Pixels per entry of ``values`` when they are a table of distinct values (the window's percentiles).
 
     Returns
     -------
@@ -210,7 +255,35 @@ def voi_to_unit(values: np.ndarray, ds: Dataset, percentiles: tuple[float, float
         return window_to_unit(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
     if int(ds.get("BitsStored", 16)) <= 8:
         return np.clip(np.asarray(values, np.float64) / 255.0, 0, 1).astype(np.float32)
-    return percentile_window(values, percentiles)
+    return percentile_window(values, percentiles, counts)
+
+
+def display_table(stored: np.ndarray, ds: Dataset, percentiles: tuple[float, float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Steps 2-4 of the chain as a table: ``(table, codes)`` with ``table[codes]`` the display image.
+
+    ``codes`` are the stored values read as unsigned integers (a view, no copy), ``table`` holds
+    the display value of every code up to the largest present. ``None`` when the pixels are
+    not integers of at most 16 bits (the chain is then applied pixel by pixel).
+    """
+    if stored.dtype.kind not in "ui" or stored.dtype.itemsize > 2:
+        return None
+    codes = stored.view(np.dtype(f"u{stored.dtype.itemsize}"))
+    size = int(codes.max()) + 1
+    values = np.arange(size, dtype=codes.dtype).view(stored.dtype)
+    counts = np.bincount(codes.ravel(), minlength=size) if uses_percentile_window(ds) else None
+    table = voi_to_unit(apply_modality_lut(values, ds), ds, percentiles, counts)
+    return _brightest_is_one(table, ds), codes
+
+
+def display_per_pixel(stored: np.ndarray, ds: Dataset, percentiles: tuple[float, float]) -> np.ndarray:
+    """Steps 2-4 of the chain applied to every pixel: for pixels :func:`display_table` cannot take."""
+    return _brightest_is_one(voi_to_unit(apply_modality_lut(stored, ds), ds, percentiles), ds)
+
+
+def _brightest_is_one(display: np.ndarray, ds: Dataset) -> np.ndarray:
+    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
+        return (1.0 - display).astype(np.float32)
+    return display
 
 
 _PHOTOMETRIC_TERMS = frozenset({
@@ -245,11 +318,11 @@ def dicom_to_display(
         If the image is colour or multi-frame.
     """
     stored = decode_pixels(ds)
-    modality = apply_modality_lut(stored, ds)
-    display = voi_to_unit(modality, ds, percentiles)
-    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
-        display = (1.0 - display).astype(np.float32)
-    return display
+    lookup = display_table(stored, ds, percentiles)
+    if lookup is not None:
+        table, codes = lookup
+        return table[codes]
+    return display_per_pixel(stored, ds, percentiles)
 
 
 def read_dicom_image(

@@ -11,7 +11,17 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from monai_app.data.dicom_image import dicom_to_display, percentile_window, read_dicom_image, window_to_unit
+from monai_app.data.dicom_image import (
+    DEFAULT_PERCENTILES,
+    decode_pixels,
+    dicom_to_display,
+    display_per_pixel,
+    display_table,
+    histogram_percentiles,
+    percentile_window,
+    read_dicom_image,
+    window_to_unit,
+)
 from monai_app.errors import UndecodableImageError, UnsupportedImageError
 from testkit.dicom_factory import make_dx, save
 from testkit.shared_data import shared_data_dir
@@ -160,3 +170,80 @@ def test_truncated_compressed_pixel_data_raises_undecodable_image_error(tmp_path
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
     with pytest.raises(UndecodableImageError):
         dicom_to_display(ds)
+
+
+def _random_dx(seed: int, bits: int, photometric: str = "MONOCHROME2", window: tuple[float, float] | None = None,
+               signed: bool = False) -> Dataset:
+    rng = np.random.default_rng(seed)
+    pixels = rng.normal(2 ** (bits - 1), 2 ** (bits - 3), (61, 47)).clip(0, 2**bits - 1).astype(np.uint16)
+    pixels[0, :5] = [0, 1, 2**bits - 1, 7, 7]  # the ends of the range and a repeated value
+    ds = make_dx(pixels, bits, photometric, window)
+    if signed:  # the same bits read as two's complement: negative stored values
+        ds.PixelRepresentation = 1
+        ds.PixelData = (pixels.astype(np.int32) - 2 ** (bits - 1)).astype(np.int16).tobytes()
+    return ds
+
+
+def _voi_variants() -> list[tuple[str, Dataset]]:
+    variants = [
+        ("window LINEAR", _random_dx(1, 12, window=(2100.0, 1500.0))),
+        ("window MONOCHROME1", _random_dx(2, 12, "MONOCHROME1", window=(1800.0, 2500.0))),
+        ("percentile window", _random_dx(3, 12)),
+        ("percentile window, 16 bits", _random_dx(4, 16)),
+        ("percentile window, signed", _random_dx(5, 12, signed=True)),
+        ("8 bits, no VOI", _random_dx(6, 8)),
+        ("rescale, negative slope", _random_dx(7, 12, window=(-900.0, 1200.0))),
+        ("LINEAR_EXACT", _random_dx(8, 12, window=(2048.0, 1000.0))),
+        ("SIGMOID", _random_dx(9, 10, window=(512.0, 300.0))),
+        ("modality LUT sequence, percentile", _random_dx(10, 12)),
+        ("VOI LUT sequence", _random_dx(11, 12, window=(0.0, 2.0))),
+    ]
+    by_name = dict(variants)
+    by_name["rescale, negative slope"].RescaleSlope, by_name["rescale, negative slope"].RescaleIntercept = -0.5, 100
+    by_name["LINEAR_EXACT"].VOILUTFunction = "LINEAR_EXACT"
+    by_name["SIGMOID"].VOILUTFunction = "SIGMOID"
+    modality = Dataset()  # a non-monotonic Modality LUT: the percentiles must sort its output, not the codes
+    modality.LUTDescriptor, modality.ModalityLUTType = [4096, 0, 16], "US"
+    modality.LUTData = [int(v) for v in (np.arange(4096) * 7919) % 4001]
+    by_name["modality LUT sequence, percentile"].ModalityLUTSequence = Sequence([modality])
+    voi = Dataset()
+    voi.LUTDescriptor, voi.LUTData = [4096, 0, 8], [int(v) for v in np.arange(4096) * 255 // 4095]
+    by_name["VOI LUT sequence"].VOILUTSequence = Sequence([voi])
+    return variants
+
+
+@pytest.mark.parametrize("name, ds", _voi_variants(), ids=[n for n, _ in _voi_variants()])
+def test_the_table_lookup_gives_exactly_what_the_chain_gives_pixel_by_pixel(name: str, ds: Dataset) -> None:
+    stored = decode_pixels(ds)
+    lookup = display_table(stored, ds, DEFAULT_PERCENTILES)
+    assert lookup is not None
+    table, codes = lookup
+    assert np.shares_memory(codes, stored), "the codes are a view of the stored values"
+    expected = display_per_pixel(stored, ds, DEFAULT_PERCENTILES)
+    assert np.array_equal(table[codes], expected) and dicom_to_display(ds).dtype == np.float32
+    assert np.array_equal(dicom_to_display(ds), expected)
+    assert expected.std() > 0.01, f"{name}: the variant must not be a flat image"
+
+
+@pytest.mark.parametrize("relative", [f for f in _shared_dicom_files() if f not in UNDECODABLE])
+def test_real_dicoms_display_the_same_through_the_table(shared_data: Path, relative: str) -> None:
+    ds = pydicom.dcmread(shared_data / relative, force=True)
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    stored = decode_pixels(ds)
+    assert np.array_equal(dicom_to_display(ds), display_per_pixel(stored, ds, DEFAULT_PERCENTILES))
+
+
+def test_histogram_percentiles_match_numpy_on_large_images() -> None:
+    rng = np.random.default_rng(0)
+    for n, percentiles in ((1, (0.5, 99.5)), (2, (0.0, 100.0)), (5_000_003, (0.5, 99.5)), (999, (37.3, 62.9))):
+        x = rng.integers(0, 4096, n)
+        values, counts = np.unique(x, return_counts=True)
+        assert np.array_equal(histogram_percentiles(values, counts, percentiles), np.percentile(x, percentiles))
+
+
+def test_float_pixels_take_the_pixel_by_pixel_chain() -> None:
+    ds = _random_dx(12, 12, window=(2048.0, 4000.0))
+    assert display_table(np.zeros((2, 2), np.float32), ds, DEFAULT_PERCENTILES) is None
+    assert display_table(np.zeros((2, 2), np.uint32), ds, DEFAULT_PERCENTILES) is None
