@@ -8,6 +8,11 @@ runtimes' order rotated from round to round so that drift and other load hit the
 The networks alone are timed too (U-Net at its 256 x 256 input, the classifier at 224 x 224,
 ms per image), and the largest differences from PyTorch on the same files are recorded.
 
+``--per-pixel-peer`` adds the floor as it was before the display chain became a table lookup
+(:func:`monai_app.data.dicom_image.display_table` switched off for that run, so every pixel goes
+through the Modality LUT and the window): PyTorch with it is the floor of the issue's starting
+point, measured in the same run.
+
 Usage (from the repository root)::
 
     python -m scripts.bench_models --n 8 --rounds 5 --batch-sizes 1,4 --threads 2 --out bench-out/models
@@ -19,17 +24,19 @@ files/s and the ratios to PyTorch. No patient data (the corpus is synthetic).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from monai_app.data import dicom_image
 from monai_app.inference import BundleAnalyser, PreparedImage
 from monai_app.runtime import installed
 from monai_app.transforms.classifier_input import LungProbabilityd
@@ -39,12 +46,29 @@ from scripts.bench_ingest import cpu_busy_fraction, machine_facts
 REPO = Path(__file__).resolve().parents[1]
 
 
-def floor_seconds(analyser: BundleAnalyser, files: list[Path], batch_size: int, relevance: bool) -> float:
+PER_PIXEL = "pytorch-per-pixel"
+"""The PyTorch analyser with the display chain applied pixel by pixel (the floor before the table)."""
+
+
+@contextlib.contextmanager
+def display_chain_per_pixel() -> Iterator[None]:
+    """Within: :func:`~monai_app.data.dicom_image.dicom_to_display` maps every pixel (no table)."""
+    table = dicom_image.display_table
+    dicom_image.display_table = lambda *args: None
+    try:
+        yield
+    finally:
+        dicom_image.display_table = table
+
+
+def floor_seconds(analyser: BundleAnalyser, files: list[Path], batch_size: int, relevance: bool,
+                  per_pixel: bool = False) -> float:
     """Seconds for prepare + predict of every file, ``batch_size`` at a time (as the node's worker)."""
-    started = time.perf_counter()
-    for i in range(0, len(files), batch_size):
-        analyser.predict([analyser.prepare(p) for p in files[i:i + batch_size]], relevance=relevance)
-    return time.perf_counter() - started
+    with display_chain_per_pixel() if per_pixel else contextlib.nullcontext():
+        started = time.perf_counter()
+        for i in range(0, len(files), batch_size):
+            analyser.predict([analyser.prepare(p) for p in files[i:i + batch_size]], relevance=relevance)
+        return time.perf_counter() - started
 
 
 def median_ms(call: Callable[[], object], repeats: int) -> float:
@@ -106,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--runtimes", default="pytorch,onnxruntime,openvino")
     parser.add_argument("--relevance", action="store_true", help="also the floor with Grad-CAM (always PyTorch)")
+    parser.add_argument("--per-pixel-peer", action="store_true",
+                        help=f"also {PER_PIXEL}: PyTorch with the display chain on every pixel (the floor before the table)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10, help="calls per network timing")
     parser.add_argument("--out", type=Path, default=REPO / "bench-out" / "models")
@@ -126,12 +152,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {}
     for analyser in analysers.values():  # warm-up: first calls allocate and compile
         floor_seconds(analyser, files[:max(batch_sizes)], max(batch_sizes), False)
+    timed = names + ([PER_PIXEL] if args.per_pixel_peer else [])
     for round_ in range(args.rounds):
-        order = names[round_ % len(names):] + names[:round_ % len(names)]
+        order = timed[round_ % len(timed):] + timed[:round_ % len(timed)]
         for name in order:
+            analyser = analysers["pytorch" if name == PER_PIXEL else name]
             for b, rel in cases:
                 key = f"{name} batch {b}{' + Grad-CAM' if rel else ''}"
-                seconds.setdefault(key, []).append(floor_seconds(analysers[name], files, b, rel))
+                seconds.setdefault(key, []).append(floor_seconds(analyser, files, b, rel, per_pixel=name == PER_PIXEL))
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     floors: dict[str, dict[str, Any]] = {key: {"median_seconds": round(statistics.median(s), 3),
                     "files_per_second": round(len(files) / statistics.median(s), 3),
@@ -139,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key, floor in floors.items():
         name, rest = key.split(" ", 1)
         floor["over_pytorch"] = round(floor["files_per_second"] / floors[f"pytorch {rest}"]["files_per_second"], 2)
+        if args.per_pixel_peer:
+            floor["over_pytorch_per_pixel"] = round(
+                floor["files_per_second"] / floors[f"{PER_PIXEL} {rest}"]["files_per_second"], 2)
     networks = {name: network_times(a, batch_sizes, args.repeats) for name, a in analysers.items()}
     diffs = differences(analysers, files)
     out = {"machine": facts, "cpu_busy_after": round(cpu_busy_fraction(), 3), "threads": args.threads,
@@ -151,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{facts['cores']} cores, {facts['cpu']}, CPUs {facts['cpu_busy_before_start']:.0%} busy before, "
           f"{out['cpu_busy_after']:.0%} after, load {facts['load_average_1_5_15_min']}; {args.threads} threads")
     for key, floor in floors.items():
-        print(f"model floor {key:<32} {floor['files_per_second']:7.2f} files/s  x{floor['over_pytorch']:.2f} of PyTorch")
+        print(f"model floor {key:<40} {floor['files_per_second']:7.2f} files/s  x{floor['over_pytorch']:.2f} of PyTorch"
+              + (f"  x{floor['over_pytorch_per_pixel']:.2f} of {PER_PIXEL}" if args.per_pixel_peer else ""))
     for name, times in networks.items():
         print(f"networks {name:<12} " + "  ".join(f"{k} {v}" for k, v in times.items()))
     print(json.dumps(diffs))
