@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser
 from monai_app.calibration import Calibration, OperatingPoint
 from monai_app.labels import DEFAULT_THRESHOLD, POSITIVE_CLASS
 from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
-from monai_app.relevance import GradCamRelevance
+from monai_app.relevance import grad_cam_from_feature_maps, layer_output
 from monai_app.retrieval.index import Neighbour, SimilarityIndex
 from monai_app.runtime import NetworkRuntime, load_runtime
 from monai_app.transforms.chest_appearance import AppearanceModel
@@ -242,7 +242,6 @@ class BundleAnalyser:
             if not self.index_dir.is_dir():
                 raise FileNotFoundError(f"no similar-study index {self.index_dir}")
             self.index = SimilarityIndex.load(self.index_dir)
-        self._relevance: GradCamRelevance | None = None  # made on the first predict(relevance=True)
         lung_transforms = [t for t in self.preprocessing.transforms if isinstance(t, LungProbabilityd)]
         self._runtime: NetworkRuntime | None = None
         bundle_lung = lung_transforms[0].network if lung_transforms and lung_network is None else None
@@ -304,9 +303,10 @@ class BundleAnalyser:
     def predict(self, images: Sequence[PreparedImage], *, relevance: bool = False) -> list[Prediction]:
         """Classify a batch: COVID-19 probability (the bundle's ``postprocessing``, calibrated) and embedding.
 
-        With ``relevance``, each prediction also carries the Grad-CAM map of COVID-19
-        (:class:`monai_app.relevance.GradCamRelevance`), a second pass with gradients that leaves
-        probabilities and embeddings as they are without it.
+        With ``relevance``, each prediction also carries the Grad-CAM map of COVID-19, from the
+        feature maps of this same forward pass
+        (:func:`monai_app.relevance.grad_cam_from_feature_maps`: only the small head is
+        differentiated), which leaves probabilities and embeddings as they are without it.
         """
         if not images:
             return []
@@ -315,19 +315,18 @@ class BundleAnalyser:
         batch = torch.stack([image.tensor for image in images]).to(self.device)
         with torch.inference_mode():
             if self._runtime is not None:
-                embedding_array, logit_array = self._runtime.embed_and_classify(batch.detach().cpu().numpy())
-                embeddings, logits = torch.from_numpy(embedding_array), torch.from_numpy(logit_array)
+                arrays = self._runtime.classify(batch.detach().cpu().numpy())
+                feature_maps, embeddings, logits = (torch.from_numpy(a) for a in arrays)
             else:
-                embeddings = self.network.embed(batch)
+                with layer_output(self.network) as outputs:
+                    embeddings = self.network.embed(batch)
+                feature_maps = outputs[-1]
                 logits = self.network.head(embeddings)
             probabilities = [self.postprocessing({"pred": logit})["pred"] for logit in logits]
         maps: Sequence[np.ndarray | None] = [None] * len(images)
         if relevance:
-            if self._relevance is None:
-                self._relevance = GradCamRelevance(self.network, POSITIVE_CLASS)
-            maps = list(self._relevance(batch))
-        elif self._relevance is not None:
-            self._relevance.clear()  # its hooks kept this pass's features
+            maps = list(grad_cam_from_feature_maps(
+                self.network, feature_maps.to(self.device), (int(batch.shape[-2]), int(batch.shape[-1])), POSITIVE_CLASS))
         return [
             Prediction(float(p[POSITIVE_CLASS]), embedding.float().cpu().numpy().astype(np.float32), relevance_map)
             for p, embedding, relevance_map in zip(probabilities, embeddings, maps)

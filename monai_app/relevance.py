@@ -5,6 +5,13 @@
 target is ``backbone.layer4``, whose output is a 7 x 7 grid of 2048 features on a 224 x 224
 input; the map is upsampled bilinearly to the input grid and scaled to [0, 1] per image.
 
+:func:`grad_cam_from_feature_maps` computes the same maps from that layer's output alone, as
+the classification's forward pass (on any runtime) leaves it: the backbone ends in a global
+average pool, so the gradient of the logit at each of the h x w locations is the gradient at the
+pooled features divided by h x w, and only the head (three small layers) is differentiated. The
+node uses it, so a relevance map costs no second pass through the ResNet50; the full pass of
+:class:`GradCamRelevance` stays as the reference it is tested against (``tests/unit/test_relevance.py``).
+
 :func:`monai_app.transforms.regions.relevance_region` turns a map into one closed outline,
 "the region the model looked at" (numpy only, so the torch-free worker can use it).
 """
@@ -19,8 +26,10 @@ import numpy as np
 import torch
 from monai.visualize import GradCAM
 from torch import nn
+from torch.nn import functional as F
 
 from monai_app.labels import POSITIVE_CLASS
+from monai_app.networks.classifier import CovidClassifier
 
 TARGET_LAYER = "backbone.layer4"
 """The ResNet50's last residual block: the finest features that still see the whole chest."""
@@ -129,3 +138,50 @@ class GradCamRelevance:
         hooks.activations.clear()
         hooks.gradients.clear()
         hooks.score = None
+
+
+@contextmanager
+def layer_output(network: nn.Module, layer: str = TARGET_LAYER) -> Iterator[list[torch.Tensor]]:
+    """Within: each forward pass's output of ``layer`` (default ``backbone.layer4``), appended to the yielded list."""
+    outputs: list[torch.Tensor] = []
+    handle = network.get_submodule(layer).register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def grad_cam_from_feature_maps(
+    network: CovidClassifier, feature_maps: torch.Tensor, input_size: tuple[int, int], class_index: int = POSITIVE_CLASS,
+) -> np.ndarray:
+    """Grad-CAM of ``backbone.layer4`` from its output: what :class:`GradCamRelevance` gives, without a second forward pass.
+
+    Parameters
+    ----------
+    network : CovidClassifier
+        The classifier, in eval mode: its head alone is run and differentiated (``embed_pooled``, ``head``); its parameters are
+        neither changed nor left with gradients.
+    feature_maps : torch.Tensor
+        ``(B, 2048, h, w)``: ``backbone.layer4``'s output for the batch, from any runtime.
+    input_size : tuple of int
+        ``(rows, columns)`` of the classifier's input, the grid the maps are upsampled to.
+    class_index : int
+        The class whose logit is explained (default COVID-19).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(B, rows, columns)`` float32 in [0, 1], as :meth:`GradCamRelevance.__call__`.
+    """
+    maps = feature_maps.detach().float().clone()  # a plain tensor, also when made under inference_mode
+    rows, columns = maps.shape[-2:]
+    with _frozen(network), torch.enable_grad():
+        pooled = maps.mean(dim=(2, 3)).requires_grad_(True)  # the backbone's global average pool
+        logits = network.head(network.embed_pooled(pooled))
+        (pooled_gradient,) = torch.autograd.grad(logits[:, class_index].sum(), pooled)
+    # The pool spreads the gradient evenly: each location's gradient is the pooled one / (h w),
+    # which is also its mean over the locations (Grad-CAM's weight of each feature map).
+    weights = (pooled_gradient / (rows * columns))[:, :, None, None]
+    activation = F.relu((weights * maps).sum(dim=1, keepdim=True))
+    upsampled = F.interpolate(activation, size=tuple(input_size), mode="bilinear", align_corners=False)
+    return unit_range(upsampled)[:, 0].float().cpu().numpy()

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from monai_app.networks.classifier import CovidClassifier
+from monai_app.relevance import layer_output
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +58,35 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxr-node" / "runtime"
 
 
-class _EmbeddingAndLogits(nn.Module):
-    """The classifier as the node runs it: image batch -> (embedding, logits), one graph."""
+CLASSIFIER_OUTPUTS = ["feature_maps", "embedding", "logits"]
+"""The exported classifier's outputs: ``backbone.layer4``'s maps (for the Grad-CAM), embedding, logits."""
+
+
+class _ClassifierOutputs(nn.Module):
+    """The classifier as the node runs it: image batch -> (layer4 feature maps, embedding, logits), one graph."""
 
     def __init__(self, network: CovidClassifier) -> None:
         super().__init__()
         self.network = network
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.network.embed(x)
-        return embedding, self.network.head(embedding)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with layer_output(self.network) as feature_maps:
+            embedding = self.network.embed(x)
+        return feature_maps[-1], embedding, self.network.head(embedding)
 
 
 def export_names(lung_sha256: str, classifier_sha256: str) -> tuple[str, str]:
-    """File names of the exported U-Net and classifier: the weights' SHA-256 (16 digits) in each."""
-    return f"lung_unet-{lung_sha256[:16]}.onnx", f"classifier-{classifier_sha256[:16]}.onnx"
+    """File names of the exported U-Net and classifier: the weights' SHA-256 (16 digits) in each.
+
+    The classifier's name also says which outputs it has, so an older export (without the
+    feature maps) in the cache is never loaded.
+    """
+    return f"lung_unet-{lung_sha256[:16]}.onnx", f"classifier-{classifier_sha256[:16]}-features.onnx"
 
 
 def export_networks(lung: nn.Module, classifier: CovidClassifier, out_dir: Path,
                     names: tuple[str, str]) -> tuple[Path, Path]:
-    """Export the U-Net (``image`` -> ``logit``) and the classifier (``image`` -> ``embedding``, ``logits``) to ONNX.
+    """Export the U-Net (``image`` -> ``logit``) and the classifier (``image`` -> :data:`CLASSIFIER_OUTPUTS`) to ONNX.
 
     Written to a temporary name and renamed, so a half-written file is never loaded. Both
     networks must be in eval mode (dropout off), as the bundle loads them.
@@ -84,7 +94,7 @@ def export_networks(lung: nn.Module, classifier: CovidClassifier, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = (out_dir / names[0], out_dir / names[1])
     jobs: tuple[tuple[nn.Module, tuple[int, ...], list[str]], ...] = (
-        (lung, LUNG_INPUT, ["logit"]), (_EmbeddingAndLogits(classifier).eval(), CLASSIFIER_INPUT, ["embedding", "logits"]),
+        (lung, LUNG_INPUT, ["logit"]), (_ClassifierOutputs(classifier).eval(), CLASSIFIER_INPUT, CLASSIFIER_OUTPUTS),
     )
     for path, (network, shape, outputs) in zip(paths, jobs):
         if path.is_file():
@@ -111,8 +121,9 @@ class NetworkRuntime(Protocol):
         """U-Net logits ``(B, 1, 256, 256)`` of ``(B, 1, 256, 256)`` float32 images."""
         ...
 
-    def embed_and_classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings ``(B, 128)`` and logits ``(B, 2)`` of ``(B, 3, 224, 224)`` float32 inputs."""
+    def classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``backbone.layer4``'s maps ``(B, 2048, 7, 7)``, embeddings ``(B, 128)`` and logits ``(B, 2)`` of
+        ``(B, 3, 224, 224)`` float32 inputs."""
         ...
 
 
@@ -137,9 +148,10 @@ class OnnxRuntimeNetworks:
     def lung_logits(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self._lung.run(None, {"image": np.ascontiguousarray(images, np.float32)})[0])
 
-    def embed_and_classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        embedding, logits = self._classifier.run(None, {"image": np.ascontiguousarray(images, np.float32)})
-        return np.asarray(embedding), np.asarray(logits)
+    def classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        feature_maps, embedding, logits = self._classifier.run(
+            CLASSIFIER_OUTPUTS, {"image": np.ascontiguousarray(images, np.float32)})
+        return np.asarray(feature_maps), np.asarray(embedding), np.asarray(logits)
 
 
 class OpenVinoNetworks:
@@ -165,10 +177,11 @@ class OpenVinoNetworks:
         with self._lock:
             return np.array(self._lung(np.ascontiguousarray(images, np.float32))[0])
 
-    def embed_and_classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with self._lock:
             out = self._classifier(np.ascontiguousarray(images, np.float32))
-            return np.array(out[0]), np.array(out[1])
+            feature_maps, embedding, logits = (np.array(out[name]) for name in CLASSIFIER_OUTPUTS)
+            return feature_maps, embedding, logits
 
 
 RUNTIME_CLASSES: dict[str, Callable[[Path, Path, int], NetworkRuntime]] = {

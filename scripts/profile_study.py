@@ -14,8 +14,9 @@ Every stage is the node's own code, called in this process in the order the node
   decode), with the U-Net's own forward timed apart inside ``LungProbabilityd``;
 - ``applicability``: the rest of ``prepare`` (8-bit source copy, geometry, lung fields,
   appearance) + :func:`check_image`;
-- ``classifier``: ``predict`` without relevance (ResNet50 + head, the runtime in use);
-- ``grad_cam``: the Grad-CAM pass alone (:class:`~monai_app.relevance.GradCamRelevance`);
+- ``classifier``: ``predict`` with relevance, as the node calls it: ResNet50 + head on the
+  runtime in use, then the Grad-CAM from that pass's feature maps (the head's gradient only,
+  :func:`~monai_app.relevance.grad_cam_from_feature_maps`);
 - ``index_query``, ``image_evidence``, ``build_result`` (SR, SC, KOS), ``encode``,
   ``spool_result`` (``put_result``: every object durably, the job into the outbox);
 - ``outbox_c_store`` (only with ``--network``): the node's ``send_files`` of the SR and its
@@ -65,8 +66,6 @@ from dicom_node.report.sr import AlgorithmInfo, Finding
 from dicom_node.send.delivery import send_files
 from dicom_node.spool import JobState, Spool
 from monai_app.inference import BundleAnalyser, PreparedImage, to_uint8
-from monai_app.labels import POSITIVE_CLASS
-from monai_app.relevance import GradCamRelevance
 from monai_app.transforms.classifier_input import LungProbabilityd
 from monai_app.transforms.geometry import grid_from_meta
 from monai_app.transforms.lung_fields import measure_lung_fields
@@ -76,6 +75,7 @@ from scripts.bench_ingest import cpu_busy_fraction, dcmtk_env, free_port, machin
 REPO = Path(__file__).resolve().parents[1]
 AE_TITLE = "CXR_AI"
 PACS_AE = "PROFILE_PACS"
+CLASSIFIER_STAGE = "classifier + Grad-CAM (one forward pass, the head's gradient)"
 
 
 class Stages:
@@ -145,7 +145,7 @@ def prepare_by_stage(analyser: BundleAnalyser, path: Path, stages: Stages) -> Pr
     return prepared
 
 
-def one_study(analyser: BundleAnalyser, relevance: GradCamRelevance, path: Path, spool: Spool,
+def one_study(analyser: BundleAnalyser, path: Path, spool: Spool,
               algorithm: AlgorithmInfo, stages: Stages) -> list[Path]:
     """One study through the node's in-process stages; returns the result files the outbox sends."""
     ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
@@ -163,10 +163,10 @@ def one_study(analyser: BundleAnalyser, relevance: GradCamRelevance, path: Path,
         header = pydicom.dcmread(instance, stop_before_pixels=True)
         check_header(header)
     prepared = prepare_by_stage(analyser, instance, stages)
-    with stages.time("classifier (ResNet50 + head)"):
-        prediction = analyser.predict([prepared])[0]
-    with stages.time("grad_cam (forward + backward)"):
-        relevance_map = relevance(prepared.tensor[None])[0]
+    with stages.time(CLASSIFIER_STAGE):
+        prediction = analyser.predict([prepared], relevance=True)[0]
+    relevance_map = prediction.relevance
+    assert relevance_map is not None
     with stages.time("index query (k=4)"):
         similar = similar_studies(analyser.similar(prediction.embedding, 4, exclude_study=str(header.StudyInstanceUID)))
     with stages.time("image_evidence (maps to source grid)"):
@@ -223,7 +223,6 @@ def sizes_corpus(size: str, work: Path, n: int) -> list[Path]:
 def profile_size(size: str, args: argparse.Namespace, analyser: BundleAnalyser, work: Path) -> dict[str, Any]:
     files = sizes_corpus(size, work, args.files)
     stages = Stages()
-    relevance = GradCamRelevance(analyser.network, POSITIVE_CLASS)
     algorithm = AlgorithmInfo(name=analyser.identity.name[:64], version=analyser.identity.version,
                               weights_sha256=analyser.identity.sha256, manufacturer=analyser.identity.authors[:64])
     undo = unet_timer(analyser, stages)
@@ -234,12 +233,12 @@ def profile_size(size: str, args: argparse.Namespace, analyser: BundleAnalyser, 
             for path in files:
                 spool = Spool(work / f"spool-{size}-{round_}-{path.stem}")
                 record = stages if round_ else Stages()  # round 0 warms up
-                outbox_files.append(one_study(analyser, relevance, path, spool, algorithm, record))
+                outbox_files.append(one_study(analyser, path, spool, algorithm, record))
         profile_text = ""
         if args.cprofile:
             profiler = cProfile.Profile()
             profiler.enable()
-            one_study(analyser, relevance, files[0], Spool(work / f"spool-{size}-cprofile"), algorithm, Stages())
+            one_study(analyser, files[0], Spool(work / f"spool-{size}-cprofile"), algorithm, Stages())
             profiler.disable()
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(args.cprofile)
@@ -265,7 +264,7 @@ def profile_size(size: str, args: argparse.Namespace, analyser: BundleAnalyser, 
             stop(pacs)
     header = pydicom.dcmread(files[0], stop_before_pixels=True)
     table = stages.medians()
-    model_stages = ("  U-Net forward", "classifier (ResNet50 + head)", "grad_cam (forward + backward)")
+    model_stages = ("  U-Net forward", CLASSIFIER_STAGE)
     nested = {"  U-Net forward"}  # inside LungProbabilityd: not added twice
     total = [row for row in table if row["stage"] not in nested and not row["stage"].startswith(("receive", "outbox"))]
     return {

@@ -121,7 +121,10 @@ class CovidClassifier(nn.Module):
         torch.Tensor
             ``(B, embedding_dim)``, non-negative.
         """
-        features = self.backbone(x)
+        return self.embed_pooled(self.backbone(x))
+
+    def embed_pooled(self, features: torch.Tensor) -> torch.Tensor:
+        """The embedding of pooled backbone features ``(B, 2048)`` (the average of ``backbone.layer4``'s maps)."""
         hidden = self.dropout(F.relu(self.fc1(features)))
         return F.relu(self.fc2(hidden))
 

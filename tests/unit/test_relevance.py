@@ -8,7 +8,7 @@ import torch
 from monai.visualize import GradCAM
 
 from monai_app.networks.classifier import CovidClassifier
-from monai_app.relevance import TARGET_LAYER, GradCamRelevance, unit_range
+from monai_app.relevance import TARGET_LAYER, GradCamRelevance, grad_cam_from_feature_maps, layer_output, unit_range
 from monai_app.transforms.regions import relevance_region
 
 
@@ -167,3 +167,20 @@ def test_bad_maps_and_arguments_are_refused() -> None:
         relevance_region(np.eye(8), level=0.0)
     with pytest.raises(ValueError, match="n_points"):
         relevance_region(np.eye(8), n_points=3)
+
+
+def test_the_maps_from_the_forward_pass_feature_maps_are_grad_cam_s(
+    relevance: GradCamRelevance, network: CovidClassifier, batch: torch.Tensor
+) -> None:
+    # The node's way: layer4's maps kept from the classification pass (under inference_mode),
+    # then the head alone differentiated. The same maps as a full Grad-CAM pass.
+    with torch.inference_mode(), layer_output(network) as outputs:
+        network.embed(batch)
+    assert len(outputs) == 1 and outputs[0].shape == (2, 2048, 7, 7)
+    maps = grad_cam_from_feature_maps(network, outputs[0], (224, 224))
+    expected = relevance(batch)
+    assert maps.shape == expected.shape == (2, 224, 224) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    assert all(p.grad is None and p.requires_grad for p in network.parameters())
+    other_class = grad_cam_from_feature_maps(network, outputs[0], (224, 224), class_index=0)
+    assert np.abs(other_class - maps).max() > 0.1, "the class explained matters"
