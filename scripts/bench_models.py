@@ -8,10 +8,13 @@ runtimes' order rotated from round to round so that drift and other load hit the
 The networks alone are timed too (U-Net at its 256 x 256 input, the classifier at 224 x 224,
 ms per image), and the largest differences from PyTorch on the same files are recorded.
 
-``--per-pixel-peer`` adds the floor as it was before the display chain became a table lookup
-(:func:`monai_app.data.dicom_image.display_table` switched off for that run, so every pixel goes
-through the Modality LUT and the window): PyTorch with it is the floor of the issue's starting
-point, measured in the same run.
+``--before-peer`` adds the floor as it was at the issue's start, measured in the same run:
+PyTorch with the display chain applied pixel by pixel
+(:func:`monai_app.data.dicom_image.display_table` switched off for that run) and, with
+Grad-CAM, MONAI's full Grad-CAM pass after the classification
+(:class:`monai_app.relevance.GradCamRelevance`, a second pass through the ResNet50) instead of
+the map from the classification pass's own feature maps. The cases' order turns from round
+to round as the runtimes' does, so that no case always runs first.
 
 Usage (from the repository root)::
 
@@ -38,6 +41,7 @@ import torch
 
 from monai_app.data import dicom_image
 from monai_app.inference import BundleAnalyser, PreparedImage
+from monai_app.relevance import GradCamRelevance
 from monai_app.runtime import installed
 from monai_app.transforms.classifier_input import LungProbabilityd
 from scripts import dicom_corpus
@@ -46,8 +50,8 @@ from scripts.bench_ingest import cpu_busy_fraction, machine_facts
 REPO = Path(__file__).resolve().parents[1]
 
 
-PER_PIXEL = "pytorch-per-pixel"
-"""The PyTorch analyser with the display chain applied pixel by pixel (the floor before the table)."""
+BEFORE = "pytorch-before"
+"""The PyTorch analyser as at the issue's start: the display chain per pixel, Grad-CAM as a second full pass."""
 
 
 @contextlib.contextmanager
@@ -62,12 +66,22 @@ def display_chain_per_pixel() -> Iterator[None]:
 
 
 def floor_seconds(analyser: BundleAnalyser, files: list[Path], batch_size: int, relevance: bool,
-                  per_pixel: bool = False) -> float:
-    """Seconds for prepare + predict of every file, ``batch_size`` at a time (as the node's worker)."""
-    with display_chain_per_pixel() if per_pixel else contextlib.nullcontext():
+                  full_grad_cam: GradCamRelevance | None = None) -> float:
+    """Seconds for prepare + predict of every file, ``batch_size`` at a time (as the node's worker).
+
+    With ``full_grad_cam`` (the :data:`BEFORE` peer) the display chain runs per pixel and the
+    relevance maps come from that second full pass, as before.
+    """
+    with display_chain_per_pixel() if full_grad_cam is not None else contextlib.nullcontext():
         started = time.perf_counter()
         for i in range(0, len(files), batch_size):
-            analyser.predict([analyser.prepare(p) for p in files[i:i + batch_size]], relevance=relevance)
+            prepared = [analyser.prepare(p) for p in files[i:i + batch_size]]
+            if full_grad_cam is None:
+                analyser.predict(prepared, relevance=relevance)
+                continue
+            analyser.predict(prepared)
+            if relevance:
+                full_grad_cam(torch.stack([p.tensor for p in prepared]))
         return time.perf_counter() - started
 
 
@@ -130,8 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--runtimes", default="pytorch,onnxruntime,openvino")
     parser.add_argument("--relevance", action="store_true", help="also the floor with Grad-CAM (always PyTorch)")
-    parser.add_argument("--per-pixel-peer", action="store_true",
-                        help=f"also {PER_PIXEL}: PyTorch with the display chain on every pixel (the floor before the table)")
+    parser.add_argument("--before-peer", action="store_true",
+                        help=f"also {BEFORE}: PyTorch as at the issue's start (display chain per pixel, full Grad-CAM pass)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10, help="calls per network timing")
     parser.add_argument("--out", type=Path, default=REPO / "bench-out" / "models")
@@ -150,16 +164,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     cases = [(b, rel) for rel in ((False, True) if args.relevance else (False,)) for b in batch_sizes]
     seconds: dict[str, list[float]] = {}
-    for analyser in analysers.values():  # warm-up: first calls allocate and compile
-        floor_seconds(analyser, files[:max(batch_sizes)], max(batch_sizes), False)
-    timed = names + ([PER_PIXEL] if args.per_pixel_peer else [])
+    timed = names + ([BEFORE] if args.before_peer else [])
+    full_grad_cam = GradCamRelevance(analysers["pytorch"].network) if args.before_peer else None
+    for name in timed:  # warm-up: first calls allocate and compile
+        for relevance in {rel for _, rel in cases}:
+            floor_seconds(analysers["pytorch" if name == BEFORE else name], files[:max(batch_sizes)], max(batch_sizes),
+                          relevance, full_grad_cam if name == BEFORE else None)
     for round_ in range(args.rounds):
         order = timed[round_ % len(timed):] + timed[:round_ % len(timed)]
         for name in order:
-            analyser = analysers["pytorch" if name == PER_PIXEL else name]
-            for b, rel in cases:
+            analyser = analysers["pytorch" if name == BEFORE else name]
+            for b, rel in cases[round_ % len(cases):] + cases[:round_ % len(cases)]:
                 key = f"{name} batch {b}{' + Grad-CAM' if rel else ''}"
-                seconds.setdefault(key, []).append(floor_seconds(analyser, files, b, rel, per_pixel=name == PER_PIXEL))
+                seconds.setdefault(key, []).append(
+                    floor_seconds(analyser, files, b, rel, full_grad_cam if name == BEFORE else None))
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     floors: dict[str, dict[str, Any]] = {key: {"median_seconds": round(statistics.median(s), 3),
                     "files_per_second": round(len(files) / statistics.median(s), 3),
@@ -167,9 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key, floor in floors.items():
         name, rest = key.split(" ", 1)
         floor["over_pytorch"] = round(floor["files_per_second"] / floors[f"pytorch {rest}"]["files_per_second"], 2)
-        if args.per_pixel_peer:
-            floor["over_pytorch_per_pixel"] = round(
-                floor["files_per_second"] / floors[f"{PER_PIXEL} {rest}"]["files_per_second"], 2)
+        if args.before_peer:
+            floor["over_before"] = round(floor["files_per_second"] / floors[f"{BEFORE} {rest}"]["files_per_second"], 2)
     networks = {name: network_times(a, batch_sizes, args.repeats) for name, a in analysers.items()}
     diffs = differences(analysers, files)
     out = {"machine": facts, "cpu_busy_after": round(cpu_busy_fraction(), 3), "threads": args.threads,
@@ -183,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{out['cpu_busy_after']:.0%} after, load {facts['load_average_1_5_15_min']}; {args.threads} threads")
     for key, floor in floors.items():
         print(f"model floor {key:<40} {floor['files_per_second']:7.2f} files/s  x{floor['over_pytorch']:.2f} of PyTorch"
-              + (f"  x{floor['over_pytorch_per_pixel']:.2f} of {PER_PIXEL}" if args.per_pixel_peer else ""))
+              + (f"  x{floor['over_before']:.2f} of {BEFORE}" if args.before_peer else ""))
     for name, times in networks.items():
         print(f"networks {name:<12} " + "  ".join(f"{k} {v}" for k, v in times.items()))
     print(json.dumps(diffs))
