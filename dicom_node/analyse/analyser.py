@@ -55,8 +55,17 @@ class PreparedImage(Protocol):
 class ModelGrid(Protocol):
     """The way from the classifier's input grid back to the source image's pixel grid."""
 
+    @property
+    def source_shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the source image."""
+        ...
+
     def to_source(self, model_map: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """A map on the model grid, resampled onto the source grid."""
+        ...
+
+    def to_grid(self, model_map: np.ndarray, shape: Sequence[int], fill: float = 0.0) -> np.ndarray:
+        """A map on the model grid, resampled onto a ``shape`` grid spanning the source image (a picture's)."""
         ...
 
     def points_to_source(self, points: np.ndarray) -> np.ndarray:

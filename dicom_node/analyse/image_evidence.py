@@ -13,6 +13,7 @@ import numpy as np
 from dicom_node.analyse.analyser import PreparedImage
 from dicom_node.report.result import ImageEvidence
 from dicom_node.report.sr import ImageRegion
+from monai_app.transforms.geometry import GridMap
 from monai_app.transforms.lung_fields import LUNG_LEVEL
 from monai_app.transforms.regions import relevance_region
 
@@ -64,10 +65,10 @@ def image_evidence(image: PreparedImage, relevance: np.ndarray | None) -> ImageE
         box = lung_box(lung_model)
         if box is not None:
             region = _region(grid.points_to_source(box), LUNG_FIELDS_REGION, source_image.shape)
-    return ImageEvidence(
+    return ImageEvidence(  # the maps stay on the model grid until drawn: the picture is 1024 px, not 5 M pixels
         source_image=source_image,
-        relevance=None if relevance is None else grid.to_source(relevance),
-        lung=grid.to_source(lung_model),
+        relevance=None if relevance is None else GridMap(grid, np.asarray(relevance, dtype=np.float32)),
+        lung=GridMap(grid, lung_model),
         region=region,
     )
 

@@ -20,7 +20,7 @@ from dicom_node.report.segmentation import build_lung_segmentation
 from dicom_node.report.source import checked_source
 from dicom_node.report.sr import AlgorithmInfo, Finding, ImageRegion, SimilarStudy, build_report
 from dicom_node.report.summary_image import build_summary_image
-from dicom_node.report.summary_picture import banner_lines, legend_line, render_summary
+from dicom_node.report.summary_picture import SourceMap, banner_lines, legend_line, render_summary
 from monai_app.transforms.lung_fields import LUNG_LEVEL
 
 SUMMARY_MAX_SIZE = 1024
@@ -36,18 +36,25 @@ class ImageEvidence:
     ----------
     source_image : numpy.ndarray
         (rows, columns) uint8, the radiograph as the model loaded it (windowed, 255 = white).
-    relevance : numpy.ndarray or None
-        (rows, columns) float in [0, 1]: the classifier's relevance (``None``: not computed).
-    lung : numpy.ndarray or None
-        (rows, columns) float in [0, 1]: the U-Net's lung probability.
+    relevance : GridMap, numpy.ndarray or None
+        Float in [0, 1]: the classifier's relevance (``None``: not computed). A
+        :class:`~monai_app.transforms.geometry.GridMap` is resampled only onto the grid it is
+        drawn on; an array is already on the source grid, (rows, columns).
+    lung : GridMap, numpy.ndarray or None
+        Float in [0, 1]: the U-Net's lung probability, as ``relevance``.
     region : ImageRegion or None
         The outline the report draws on the source.
     """
 
     source_image: np.ndarray
-    relevance: np.ndarray | None
-    lung: np.ndarray | None
+    relevance: SourceMap | None
+    lung: SourceMap | None
     region: ImageRegion | None
+
+
+def on_source(values: SourceMap) -> np.ndarray:
+    """A map on the source grid itself: as given, or resampled there from its model grid."""
+    return values if isinstance(values, np.ndarray) else values.on()
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ def build_result(
         )
         companions.append(("sc", build_summary_image(source, pixels, finding, algorithm)))
     if evidence is not None and lung_segmentation and evidence.lung is not None:
-        mask = evidence.lung >= LUNG_LEVEL
+        mask = on_source(evidence.lung) >= LUNG_LEVEL
         if mask.any():  # a Segmentation needs a segment with pixels
             companions.append(("seg", build_lung_segmentation(source, mask, algorithm)))
     report = build_report(

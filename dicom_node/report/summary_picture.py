@@ -29,7 +29,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from monai_app.transforms.geometry import GridMap
 from monai_app.transforms.lung_fields import LUNG_LEVEL
+
+SourceMap = GridMap | np.ndarray
+"""A map over the source image: on its model grid (resampled onto the picture's grid), or an array on the source grid."""
 
 if TYPE_CHECKING:  # the value types only: rendering needs no highdicom
     from dicom_node.report.sr import AlgorithmInfo, Finding
@@ -124,8 +128,8 @@ def banner_lines(finding: Finding, algorithm: AlgorithmInfo, legend: str | None 
 
 def render_summary(
     source_image: np.ndarray,
-    relevance: np.ndarray | None,
-    lung: np.ndarray | None,
+    relevance: SourceMap | None,
+    lung: SourceMap | None,
     banner: Sequence[str],
     *,
     max_size: int = DEFAULT_MAX_SIZE,
@@ -136,12 +140,14 @@ def render_summary(
     ----------
     source_image : numpy.ndarray
         (rows, cols) uint8, the radiograph windowed for display (255 = white).
-    relevance : numpy.ndarray or None
-        (rows, cols) float in [0, 1] on the source grid, the classifier's relevance map;
-        heat is drawn where it exceeds :data:`RELEVANCE_FLOOR`. ``None``: no heatmap.
-    lung : numpy.ndarray or None
-        (rows, cols) float lung probability in [0, 1] on the source grid; the boundary of
-        ``lung >= 0.5`` is drawn in :data:`CONTOUR_RGB`. ``None``: no contour.
+    relevance : GridMap, numpy.ndarray or None
+        Float in [0, 1], the classifier's relevance map: a
+        :class:`~monai_app.transforms.geometry.GridMap` of the source (resampled straight onto
+        the picture's grid) or a (rows, cols) array on the source grid; heat is drawn where it
+        exceeds :data:`RELEVANCE_FLOOR`. ``None``: no heatmap.
+    lung : GridMap, numpy.ndarray or None
+        Float lung probability in [0, 1], as ``relevance``; the boundary of ``lung >= 0.5`` is
+        drawn in :data:`CONTOUR_RGB`. ``None``: no contour.
     banner : Sequence[str]
         Text lines of the banner, e.g. from :func:`banner_lines` (may be empty: no banner).
     max_size : int
@@ -167,11 +173,11 @@ def render_summary(
     grey = _resized(source_image, width, image_height)
     picture = np.repeat(grey[:, :, np.newaxis], 3, axis=2).astype(np.float32)
     if relevance is not None:
-        heat = _resized(relevance.astype(np.float32), width, image_height)
+        heat = _map_on_picture(relevance, width, image_height, "relevance")
         picture = _blend_heat(picture, heat)
     rgb = np.clip(np.rint(picture), 0, 255).astype(np.uint8)
     if lung is not None:
-        inside = _resized(lung.astype(np.float32), width, image_height) >= LUNG_LEVEL
+        inside = _map_on_picture(lung, width, image_height, "lung") >= LUNG_LEVEL
         rgb[_boundary(inside, _line_width(width, image_height))] = CONTOUR_RGB
     if band_height == 0:
         return rgb
@@ -188,14 +194,17 @@ def _check_inputs(
     for argument, values in (("relevance", relevance), ("lung", lung)):
         if values is None:
             continue
+        if isinstance(values, GridMap):
+            if tuple(values.shape) != source_image.shape:
+                raise ValueError(f'Argument "{argument}" must be a map of "source_image", {source_image.shape}.')
+            continue  # its values are checked on the picture's grid (_map_on_picture)
         if not isinstance(values, np.ndarray) or not (
             np.issubdtype(values.dtype, np.floating) or values.dtype == np.bool_
         ):
-            raise TypeError(f'Argument "{argument}" must be a float numpy array or None.')
+            raise TypeError(f'Argument "{argument}" must be a GridMap, a float numpy array or None.')
         if values.shape != source_image.shape:
             raise ValueError(f'Argument "{argument}" must have the shape of "source_image", {source_image.shape}.')
-        if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 1:
-            raise ValueError(f'Argument "{argument}" must be finite and in [0, 1].')
+        _check_unit_range(values, argument)
     if isinstance(banner, str) or not all(isinstance(line, str) for line in banner):
         raise TypeError('Argument "banner" must be a sequence of strings.')
     if isinstance(max_size, bool) or not isinstance(max_size, int):
@@ -252,6 +261,20 @@ def _banner(banner: list[str], width: int, height: int, font: ImageFont.FreeType
         draw.text((x, y), line, fill=TEXT_RGB, font=font)
         y += line_height
     return np.asarray(band, dtype=np.uint8)
+
+
+def _check_unit_range(values: np.ndarray, argument: str) -> None:
+    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 1:
+        raise ValueError(f'Argument "{argument}" must be finite and in [0, 1].')
+
+
+def _map_on_picture(values: SourceMap, width: int, height: int, argument: str) -> np.ndarray:
+    """A map on the picture's (height, width) grid: an array resized, a GridMap resampled from its model grid."""
+    if isinstance(values, np.ndarray):
+        return _resized(values.astype(np.float32), width, height)
+    on_picture = values.on((height, width))
+    _check_unit_range(on_picture, argument)
+    return on_picture
 
 
 def _resized(values: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,14 +39,15 @@ def _ints(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in np.asarray(value).reshape(-1))
 
 
-def _axis_weights(model_size: int, start: int, stop: int, offset: float, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear sampling indices and weights on one model axis for source pixels ``start..stop-1``.
+def _axis_weights(model_size: int, centres: np.ndarray, offset: float, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear sampling indices and weights on one model axis for points at source coordinates ``centres``.
 
-    A source pixel centre ``i + 0.5`` lies at model coordinate ``(i + 0.5 - offset) * scale``;
-    model pixel ``j`` has its centre at ``j + 0.5``, so the fractional index is that minus 0.5.
-    Beyond the outermost model pixel centres the edge value is kept (clamped index).
+    A source point ``x`` (a pixel centre ``i + 0.5`` of the source or of a coarser grid over
+    it) lies at model coordinate ``(x - offset) * scale``; model pixel ``j`` has its centre at
+    ``j + 0.5``, so the fractional index is that minus 0.5. Beyond the outermost model pixel
+    centres the edge value is kept (clamped index).
     """
-    index = (np.arange(start, stop, dtype=np.float64) + 0.5 - offset) * scale - 0.5
+    index = (centres - offset) * scale - 0.5
     index = np.clip(index, 0.0, model_size - 1.0)
     low = np.floor(index).astype(np.intp)
     high = np.minimum(low + 1, model_size - 1)
@@ -145,6 +146,42 @@ class ModelGrid:
         )
         return float(top), float(bottom), float(left), float(right)
 
+    def to_grid(self, model_map: np.ndarray, shape: Sequence[int], fill: float = 0.0) -> np.ndarray:
+        """Resample a model-grid map onto a ``shape`` grid that spans the source image (bilinear).
+
+        A downscaled copy of the source, such as the summary picture, has such a grid: its
+        pixel ``i`` is centred at source coordinate ``(i + 0.5) * source_rows / rows``. Points
+        outside the content box get ``fill``. With ``shape`` the source's own, this is
+        :meth:`to_source`, value for value.
+
+        Raises
+        ------
+        ValueError
+            If ``model_map`` does not have ``model_shape`` or ``shape`` is not positive.
+        """
+        model_map = np.asarray(model_map, np.float32)
+        if model_map.shape != tuple(self.model_shape):
+            raise ValueError(f"map has shape {model_map.shape}, expected the model grid {tuple(self.model_shape)}")
+        rows, columns = (int(n) for n in shape)
+        if min(rows, columns) < 1:
+            raise ValueError(f"shape {tuple(shape)} must be positive")
+        top, bottom, left, right = self.box
+        offset, scale = self._offset, 1.0 / self._scale
+        out = np.full((rows, columns), fill, np.float32)
+        row_centres = (np.arange(rows, dtype=np.float64) + 0.5) * (self.source_shape[0] / rows)
+        column_centres = (np.arange(columns, dtype=np.float64) + 0.5) * (self.source_shape[1] / columns)
+        inside_rows = np.flatnonzero((row_centres >= top) & (row_centres < bottom))
+        inside_columns = np.flatnonzero((column_centres >= left) & (column_centres < right))
+        if not inside_rows.size or not inside_columns.size:
+            return out
+        r0, r1, wr = _axis_weights(self.model_shape[0], row_centres[inside_rows], offset[0], scale[0])
+        c0, c1, wc = _axis_weights(self.model_shape[1], column_centres[inside_columns], offset[1], scale[1])
+        # Separable: interpolate along rows, then along columns (the mapping is axis-aligned).
+        by_rows = model_map[r0] * (1.0 - wr)[:, None] + model_map[r1] * wr[:, None]
+        out[inside_rows[0]:inside_rows[-1] + 1, inside_columns[0]:inside_columns[-1] + 1] = (
+            by_rows[:, c0] * (1.0 - wc) + by_rows[:, c1] * wc)
+        return out
+
     def to_source(self, model_map: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Resample a model-grid map onto the source image's pixel grid (bilinear).
 
@@ -169,19 +206,42 @@ class ModelGrid:
         ValueError
             If ``model_map`` does not have ``model_shape``.
         """
-        model_map = np.asarray(model_map, np.float32)
-        if model_map.shape != tuple(self.model_shape):
-            raise ValueError(f"map has shape {model_map.shape}, expected the model grid {tuple(self.model_shape)}")
-        top, bottom, left, right = self.box
-        offset, scale = self._offset, 1.0 / self._scale
-        r0, r1, wr = _axis_weights(self.model_shape[0], top, bottom, offset[0], scale[0])
-        c0, c1, wc = _axis_weights(self.model_shape[1], left, right, offset[1], scale[1])
-        # Separable: interpolate along rows, then along columns (the mapping is axis-aligned).
-        by_rows = model_map[r0] * (1.0 - wr)[:, None] + model_map[r1] * wr[:, None]
-        inside = by_rows[:, c0] * (1.0 - wc) + by_rows[:, c1] * wc
-        out = np.full(self.source_shape, fill, np.float32)
-        out[top:bottom, left:right] = inside
-        return out
+        return self.to_grid(model_map, self.source_shape, fill)
+
+
+class GridResampling(Protocol):
+    """What :class:`GridMap` needs of a grid (a :class:`ModelGrid`, or the node's view of one)."""
+
+    @property
+    def source_shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the source image."""
+        ...
+
+    def to_grid(self, model_map: np.ndarray, shape: Sequence[int], fill: float = 0.0) -> np.ndarray:
+        """A model-grid map on a ``shape`` grid spanning the source image (:meth:`ModelGrid.to_grid`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class GridMap:
+    """A map on the model grid with its :class:`ModelGrid`: drawn on the source, or on any grid over it, when asked.
+
+    Resampling a map to detector size (5 M pixels) only to shrink it again for a picture costs
+    more than the networks; :meth:`on` goes straight to the grid that is drawn on.
+    """
+
+    grid: GridResampling
+    values: np.ndarray
+    fill: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The source image's ``(rows, columns)``: the grid the map stands for."""
+        return self.grid.source_shape
+
+    def on(self, shape: Sequence[int] | None = None) -> np.ndarray:
+        """The map on a ``shape`` grid over the source image (default: the source's own), float32."""
+        return self.grid.to_grid(self.values, self.shape if shape is None else shape, self.fill)
 
 
 def model_grid(source_shape: Sequence[int], box: Box | Sequence[int], model_shape: Sequence[int]) -> ModelGrid:

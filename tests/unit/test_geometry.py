@@ -16,6 +16,7 @@ from monai_app.transforms.geometry import (
     CONTENT_BOX_KEY,
     SOURCE_SHAPE_KEY,
     SQUARE_PADDING_KEY,
+    GridMap,
     ModelGrid,
     grid_from_meta,
     model_grid,
@@ -138,3 +139,23 @@ def test_the_preprocessing_records_its_geometry_to_the_classifier_input() -> Non
     grid = grid_from_meta(meta, data["image"].shape[-2:])
     assert grid == model_grid((400, 300), Box(30, 380, 20, 290), MODEL)
     assert grid_from_meta({"filename_or_obj": "x.png"}, MODEL) is None
+
+
+def test_a_map_goes_straight_onto_a_coarser_grid_over_the_source() -> None:
+    # A ramp along the model's rows is linear, so bilinear sampling gives each coarse pixel's
+    # model coordinate exactly: the coarse grid's centres mapped through crop, pad and resize.
+    grid = model_grid((400, 300), Box(20, 380, 30, 270), (50, 50))
+    ramp = np.repeat(np.arange(50, dtype=np.float32)[:, None], 50, axis=1)
+    coarse = grid.to_grid(ramp, (100, 75), fill=-1.0)
+    centres = (np.arange(100) + 0.5) * 4.0  # source rows of the coarse rows' centres
+    inside = (centres >= 20) & (centres < 380)
+    expected = np.clip(grid.points_to_model(np.column_stack([centres, np.full(100, 150.0)]))[:, 0] - 0.5, 0, 49)
+    np.testing.assert_allclose(coarse[inside, 40], expected[inside], atol=1e-4)
+    assert (coarse[~inside] == -1.0).all() and (coarse[:, :7] == -1.0).all()  # outside the content box
+    np.testing.assert_array_equal(grid.to_grid(ramp, (400, 300)), grid.to_source(ramp))
+    gridded = GridMap(grid, ramp, fill=-1.0)
+    assert gridded.shape == (400, 300)
+    np.testing.assert_array_equal(gridded.on(), grid.to_source(ramp, fill=-1.0))
+    np.testing.assert_array_equal(gridded.on((100, 75)), coarse)
+    with pytest.raises(ValueError, match="model grid"):
+        grid.to_grid(np.zeros((10, 10)), (100, 75))

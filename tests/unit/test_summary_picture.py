@@ -18,6 +18,8 @@ from dicom_node.report.summary_picture import (
     render_summary,
 )
 from monai_app.calibration import OperatingPoint
+from monai_app.transforms.geometry import GridMap, model_grid
+from monai_app.transforms.normalisation import Box
 from testkit.derived import display_pixels, ellipses, lung_probability, relevance_blob
 from testkit.sr import ALGORITHM, CANON_DX
 
@@ -247,3 +249,24 @@ def test_without_dejavu_pillow_s_own_font_writes_the_banner(monkeypatch: pytest.
 
     band = picture[: picture.shape[0] - 600]
     assert band.shape[0] > 0 and (band >= 200).all(axis=2).any()
+
+
+def test_maps_on_their_model_grid_draw_what_the_same_maps_on_the_source_draw() -> None:
+    # The node's way: the maps go from the model grid straight onto the picture's 512-pixel
+    # grid, not through the detector-size grid first. The picture must not change visibly.
+    film = display_pixels(CANON_DX)
+    rows, cols = film.shape
+    grid = model_grid((rows, cols), Box(40, rows - 40, 60, cols - 60), (224, 224))
+    yy, xx = np.mgrid[0:224, 0:224]
+    relevance = np.exp(-((yy - 90.0) ** 2 + (xx - 70.0) ** 2) / (2 * 25.0**2)).astype(np.float32)
+    lung = ((((yy - 112.0) / 80) ** 2 + ((xx - 112.0) / 90) ** 2) < 1).astype(np.float32)
+    direct = render_summary(film, GridMap(grid, relevance), GridMap(grid, lung), BANNER, max_size=512)
+    through_source = render_summary(film, grid.to_source(relevance), grid.to_source(lung), BANNER, max_size=512)
+    assert direct.shape == through_source.shape
+    assert np.abs(direct.astype(int) - through_source.astype(int)).mean() < 1.0  # grey levels, over RGB
+    contour = lambda picture: (picture == CONTOUR_RGB).all(axis=2)  # noqa: E731
+    assert abs(int(contour(direct).sum()) - int(contour(through_source).sum())) < 0.05 * contour(through_source).sum()
+    with pytest.raises(ValueError, match="map of"):
+        render_summary(film[:-1], GridMap(grid, relevance), None, BANNER)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        render_summary(film, GridMap(grid, relevance * 2), None, BANNER)
