@@ -15,5 +15,20 @@ FINDING_CLASS_NAMES = ("no_finding", "covid", "other_pneumonia")
 """Output index -> class of the three-class head; COVID-19 keeps :data:`POSITIVE_CLASS`, as in the binary head."""
 NO_FINDING_TEXTS = frozenset({"no finding"})
 """A non-COVID row's ``finding`` (lower case) that means a normal radiograph; any other text is another pneumonia."""
+HEAD_SIZES = (len(CLASS_NAMES), len(FINDING_CLASS_NAMES))
+"""Outputs a classifier head may have: COVID-19 or not, or the three findings."""
+
+
+def checked_head_size(num_classes: int) -> int:
+    """``num_classes`` as an int if a head may have it (:data:`HEAD_SIZES`), else ``ValueError``.
+
+    >>> checked_head_size(3)
+    3
+    """
+    if int(num_classes) not in HEAD_SIZES:
+        raise ValueError(f"num_classes must be one of {HEAD_SIZES}, got {num_classes}")
+    return int(num_classes)
+
+
 DEFAULT_THRESHOLD = 0.5
 """Decision threshold on the COVID-19 probability when neither the bundle nor the node names one."""

@@ -63,10 +63,6 @@ def file_sets(work: Path, n: int) -> dict[str, list[Dataset]]:
         no_voi.append(ds)
     shared = shared_data_dir() / "dicom"
     real: list[Dataset] = [pydicom.dcmread(p, force=True) for p in sorted(shared.rglob("*.dcm")) if p.name not in UNDECODABLE]
-    for bare in real:  # a bare dataset without File Meta: as the node reads it
-        if "TransferSyntaxUID" not in getattr(bare, "file_meta", {}):
-            bare.file_meta = pydicom.dataset.FileMetaDataset()
-            bare.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     return {"detector-size, window": windowed, "detector-size, percentile window": no_voi, "real CR/DX (shared)": real}
 
 

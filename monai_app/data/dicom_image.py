@@ -215,11 +215,21 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
     return pixels
 
 
+def _has_voi_lut(ds: Dataset) -> bool:
+    return "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
+
+
+def _has_window(ds: Dataset) -> bool:
+    return "WindowCenter" in ds and "WindowWidth" in ds
+
+
+def _is_display_8_bit(ds: Dataset) -> bool:
+    return int(ds.get("BitsStored", 16)) <= 8
+
+
 def uses_percentile_window(ds: Dataset) -> bool:
     """Whether :func:`voi_to_unit` falls back to the percentile window (no VOI, more than 8 bits)."""
-    has_voi_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
-    has_window = "WindowCenter" in ds and "WindowWidth" in ds
-    return not has_voi_lut and not has_window and int(ds.get("BitsStored", 16)) > 8
+    return not (_has_voi_lut(ds) or _has_window(ds) or _is_display_8_bit(ds))
 
 
 def voi_to_unit(
@@ -243,17 +253,17 @@ def voi_to_unit(
     numpy.ndarray
         ``float32`` array in ``[0, 1]``, before any MONOCHROME1 inversion.
     """
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
+    if _has_voi_lut(ds):
         item = ds.VOILUTSequence[0]
         out_bits = int(item.LUTDescriptor[2])
         mapped = apply_voi(values, ds, index=0)
         return np.clip(np.asarray(mapped, np.float64) / (2**out_bits - 1), 0, 1).astype(
             np.float32
         )
-    if "WindowCenter" in ds and "WindowWidth" in ds:
+    if _has_window(ds):
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
         return window_to_unit(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
-    if int(ds.get("BitsStored", 16)) <= 8:
+    if _is_display_8_bit(ds):
         return np.clip(np.asarray(values, np.float64) / 255.0, 0, 1).astype(np.float32)
     return percentile_window(values, percentiles, counts)
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from monai_app.labels import CLASS_LABELS, FINDING_CLASS_NAMES, NO_FINDING_TEXTS, POSITIVE_CLASS
+from monai_app.labels import CLASS_LABELS, FINDING_CLASS_NAMES, NO_FINDING_TEXTS, POSITIVE_CLASS, checked_head_size
 
 logger = logging.getLogger(__name__)
 
@@ -240,8 +240,7 @@ def classification_datalist(
         If a split is unknown or the selection is empty.
     """
     splits = checked_splits(split)
-    if int(num_classes) not in (2, len(FINDING_CLASS_NAMES)):
-        raise ValueError(f"num_classes must be 2 or {len(FINDING_CLASS_NAMES)}, got {num_classes}")
+    three_classes = checked_head_size(num_classes) == len(FINDING_CLASS_NAMES)
     root = Path(dataset_dir).resolve()
     items: list[dict[str, object]] = []
     no_finding_text = 0
@@ -255,7 +254,7 @@ def classification_datalist(
             "patient_id": row["patient_id"],
             "source": row.get("source", "") or "unknown",
         }
-        if int(num_classes) > 2:
+        if three_classes:
             finding = finding_class(row["label"], row.get("finding", "") or "")
             if finding is None:
                 no_finding_text += 1

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from monai.engines.utils import default_prepare_batch
 
-from monai_app.labels import FINDING_CLASS_NAMES
+from monai_app.labels import FINDING_CLASS_NAMES, checked_head_size
 
 
 def target_key(num_classes: int) -> str:
@@ -22,11 +22,7 @@ def target_key(num_classes: int) -> str:
     >>> target_key(2), target_key(3)
     ('label', 'finding')
     """
-    if int(num_classes) == 2:
-        return "label"
-    if int(num_classes) == len(FINDING_CLASS_NAMES):
-        return "finding"
-    raise ValueError(f"num_classes must be 2 or {len(FINDING_CLASS_NAMES)}, got {num_classes}")
+    return "finding" if checked_head_size(num_classes) == len(FINDING_CLASS_NAMES) else "label"
 
 
 class ClassifierTarget:

@@ -24,7 +24,7 @@ import torch
 from monai.data import DataLoader, Dataset
 
 from monai_app.data.image_io import is_dicom_file
-from monai_app.labels import CLASS_NAMES
+from monai_app.labels import CLASS_NAMES, POSITIVE_CLASS
 from monai_app.networks.classifier import CovidClassifier, load_classifier_weights
 from monai_app.retrieval.index import (
     SECONDARY_CAPTURE,
@@ -133,7 +133,7 @@ def classify_and_embed(
     with torch.no_grad():
         for batch in loader:
             embedding = network.embed(torch.as_tensor(batch["image"]).to(device))
-            scores.append(torch.softmax(network.head(embedding), dim=1)[:, 1].cpu().numpy())
+            scores.append(torch.softmax(network.head(embedding), dim=1)[:, POSITIVE_CLASS].cpu().numpy())
             embeddings.append(embedding.cpu().numpy())
     return np.concatenate(scores).astype(float), np.concatenate(embeddings).astype(np.float32)
 
