@@ -50,7 +50,7 @@ import pydicom
 
 from dicom_node.spool.store import Spool
 from scripts import dicom_corpus
-from scripts.bench_ingest import free_port, log_tail, machine_facts, stop, wait_ready
+from scripts.bench_ingest import log_tail, machine_facts, stop, wait_ready
 from scripts.bench_peers import (
     PEERS,
     OrthancPacs,
@@ -62,6 +62,7 @@ from scripts.bench_peers import (
     send_pynetdicom,
     send_storescu,
 )
+from testkit.peers import free_port
 from testkit.process_tree import status_sum
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,7 +32,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ import pydicom
 
 from dicom_node.spool.durable import write_atomically
 from scripts import dicom_corpus
+from testkit.peers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 AE_TITLE = "CXR_AI"
@@ -88,13 +88,6 @@ class SizeResult:
 def dcmtk_env() -> dict[str, str]:
     """Environment for DCMTK processes: Nagle off (else ~50 ms stall per DIMSE message)."""
     return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def receiver_command(

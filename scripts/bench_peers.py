@@ -27,10 +27,11 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from scripts.bench_ingest import dcmtk_env, free_port, stop
+from scripts.bench_ingest import dcmtk_env, stop
 from scripts.bench_sender import CALLING_AE
 from scripts.soak_pacs import PACS_AE_TITLE, result_kind
 from testkit.orthanc import ORTHANC_AE_TITLE, OrthancServer
+from testkit.peers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS = ("dcmtk", "pynetdicom")

@@ -70,7 +70,8 @@ from monai_app.transforms.classifier_input import LungProbabilityd
 from monai_app.transforms.geometry import grid_from_meta
 from monai_app.transforms.lung_fields import measure_lung_fields
 from scripts import dicom_corpus
-from scripts.bench_ingest import cpu_busy_fraction, dcmtk_env, free_port, machine_facts, stop, wait_ready
+from scripts.bench_ingest import cpu_busy_fraction, dcmtk_env, machine_facts, stop, wait_ready
+from testkit.peers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 AE_TITLE = "CXR_AI"

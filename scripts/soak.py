@@ -57,8 +57,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scripts import dicom_corpus
 from scripts.bench_e2e import RESULT_PROFILES
-from scripts.bench_ingest import dcmtk_env, free_port, machine_facts
+from scripts.bench_ingest import dcmtk_env, machine_facts
 from scripts.soak_pacs import PACS_AE_TITLE, result_kind
+from testkit.peers import free_port
 from testkit.process_tree import process_tree, status_sum
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,11 +16,52 @@ from pydicom.dataset import Dataset
 
 from testkit.shared_data import REPO_ROOT
 
+EPHEMERAL_PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_ports_handed_out: set[int] = set()
+
+
+def listening_port_range(range_file: Path = EPHEMERAL_PORT_RANGE_FILE) -> range:
+    """Ports outside the kernel's ephemeral range, the larger side of it.
+
+    A port chosen by bind(0) lies inside that range, so between choosing it and a peer binding it,
+    any process's outgoing connection (the node retrying a PACS that is not up yet) may take it as
+    its source port, and the peer then fails with "address already in use". Below 20000 are Ray's
+    worker ports (10002-19999 by default).
+    """
+    try:
+        low, high = (int(field) for field in range_file.read_text().split())
+    except (OSError, ValueError):
+        return range(0)
+    below, above = range(20000, low), range(high + 1, 65536)
+    return below if len(below) >= len(above) else above
+
+
+def port_is_free(port: int) -> bool:
+    # No SO_REUSEADDR: a port with a connection in TIME_WAIT is refused too.
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1, free now, outside the ephemeral range, never handed out twice here."""
+    candidates = listening_port_range()
+    rng = random.SystemRandom()
+    for _ in range(200 if candidates else 0):
+        port = rng.choice(candidates)
+        if port not in _ports_handed_out and port_is_free(port):
+            _ports_handed_out.add(port)
+            return port
+    while True:  # no usable range: fall back on the kernel's choice
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
 
 
 def dcmtk(tool: str) -> str:

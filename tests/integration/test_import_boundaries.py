@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from dicom_node.serving_process import EVALUATION_ONLY_PACKAGES
+from testkit.peers import free_port
 
 # Runs the real `cxr-node serve` entry point, then reports what the process had loaded.
 RUN_AND_REPORT = """
@@ -22,12 +22,6 @@ sys.exit(rc)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _loaded(output: str) -> set[str]:
     line = next(line for line in output.splitlines() if line.startswith("LOADED "))
     return set(json.loads(line.removeprefix("LOADED ")))
@@ -35,7 +29,7 @@ def _loaded(output: str) -> set[str]:
 
 def test_a_serving_node_with_its_models_loads_no_evaluation_or_plotting_package(tmp_path: Path) -> None:
     log = tmp_path / "node.log"
-    args = ["serve", "--bind", "127.0.0.1", "--port", str(_free_port()), "--spool", str(tmp_path / "spool"),
+    args = ["serve", "--bind", "127.0.0.1", "--port", str(free_port()), "--spool", str(tmp_path / "spool"),
             "--device", "cpu", "--analysis"]
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-c", RUN_AND_REPORT, *args], stdout=out, stderr=subprocess.STDOUT)
