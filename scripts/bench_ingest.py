@@ -52,6 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 AE_TITLE = "CXR_AI"
 CALLING_AE = "BENCH_SCU"
 NODE_ON, NODE_OFF = "node-analysis-on", "node-analysis-off"
+# The least a pynetdicom receiver does per instance (scripts/bare_pynetdicom_scp.py): the ceiling
+# of any receiver built on pynetdicom, as storescp is of DCMTK's C++.
+BARE_PYNETDICOM = "pynetdicom-bare"
 NODE_MODES = {"on": (NODE_ON,), "off": (NODE_OFF,), "both": (NODE_ON, NODE_OFF)}
 FLOOR = "disk-floor"  # no network: the same bytes written as the node writes them
 SIZE_CLASSES = ("small", "cxr")
@@ -98,7 +101,7 @@ def receiver_command(
     Parameters
     ----------
     receiver : str
-        ``"node-analysis-on"``, ``"node-analysis-off"`` or ``"storescp"``.
+        ``"node-analysis-on"``, ``"node-analysis-off"``, ``"pynetdicom-bare"`` or ``"storescp"``.
     port : int
         Port to listen on (127.0.0.1 only for the node; storescp has no bind option).
     store_dir : Path
@@ -119,6 +122,11 @@ def receiver_command(
         return [*node_cmd, "--ae-title", AE_TITLE, "--port", str(port), "--bind", "127.0.0.1",
                 "--spool", str(store_dir), "--config", str(config),
                 "--analysis" if receiver == NODE_ON else "--no-analysis"], env
+    if receiver == BARE_PYNETDICOM:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        return [sys.executable, "-m", "scripts.bare_pynetdicom_scp", "--port", str(port),
+                "--store", str(store_dir), "--ae-title", AE_TITLE], env
     # Same maximum PDU as the node's default (128 KiB; storescp's own default is 16 KiB).
     return ["/usr/bin/storescp", "--aetitle", AE_TITLE, "--max-pdu", "131072",
             "--output-directory", str(store_dir), str(port)], dcmtk_env()
@@ -128,10 +136,13 @@ def stored_uids(receiver: str, store_dir: Path) -> set[str]:
     """Return the SOP Instance UIDs a receiver has written, from its file names.
 
     The node writes ``<spool>/instances/<SOPInstanceUID>.dcm``; storescp writes
-    ``<store_dir>/<modality>.<SOPInstanceUID>`` (e.g. ``DX.1.2.3``).
+    ``<store_dir>/<modality>.<SOPInstanceUID>`` (e.g. ``DX.1.2.3``); the bare pynetdicom SCP
+    ``<store_dir>/<SOPInstanceUID>``.
     """
     if receiver in (NODE_ON, NODE_OFF):
         return {p.stem for p in (store_dir / "instances").glob("*.dcm") if p.is_file()}
+    if receiver == BARE_PYNETDICOM:
+        return {p.name for p in store_dir.iterdir() if p.is_file()}
     return {p.name.split(".", 1)[1] for p in store_dir.iterdir()
             if p.is_file() and "." in p.name}
 
@@ -322,9 +333,13 @@ def ratios(summary: dict[str, dict[str, float]], nodes: tuple[str, ...]) -> dict
     out = {}
     for node in nodes:
         out[f"{node}/storescp"] = rate[node] / rate["storescp"]
+        if BARE_PYNETDICOM in rate:
+            out[f"{node}/{BARE_PYNETDICOM}"] = rate[node] / rate[BARE_PYNETDICOM]
         out[f"{node}/{FLOOR}"] = rate[node] / rate[FLOOR]
     if NODE_ON in rate and NODE_OFF in rate:
         out["analysis-on/analysis-off"] = rate[NODE_ON] / rate[NODE_OFF]
+    if BARE_PYNETDICOM in rate:
+        out[f"{BARE_PYNETDICOM}/storescp"] = rate[BARE_PYNETDICOM] / rate["storescp"]
     return out
 
 
@@ -344,7 +359,7 @@ def bench_size(size: str, args: argparse.Namespace, work: Path, config: Path,
     n_bytes = sum(f.stat().st_size for f in files)
     for f in files:  # warm the page cache so round 1 does not also measure reading the corpus
         f.read_bytes()
-    receivers = (*NODE_MODES[args.analysis], "storescp")
+    receivers = (*NODE_MODES[args.analysis], *([BARE_PYNETDICOM] if args.pynetdicom_peer else []), "storescp")
     rounds: list[RoundResult] = []
     for r in range(args.rounds):
         order = receivers if r % 2 == 0 else receivers[::-1]
@@ -388,6 +403,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(--no-analysis), or both in the same run (default)")
     p.add_argument("--no-fsync", action="store_true",
                    help="run the node with [storage] fsync = false (storescp never fsyncs)")
+    p.add_argument("--pynetdicom-peer", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the bare pynetdicom Storage SCP (scripts/bare_pynetdicom_scp.py), "
+                        "the ceiling of a pynetdicom receiver (default: on)")
     p.add_argument("--work", type=Path, default=None,
                    help="folder for the corpus and both receivers' output (default: a temp "
                         "folder, removed afterwards); pass one to reuse the corpus")
@@ -444,7 +462,10 @@ def main(argv: list[str] | None = None) -> int:
                          "node_fsync": not args.no_fsync, "node_cmd": node_cmd,
                          "node_analysis": args.analysis,
                          "sender": "DCMTK storescu, one association, TCP_NODELAY=1",
-                         "storescp": "DCMTK storescp --max-pdu 131072, TCP_NODELAY=1"},
+                         "storescp": "DCMTK storescp --max-pdu 131072, TCP_NODELAY=1",
+                         BARE_PYNETDICOM: ("stock pynetdicom Storage SCP, data set in memory, written as "
+                                           "received without check or fsync, max PDU 131072, TCP_NODELAY=1")
+                         if args.pynetdicom_peer else None},
               "results": {size: asdict(res) for size, res in results.items()}}
     out_file = args.out / "bench_ingest.json"
     out_file.write_text(json.dumps(report, indent=2) + "\n")
