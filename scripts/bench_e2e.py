@@ -63,7 +63,7 @@ from scripts.bench_peers import (
     send_storescu,
 )
 from testkit.peers import free_port
-from testkit.process_tree import status_sum
+from testkit.process_tree import cpu_seconds, machine_busy_cpu_seconds, status_sum
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_AE = "CXR_AI"
@@ -98,6 +98,10 @@ class PassResult:
     # Per study: index in the pass, its response (s from the pass start), latency, and the seconds
     # from its receipt to each state of its job record (processing, outbox, sent).
     studies: list[dict[str, Any]] = field(default_factory=list)
+    # CPU seconds per study over the pass: the node's processes, and the whole machine (the node,
+    # the sender, the PACS and anything else), against the model floor's per file.
+    node_cpu_s_per_study: float | None = None
+    machine_cpu_s_per_study: float | None = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -161,10 +165,13 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def run_pass(mode: str, results: str, batch_size: int, files: list[Path], uids: list[str], port: int,
-             pacs: Pacs, sender: Sender, senders: int, spool: Path, timeout_s: float) -> PassResult:
+             pacs: Pacs, sender: Sender, senders: int, spool: Path, timeout_s: float,
+             node_pid: int | None = None) -> PassResult:
     pacs.watch()
     found: dict[str, float] = {}
     responded: dict[str, float] = {}
+    node_cpu = cpu_seconds(node_pid) if node_pid is not None else None
+    machine_cpu = machine_busy_cpu_seconds()
     started_unix, started = time.time(), time.monotonic()
     try:
         if mode == "sequential":
@@ -176,6 +183,9 @@ def run_pass(mode: str, results: str, batch_size: int, files: list[Path], uids: 
             wait_for_reports(pacs, set(uids), found, timeout_s)
     finally:
         pacs.unwatch()
+    machine_cpu = machine_busy_cpu_seconds() - machine_cpu
+    if node_pid is not None and node_cpu is not None:
+        node_cpu = cpu_seconds(node_pid) - node_cpu
     seconds = max(found.values()) - started
     latencies = [found[u] - responded[u] for u in uids]
     # Per study, by its place in the pass (no UIDs in the output): for outliers.
@@ -192,7 +202,9 @@ def run_pass(mode: str, results: str, batch_size: int, files: list[Path], uids: 
     return PassResult(mode, results, batch_size, len(files), round(seconds, 3), round(len(files) / seconds, 3),
                       round(percentile(latencies, 0.5), 3), round(percentile(latencies, 0.95), 3),
                       round(max(latencies), 3), senders if mode == "burst" else 1, round(started_unix, 3),
-                      round(time.time(), 3), studies)
+                      round(time.time(), 3), studies,
+                      node_cpu_s_per_study=None if node_cpu is None else round(node_cpu / len(files), 4),
+                      machine_cpu_s_per_study=round(machine_cpu / len(files), 4))
 
 
 class ModelFloor(TypedDict):
@@ -202,6 +214,7 @@ class ModelFloor(TypedDict):
     relevance: bool
     seconds: float
     files_per_second: float
+    cpu_s_per_file: float  # this process, all its threads
     device: str
     runtime: str
 
@@ -213,13 +226,13 @@ def model_floor(files: list[Path], batch_size: int, device: str, relevance: bool
 
     analyser = BundleAnalyser(REPO / "bundle", device, runtime=runtime)
     analyser.predict([analyser.prepare(files[0])], relevance=relevance)  # warm-up
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     for i in range(0, len(files), batch_size):
         analyser.predict([analyser.prepare(p) for p in files[i:i + batch_size]], relevance=relevance)
-    seconds = time.monotonic() - started
+    seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     return {"batch_size": batch_size, "relevance": relevance, "seconds": round(seconds, 3),
-            "files_per_second": round(len(files) / seconds, 3), "device": str(analyser.device),
-            "runtime": analyser.runtime}
+            "files_per_second": round(len(files) / seconds, 3), "cpu_s_per_file": round(cpu / len(files), 4),
+            "device": str(analyser.device), "runtime": analyser.runtime}
 
 
 def peers(kind: str, run_dir: Path) -> tuple[Pacs, Sender, Callable[[int], bool] | None]:
@@ -257,7 +270,7 @@ def bench_batch_size(batch_size: int, results: str, peer_kind: str, args: argpar
             pass_files, pass_uids = relabel(files[:args.sequential or None] if mode == "sequential" else files,
                                             run_dir / mode)
             result = asdict(run_pass(mode, results, batch_size, pass_files, pass_uids, port, pacs, sender,
-                                     args.senders, spool, args.timeout))
+                                     args.senders, spool, args.timeout, node_pid=node.pid))
             passes.append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "studies"}), flush=True)
         rss = peak_rss_mib(node.pid)
@@ -279,11 +292,17 @@ def profile_summary(results: list[dict[str, Any]], floors: list[ModelFloor]) -> 
     best = max(results, key=lambda r: r["passes"][1]["studies_per_second"])
     floor = max((f["files_per_second"] for f in floors if f["relevance"] == relevance), default=None)
     burst = best["passes"][1]["studies_per_second"]
+    floor_cpu = next((f["cpu_s_per_file"] for f in floors
+                      if f["relevance"] == relevance and f["files_per_second"] == floor), None)
+    burst_pass = best["passes"][1]
     return {
         "best_batch_size": best["batch_size"],
         "burst_studies_per_second": burst,
         "model_floor_files_per_second": floor,
         "node_over_floor": round(burst / floor, 3) if floor else None,
+        # Where the machine's CPU went per study in that burst: the models' share bounds the ratio above.
+        "burst_cpu_s_per_study": {"machine": burst_pass.get("machine_cpu_s_per_study"),
+                                  "node": burst_pass.get("node_cpu_s_per_study"), "model_floor": floor_cpu},
         "sequential_latency_p50_s_batch_1": next(
             (r["passes"][0]["latency_p50_s"] for r in results if r["batch_size"] == 1), None),
     }
@@ -402,16 +421,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_e2e.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"{'peers':>10} {'results':>12} {'batch':>5} {'mode':>10} {'studies/s':>10} {'p50 s':>7} {'p95 s':>7} "
-          f"{'max s':>7} {'RSS MiB':>8}")
+          f"{'max s':>7} {'RSS MiB':>8} {'node CPU s':>10} {'machine CPU s':>13} (per study)")
     for r in results:
         for p in r["passes"]:
             print(f"{r['peers']:>10} {r['results']:>12} {r['batch_size']:>5} {p['mode']:>10} "
                   f"{p['studies_per_second']:>10.2f} "
                   f"{p['latency_p50_s']:>7.2f} {p['latency_p95_s']:>7.2f} {p['latency_max_s']:>7.2f} "
-                  f"{r['node_peak_rss_mib']:>8.0f}")
+                  f"{r['node_peak_rss_mib']:>8.0f} {p['node_cpu_s_per_study'] or 0:>10.3f} "
+                  f"{p['machine_cpu_s_per_study']:>13.3f}")
     for f in floors:
         print(f"model floor (batch {f['batch_size']}, relevance {f['relevance']}, {f['device']}, {f['runtime']}): "
-              f"{f['files_per_second']:.2f} files/s")
+              f"{f['files_per_second']:.2f} files/s, {f['cpu_s_per_file']:.3f} CPU s a file")
     print(json.dumps(summary))
     return 0
 

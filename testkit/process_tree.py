@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,3 +36,26 @@ def status_sum(pid: int, keys: Iterable[str]) -> dict[str, int]:
             if key in wanted:
                 total[key] += int(rest.split()[0])
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (every thread of each);
+    processes that ended meanwhile count 0."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / _CLOCK_TICKS
+
+
+def machine_busy_cpu_seconds(stat: Path = Path("/proc/stat")) -> float:
+    """CPU seconds every core of the machine has spent busy since boot (all but idle and iowait)."""
+    fields = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -37,6 +37,8 @@ def test_bench_e2e_with_pynetdicom_peers_gets_every_report_to_the_pacs_and_times
             # The job record's states, from its receipt: queued, analysed, delivered, in that order.
             stages = study["stages_s"]
             assert 0 <= stages["processing"] <= stages["outbox"] <= stages["sent"], stages
+        # The node spent CPU on every study, and the machine at least as much (the peers too).
+        assert 0 < timed["node_cpu_s_per_study"] <= timed["machine_cpu_s_per_study"] + 0.05, timed
     assert run["warmup"]["latency_s"] > 0
 
     # Independently of the script's own count: the PACS holds one SR for every image sent.
