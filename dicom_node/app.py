@@ -355,7 +355,7 @@ def build_worker(
         destinations=tuple(d.name for d in config.destinations),
         relevance_map=config.relevance_map, summary_image=config.summary_image,
         lung_segmentation=config.lung_segmentation, key_images=config.key_images,
-        backend_retry_max_seconds=config.backend_retry_max_seconds,
+        backend_retry_max_seconds=config.backend_retry_max_seconds, overlap_reports=config.overlap_reports,
     )
     return InferenceWorker(spool, analyser, algorithm, settings, on_result=on_result, metrics=metrics, audit=audit)
 

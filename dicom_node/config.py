@@ -261,6 +261,7 @@ class NodeConfig:
     device: str = "auto"
     batch_size: int = 4
     batch_wait_ms: int = 100
+    overlap_reports: bool = True
     similar_k: int = 4
     threshold: float | None = None
     num_threads: int = 0
@@ -324,6 +325,7 @@ class NodeConfig:
             raise ConfigError(f'"inference.device" must be one of {", ".join(DEVICES)}, got {self.device!r}')
         check_int("inference.batch_size", self.batch_size, 1, 256)
         check_int("inference.batch_wait_ms", self.batch_wait_ms, 0, 60000)
+        check_bool("inference.overlap_reports", self.overlap_reports)
         check_int("inference.similar_k", self.similar_k, 0, 50)
         if self.threshold is not None:
             object.__setattr__(self, "threshold", check_unit_interval("inference.threshold", self.threshold))
@@ -475,7 +477,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "storage": {"fsync": "fsync"},
     "delivery": {k: k for k in ("max_attempts", "max_age_hours", "retry_initial_seconds", "retry_max_seconds")},
     "inference": {
-        k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "similar_k", "threshold", "num_threads",
+        k: k for k in ("analysis", "bundle", "device", "batch_size", "batch_wait_ms", "overlap_reports", "similar_k",
+                       "threshold", "num_threads",
                        "runtime", "backend", "serve_url", "serve_application", "serve_timeout_seconds",
                        "backend_retry_max_seconds", "accept_other_model")
     },

@@ -146,12 +146,12 @@ def job_stages(spool: Path, uid: str) -> dict[str, float]:
 
 
 def node_config(path: Path, pacs: Pacs, batch_size: int, device: str, results: str,
-                runtime: str = "auto") -> Path:
+                runtime: str = "auto", overlap_reports: bool = True) -> Path:
     switches = "".join(f"{key} = {str(value).lower()}\n" for key, value in RESULT_PROFILES[results].items())
     path.write_text(
         # The repository's own bundle, the one the model floor loads (not an installed copy's).
         f'[inference]\nbundle = "{REPO / "bundle"}"\ndevice = "{device}"\nruntime = "{runtime}"\n'
-        f'batch_size = {batch_size}\n[results]\n{switches}'
+        f'batch_size = {batch_size}\noverlap_reports = {str(overlap_reports).lower()}\n[results]\n{switches}'
         f'[[destinations]]\nname = "pacs"\nae_title = "{pacs.ae_title}"\nhost = "127.0.0.1"\n'
         f"port = {pacs.dicom_port}\n"
     )
@@ -250,7 +250,8 @@ def bench_batch_size(batch_size: int, results: str, peer_kind: str, args: argpar
     port = free_port()
     log_path = run_dir / "node.log"
     spool = run_dir / "spool"
-    config = node_config(run_dir / "node.toml", pacs, batch_size, args.device, results, args.runtime)
+    config = node_config(run_dir / "node.toml", pacs, batch_size, args.device, results, args.runtime,
+                         overlap_reports=args.overlap_reports == "on")
     argv = [sys.executable, "-m", "dicom_node", "serve", "--ae-title", NODE_AE, "--port", str(port),
             "--bind", "127.0.0.1", "--spool", str(spool), "--config", str(config)]
     with open(log_path, "ab") as log:
@@ -355,6 +356,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--runtime", default="auto", choices=("auto", "pytorch", "onnxruntime", "openvino"),
                         help="the node's [inference] runtime; the model floor is measured with it and with PyTorch")
+    parser.add_argument("--overlap-reports", default="on", choices=("on", "off"),
+                        help="the node's [inference] overlap_reports (default on, as shipped)")
     parser.add_argument("--peers", default="dcmtk",
                         help="sender and PACS, comma-separated to compare: dcmtk (storescu and Orthanc) or "
                              "pynetdicom (scripts.bench_sender and scripts.soak_pacs); default dcmtk")
@@ -415,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     out = {"machine": facts, "accelerator": accelerator_facts(args.device), "n": args.n, "size": args.size,
            "sequential_n": args.sequential or args.n, "peers": args.peers, "senders": args.senders,
+           "overlap_reports": args.overlap_reports,
            "device": args.device, "results": results,
            "model_floor": floors,
            "summary": summary}

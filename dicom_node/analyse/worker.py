@@ -11,6 +11,12 @@ e.g. a Ray cluster down) is no analysis error: the batch goes back to ``received
 tries intact and ``backend_attempts`` counted, and the worker waits with capped exponential
 backoff before the next batch. Receiving goes on; the backlog shows in ``cxr-node status``
 and the ``cxr_jobs`` gauge.
+
+With ``overlap_reports``, a batch's result objects are built and spooled in a second thread
+while the next batch is decoded and goes through the networks: the report building is mostly
+single-threaded Python and the networks mostly native code that lets go of the GIL, so the
+two fill each other's idle cores. At most one batch waits for its reports; its jobs stay in
+``processing`` until then (a crash hands them back as any other).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,6 +72,7 @@ class WorkerSettings:
     key_images: bool = True  # the Key Object Selection of the similar images
     backend_retry_initial_seconds: float = 1.0  # first wait after the remote backend failed, then doubling
     backend_retry_max_seconds: float = 60.0
+    overlap_reports: bool = False  # build a batch's reports while the next one is analysed
 
 
 def similar_studies(neighbours: Sequence[Neighbour]) -> list[SimilarStudy]:
@@ -163,17 +171,30 @@ class InferenceWorker:
         self.wake = threading.Event()
         self.backend_failures = 0  # consecutive batches the backend could not answer
         self.backend_retry_at = 0.0  # no batch before this (Unix time)
+        self._reporter: ThreadPoolExecutor | None = None  # started by the first overlapped batch
+        self._reports_pending: Future[None] | None = None
 
     def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
-        """Work until ``stop`` is set; errors are logged and the loop goes on."""
-        while not stop.is_set():
-            try:
-                if self.run_once():
-                    continue
-            except Exception:
-                logger.exception("worker: unexpected error; retrying in %.0f s", poll_seconds)
-            self.wake.wait(poll_seconds)
-            self.wake.clear()
+        """Work until ``stop`` is set, then finish the reports in progress; errors are logged and
+        the loop goes on."""
+        try:
+            while not stop.is_set():
+                try:
+                    if self.run_once():
+                        continue
+                    self.finish_reports()  # idle: nothing to overlap with
+                except Exception:
+                    logger.exception("worker: unexpected error; retrying in %.0f s", poll_seconds)
+                self.wake.wait(poll_seconds)
+                self.wake.clear()
+        finally:
+            self.finish_reports()
+
+    def finish_reports(self) -> None:
+        """Wait until the batch whose reports are being built (``overlap_reports``) is in the outbox."""
+        pending, self._reports_pending = self._reports_pending, None
+        if pending is not None:
+            pending.result()  # _report_batch catches each job's errors: nothing is raised here
 
     def run_once(self) -> int:
         """Analyse one batch if one is due; return the number of jobs taken."""
@@ -218,6 +239,19 @@ class InferenceWorker:
                 self._retry_or_give_up(job, exc)
             return
         self.backend_failures = 0
+        self.finish_reports()  # the previous batch's: one waits at most
+        if not self.settings.overlap_reports:
+            self._report_batch(ready, predictions, len(jobs), started)
+            return
+        if self._reporter is None:
+            self._reporter = ThreadPoolExecutor(1, thread_name_prefix="reports")
+        self._reports_pending = self._reporter.submit(self._report_batch, ready, predictions, len(jobs), started)
+
+    def _report_batch(
+        self, ready: Sequence[tuple[Job, Dataset, PreparedImage]], predictions: Sequence[Prediction],
+        taken: int, started: float,
+    ) -> None:
+        """Each classified job's report into the outbox (or its retry); never raises."""
         for (job, header, image), prediction in zip(ready, predictions):
             try:
                 self._report(job, header, image, prediction)
@@ -226,7 +260,7 @@ class InferenceWorker:
         elapsed_ms = (time.monotonic() - started) * 1000
         if self.metrics is not None:
             self.metrics.batch_seconds.observe(elapsed_ms / 1000)
-        logger.info("batch: %d job(s), %d classified, %.0f ms", len(jobs), len(ready), elapsed_ms)
+        logger.info("batch: %d job(s), %d classified, %.0f ms", taken, len(ready), elapsed_ms)
         if self.on_result is not None:
             self.on_result()
 

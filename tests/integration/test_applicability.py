@@ -52,7 +52,8 @@ def _store(spool: Spool, path: Path, **changes: object) -> Job:
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> InferenceWorker:
     spool = Spool(tmp_path_factory.mktemp("spool"), fsync=False)
-    return build_worker(NodeConfig(spool=spool.root, device="cpu", batch_size=16, similar_k=0), spool)
+    # Reports done when run_once returns (the node overlaps them with the next batch).
+    return build_worker(NodeConfig(spool=spool.root, device="cpu", batch_size=16, similar_k=0, overlap_reports=False), spool)
 
 
 def _run(worker: InferenceWorker, jobs: dict[str, Job]) -> dict[str, Job]:

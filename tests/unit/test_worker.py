@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,12 +36,15 @@ def _store(spool: Spool, path: Path) -> Job:
 def worker_factory():
     cache: dict[str, InferenceWorker] = {}
 
-    def make(spool: Spool, batch_size: int = 4) -> InferenceWorker:
+    def make(spool: Spool, batch_size: int = 4, overlap_reports: bool = False) -> InferenceWorker:
+        """The shipped worker on ``spool``; by default its reports are done when ``run_once`` returns."""
         if "worker" not in cache:
             cache["worker"] = build_worker(NodeConfig(spool=spool.root, device="cpu", batch_size=batch_size), spool)
         worker = cache["worker"]
+        worker.finish_reports()
         worker.spool = spool
-        worker.settings = replace(worker.settings, batch_size=batch_size, batch_wait_seconds=0.0)
+        worker.settings = replace(worker.settings, batch_size=batch_size, batch_wait_seconds=0.0,
+                                  overlap_reports=overlap_reports)
         return worker
 
     return make
@@ -80,7 +84,7 @@ def test_the_threshold_is_the_bundles_unless_the_node_config_sets_one(worker_fac
     worker = worker_factory(spool)
     assert NodeConfig().threshold is None
     assert worker.settings.threshold == worker.analyser.threshold == bundle_threshold
-    overridden = build_worker(NodeConfig(spool=spool.root, device="cpu", threshold=0.7), spool)
+    overridden = build_worker(NodeConfig(spool=spool.root, device="cpu", threshold=0.7, overlap_reports=False), spool)
     assert overridden.settings.threshold == 0.7
 
 
@@ -133,3 +137,78 @@ def test_the_audit_trail_gets_the_report_uid_and_finding_or_the_reason_category_
         ds = pydicom.dcmread(source, stop_before_pixels=True)
         for value in (str(ds.PatientName), str(ds.PatientID), ds.get("PatientBirthDate", ""), ds.BodyPartExamined):
             assert not value or value not in raw, value
+
+
+def test_overlapped_reports_of_a_batch_are_in_the_outbox_before_the_next_batch_is_reported(
+    worker_factory, tmp_path: Path, shared_data: Path
+) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    first, second = (_store(spool, shared_data / "dicom" / name) for name in CHESTS)
+    worker = worker_factory(spool, batch_size=1, overlap_reports=True)
+    reporting = threading.Event()
+    release = threading.Event()
+    report = worker._report
+
+    def held_report(job: Job, *args, **kwargs) -> None:  # holds the first batch's report
+        if job.job_id == first.job_id:
+            reporting.set()
+            assert release.wait(30)
+        report(job, *args, **kwargs)
+
+    worker._report = held_report  # type: ignore[method-assign]
+    try:
+        assert worker.run_once() == 1  # returns while its report is still being built
+        assert reporting.wait(30)
+        assert spool.find_job(first.job_id).state is JobState.PROCESSING
+        release.set()
+        assert worker.run_once() == 1  # the second batch waits for the first's reports first
+        assert spool.find_job(first.job_id).state is JobState.OUTBOX
+        worker.finish_reports()
+        assert spool.find_job(second.job_id).state is JobState.OUTBOX
+    finally:
+        release.set()
+        del worker._report
+        worker.finish_reports()
+
+
+def test_the_worker_finishes_overlapped_reports_when_stopped(worker_factory, tmp_path: Path, shared_data: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    jobs = [_store(spool, shared_data / "dicom" / name) for name in CHESTS]
+    worker = worker_factory(spool, batch_size=1, overlap_reports=True)
+    stop = threading.Event()
+    analysed = []
+    run_once = worker.run_once
+
+    def run_then_stop() -> int:  # stop as soon as the last batch was taken: its reports are pending
+        taken = run_once()
+        analysed.append(taken)
+        if sum(analysed) == len(jobs):
+            stop.set()
+        return taken
+
+    worker.run_once = run_then_stop  # type: ignore[method-assign]
+    try:
+        worker.run(stop, poll_seconds=0.05)
+    finally:
+        del worker.run_once
+    assert [spool.find_job(job.job_id).state for job in jobs] == [JobState.OUTBOX] * len(jobs)
+
+
+def test_a_failing_overlapped_report_sends_its_job_back_to_be_tried_again(
+    worker_factory, tmp_path: Path, shared_data: Path
+) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    job = _store(spool, shared_data / "dicom" / CHESTS[0])
+    worker = worker_factory(spool, batch_size=1, overlap_reports=True)
+
+    def failing_report(*_args, **_kwargs) -> None:
+        raise OSError("disk gone")
+
+    worker._report = failing_report  # type: ignore[method-assign]
+    try:
+        assert worker.run_once() == 1
+        worker.finish_reports()  # the error stays with the job: nothing raised here
+    finally:
+        del worker._report
+    again = spool.find_job(job.job_id)
+    assert again.state is JobState.RECEIVED and again.detail.startswith("attempt 1 failed: OSError")
