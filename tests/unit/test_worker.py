@@ -139,6 +139,12 @@ def test_the_audit_trail_gets_the_report_uid_and_finding_or_the_reason_category_
             assert not value or value not in raw, value
 
 
+def _state(spool: Spool, job_id: str) -> JobState:
+    job = spool.find_job(job_id)
+    assert job is not None
+    return job.state
+
+
 def test_overlapped_reports_of_a_batch_are_in_the_outbox_before_the_next_batch_is_reported(
     worker_factory, tmp_path: Path, shared_data: Path
 ) -> None:
@@ -155,16 +161,16 @@ def test_overlapped_reports_of_a_batch_are_in_the_outbox_before_the_next_batch_i
             assert release.wait(30)
         report(job, *args, **kwargs)
 
-    worker._report = held_report  # type: ignore[method-assign]
+    worker._report = held_report
     try:
         assert worker.run_once() == 1  # returns while its report is still being built
         assert reporting.wait(30)
-        assert spool.find_job(first.job_id).state is JobState.PROCESSING
+        assert _state(spool, first.job_id) is JobState.PROCESSING
         release.set()
         assert worker.run_once() == 1  # the second batch waits for the first's reports first
-        assert spool.find_job(first.job_id).state is JobState.OUTBOX
+        assert _state(spool, first.job_id) is JobState.OUTBOX
         worker.finish_reports()
-        assert spool.find_job(second.job_id).state is JobState.OUTBOX
+        assert _state(spool, second.job_id) is JobState.OUTBOX
     finally:
         release.set()
         del worker._report
@@ -186,12 +192,12 @@ def test_the_worker_finishes_overlapped_reports_when_stopped(worker_factory, tmp
             stop.set()
         return taken
 
-    worker.run_once = run_then_stop  # type: ignore[method-assign]
+    worker.run_once = run_then_stop
     try:
         worker.run(stop, poll_seconds=0.05)
     finally:
         del worker.run_once
-    assert [spool.find_job(job.job_id).state for job in jobs] == [JobState.OUTBOX] * len(jobs)
+    assert [_state(spool, job.job_id) for job in jobs] == [JobState.OUTBOX] * len(jobs)
 
 
 def test_a_failing_overlapped_report_sends_its_job_back_to_be_tried_again(
@@ -204,11 +210,12 @@ def test_a_failing_overlapped_report_sends_its_job_back_to_be_tried_again(
     def failing_report(*_args, **_kwargs) -> None:
         raise OSError("disk gone")
 
-    worker._report = failing_report  # type: ignore[method-assign]
+    worker._report = failing_report
     try:
         assert worker.run_once() == 1
         worker.finish_reports()  # the error stays with the job: nothing raised here
     finally:
         del worker._report
     again = spool.find_job(job.job_id)
-    assert again.state is JobState.RECEIVED and again.detail.startswith("attempt 1 failed: OSError")
+    assert again is not None and again.state is JobState.RECEIVED
+    assert again.detail.startswith("attempt 1 failed: OSError")
