@@ -116,17 +116,16 @@ def receiver_command(
     tuple
         ``(argv, env)``.
     """
+    # The node and the bare SCP run from this repository, whatever the caller's PYTHONPATH.
+    repo_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     if receiver in (NODE_ON, NODE_OFF):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
         return [*node_cmd, "--ae-title", AE_TITLE, "--port", str(port), "--bind", "127.0.0.1",
                 "--spool", str(store_dir), "--config", str(config),
-                "--analysis" if receiver == NODE_ON else "--no-analysis"], env
+                "--analysis" if receiver == NODE_ON else "--no-analysis"], repo_env
     if receiver == BARE_PYNETDICOM:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
         return [sys.executable, "-m", "scripts.bare_pynetdicom_scp", "--port", str(port),
-                "--store", str(store_dir), "--ae-title", AE_TITLE], env
+                "--store", str(store_dir), "--ae-title", AE_TITLE], repo_env
     # Same maximum PDU as the node's default (128 KiB; storescp's own default is 16 KiB).
     return ["/usr/bin/storescp", "--aetitle", AE_TITLE, "--max-pdu", "131072",
             "--output-directory", str(store_dir), str(port)], dcmtk_env()

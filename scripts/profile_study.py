@@ -72,6 +72,7 @@ from monai_app.transforms.lung_fields import measure_lung_fields
 from scripts import dicom_corpus
 from scripts.bench_ingest import cpu_busy_fraction, dcmtk_env, machine_facts, stop, wait_ready
 from testkit.peers import free_port
+from testkit.process_tree import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 AE_TITLE = "CXR_AI"
@@ -183,12 +184,6 @@ def one_study(analyser: BundleAnalyser, path: Path, spool: Spool,
     return [p for p in sorted(spool.root.rglob("*.dcm")) if "results" in p.parts]
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from ``/proc/PID/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure_receive(files: list[Path], work: Path, rounds: int, stages: Stages) -> None:
     """C-STORE each file with DCMTK storescu to the node (analysis off): storescu's wall, the node's CPU."""
     spool_dir = work / "receive-spool"
@@ -203,12 +198,12 @@ def measure_receive(files: list[Path], work: Path, rounds: int, stages: Stages) 
         wait_ready(port, node, timeout_s=60)
         for round_ in range(rounds + 1):
             for path in files:
-                cpu, wall = proc_cpu_seconds(node.pid), time.perf_counter()
+                cpu, wall = cpu_seconds(node.pid), time.perf_counter()
                 subprocess.run(["/usr/bin/storescu", "-aec", AE_TITLE, "127.0.0.1", str(port), str(path)],
                                env=dcmtk_env(), check=True, capture_output=True)
                 if round_:  # the first is a warm-up
                     stages.add("receive (C-STORE to the node, storescu)", time.perf_counter() - wall,
-                               proc_cpu_seconds(node.pid) - cpu)
+                               cpu_seconds(node.pid) - cpu)
     finally:
         stop(node)
 

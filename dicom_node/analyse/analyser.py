@@ -4,7 +4,7 @@ The worker sees the models only through :class:`Analyser`: prepare an image file
 batch, look up similar studies. The local MONAI bundle (:class:`monai_app.inference.BundleAnalyser`)
 implements it in-process; another implementation can run the models in another process or on
 another machine without touching the receiver, the spool or the worker. Nothing here imports
-torch or MONAI.
+torch or MONAI (the grid protocol comes from numpy-only geometry).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from dicom_node.errors import NodeError
+from monai_app.transforms.geometry import GridResampling
 
 
 class PreparedImage(Protocol):
@@ -52,20 +53,12 @@ class PreparedImage(Protocol):
         ...
 
 
-class ModelGrid(Protocol):
-    """The way from the classifier's input grid back to the source image's pixel grid."""
-
-    @property
-    def source_shape(self) -> tuple[int, int]:
-        """``(rows, columns)`` of the source image."""
-        ...
+class ModelGrid(GridResampling, Protocol):
+    """The way from the classifier's input grid back to the source image's pixel grid
+    (``source_shape`` and ``to_grid`` as :class:`~monai_app.transforms.geometry.GridResampling`)."""
 
     def to_source(self, model_map: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """A map on the model grid, resampled onto the source grid."""
-        ...
-
-    def to_grid(self, model_map: np.ndarray, shape: Sequence[int], fill: float = 0.0) -> np.ndarray:
-        """A map on the model grid, resampled onto a ``shape`` grid spanning the source image (a picture's)."""
         ...
 
     def points_to_source(self, points: np.ndarray) -> np.ndarray:
